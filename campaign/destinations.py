@@ -1,0 +1,400 @@
+"""Call destinations: what a contact's `to` value means and what is sent to Aculab.
+
+Aculab decides the kind of a `to` value by its own rule (aculab-api.md §4): an
+explicit prefix wins, a value of only digits (single '-' between groups) is a
+telephone number, anything else is a SIP address. Values loaded from CRMs are
+messier than that ("+44 (1908) 273-800"), so telephone numbers are normalised
+here, once, to the bare international digits Aculab expects. Everything the
+engine needs later (do-not-call keys, duplicate detection, calling windows)
+comes from the same parse, so two spellings of one number can never be
+treated as two contacts.
+
+`parse_destination` never raises: a bad row becomes a `Rejected` with a reason
+that is safe to log (it never contains the full number).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final, Literal
+
+import phonenumbers
+from phonenumbers import timezone as pn_timezone
+
+Kind = Literal["tel", "sip", "loc", "webrtc", "wss", "con"]
+
+KINDS: Final[tuple[Kind, ...]] = ("tel", "sip", "loc", "webrtc", "wss", "con")
+
+# Longer values are not addresses anyone dials; the cap also bounds the work
+# phonenumbers does on hostile input.
+MAX_LENGTH: Final = 256
+
+NATIONAL_NEEDS_REGION: Final = "national format (leading 0) needs the campaign's default country"
+
+_DIGITS: Final = frozenset("0123456789")
+
+# Aculab's rule, ASCII digits only: Python's \d would also accept other scripts.
+_ACULAB_TELEPHONE: Final = re.compile(r"[0-9]+(?:-[0-9]+)*")
+
+# What CRM exports put in a phone column: an optional leading '+', digits and
+# spaces, dots, parentheses or '-' between them. Letters and '@' are never
+# part of it, so SIP-looking values are not mistaken for numbers.
+_PHONE_SHAPE: Final = re.compile(r"\+?[0-9\s.()\-]+")
+
+# A DNS name with at least two labels and an alphabetic top-level label, so a
+# vanity number such as "1-800-FLOWERS" is not taken for a SIP host.
+_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_NAME: Final = re.compile(rf"(?:{_LABEL}\.)+[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?")
+
+# Unicode categories refused anywhere in a value: C0/C1 controls (log and CSV
+# injection), invisible format characters such as bidi overrides (a value that
+# displays differently from what is dialled) and lone surrogates (cannot be
+# encoded to UTF-8 for the database or the HTTP request).
+_UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs"})
+
+_NOT_POSSIBLE_TEXT: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "local number only",
+        phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "invalid country code",
+        phonenumbers.ValidationResult.TOO_SHORT: "too short",
+        phonenumbers.ValidationResult.TOO_LONG: "too long",
+        phonenumbers.ValidationResult.INVALID_LENGTH: "invalid length",
+    }
+)
+
+_PARSE_ERROR_TEXT: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "invalid country code",
+        # The shape is checked before parsing, so phonenumbers only says "not
+        # a number" for fewer digits than any number has.
+        phonenumbers.NumberParseException.NOT_A_NUMBER: "too short",
+        phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
+        phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+        phonenumbers.NumberParseException.TOO_LONG: "too long",
+    }
+)
+
+# phonenumbers answers this when it cannot place a number; a calling window
+# cannot be checked against it, so it is dropped and the caller fails closed.
+_UNKNOWN_ZONE: Final = "Etc/Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A destination the engine may call."""
+
+    kind: Kind
+    # Exactly what goes into the rest_calls `to` field.
+    to: str
+    # Telephone only: international digits without '+' (never a leading 0);
+    # the key for do-not-call lookups and duplicate detection.
+    number: str | None = None
+    # Telephone only: IANA zones phonenumbers gives for the number; empty when
+    # unknown (the calling-window check then fails closed).
+    timezones: tuple[str, ...] = ()
+    # Telephone only: ISO 3166 alpha-2 code of the number's country, None for
+    # non-geographic ranges such as +800.
+    region: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity for duplicate detection within a campaign.
+
+        Telephones by number, so "+44 1908 273800" and "tel:441908273800" meet.
+        Other kinds by "kind:value"; for SIP only the host is case-folded
+        (DNS names are case-insensitive, SIP user parts are not), and the bare
+        and `sip:` spellings of one address share a key.
+        """
+        if self.number is not None:
+            return self.number
+        if self.kind == "sip":
+            address = self.to[4:] if self.to[:4].lower() == "sip:" else self.to
+            user, at, host = address.rpartition("@")
+            return f"sip:{user}{at}{host.casefold()}"
+        return self.to
+
+    @property
+    def is_telephone(self) -> bool:
+        return self.kind == "tel"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Why a value cannot be called. Safe to log: never holds a full number."""
+
+    reason: str
+
+
+def classify(raw: str) -> Kind:
+    """The kind Aculab itself will give `raw` when it is sent as `to` (§4).
+
+    Applied to the value as sent (no trimming), because that is what Aculab
+    sees. Prefixes are matched case-insensitively, like parse_destination.
+    """
+    prefixed = _prefix_kind(raw)
+    if prefixed is not None:
+        return prefixed[0]
+    if _ACULAB_TELEPHONE.fullmatch(raw):
+        return "tel"
+    return "sip"
+
+
+def parse_destination(raw: str, *, default_region: str | None = None) -> Destination | Rejected:
+    """Validate and normalise one destination as loaded from a contact list.
+
+    `default_region` is the campaign's country for national-format numbers
+    (leading 0 or an international "00" prefix); without it such numbers are
+    rejected, because guessing the country would call the wrong person.
+    Never raises for any str.
+    """
+    region: str | None = None
+    if default_region is not None:
+        region = _known_region(default_region)
+        if region is None:
+            # Checked for every value, so a misconfigured campaign fails on
+            # every row the same way instead of only on national numbers.
+            shown = repr(default_region[:16])
+            return Rejected(
+                f"unknown default country {shown}: expected an ISO 3166 alpha-2 code such as 'GB'"
+            )
+
+    value = raw.strip()
+    if not value:
+        return Rejected("destination is empty")
+    if len(value) > MAX_LENGTH:
+        return Rejected(f"destination is longer than {MAX_LENGTH} characters")
+    if any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in value):
+        return Rejected("destination contains control or invisible formatting characters")
+
+    prefixed = _prefix_kind(value)
+    if prefixed is not None:
+        kind, rest = prefixed
+        if kind == "tel":
+            return _parse_telephone(rest.strip(), region, tel_prefix=True)
+        if kind == "sip":
+            return _parse_sip(rest, bare=False)
+        if kind == "wss":
+            return _parse_wss(rest)
+        return _parse_name(kind, rest)
+
+    if _PHONE_SHAPE.fullmatch(value) and not _is_ipv4(value):
+        return _parse_telephone(value, region, tel_prefix=False)
+    if value.startswith("+") and "@" not in value:
+        # No SIP address starts with '+'; this is a number with something
+        # extra in it (an extension, letters), so say that rather than
+        # complaining about it as a SIP address.
+        return Rejected(
+            "telephone number may contain only digits, a leading '+', "
+            "spaces, dots, parentheses and '-'"
+        )
+    return _parse_sip(value, bare=True)
+
+
+def mask(value: str) -> str:
+    """`value` for logs: a short prefix and the last 2 characters, the rest '*'.
+
+    "441908273800" -> "4419******00". Values under 8 characters are fully
+    masked, 8-9 keep only 2 leading characters, so at least 4 are always
+    hidden. Kept characters that are not printable are masked too, so a log
+    line cannot be broken by them. Same length as `value`; never raises.
+    """
+    n = len(value)
+    if n < 8:
+        head, tail = 0, 0
+    elif n < 10:
+        head, tail = 2, 2
+    else:
+        head, tail = 4, 2
+    return "".join(
+        c if (i < head or i >= n - tail) and c.isprintable() else "*" for i, c in enumerate(value)
+    )
+
+
+def zones_for_number(number: str) -> tuple[str, ...]:
+    """IANA zones for international digits (a leading '+' is tolerated).
+
+    Empty when the number is not parseable or phonenumbers cannot place it.
+    """
+    digits = number.removeprefix("+")
+    if not digits or len(digits) > MAX_LENGTH or not _DIGITS.issuperset(digits):
+        return ()
+    try:
+        parsed = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return ()
+    return _zones(parsed)
+
+
+def _prefix_kind(value: str) -> tuple[Kind, str] | None:
+    """The explicit prefix kind and the rest after ':', if `value` has one."""
+    head, colon, rest = value.partition(":")
+    # isascii first: str.lower() maps some non-ASCII letters onto ASCII ones.
+    if not colon or not head.isascii():
+        return None
+    lowered = head.lower()
+    for kind in KINDS:
+        if lowered == kind:
+            return kind, rest
+    return None
+
+
+def _known_region(region: str) -> str | None:
+    candidate = region.strip()
+    if not candidate.isascii():
+        return None
+    candidate = candidate.upper()
+    return candidate if candidate in phonenumbers.SUPPORTED_REGIONS else None
+
+
+def _is_ipv4(value: str) -> bool:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _zones(parsed: phonenumbers.PhoneNumber) -> tuple[str, ...]:
+    return tuple(z for z in pn_timezone.time_zones_for_number(parsed) if z != _UNKNOWN_ZONE)
+
+
+def _parse_telephone(value: str, region: str | None, *, tel_prefix: bool) -> Destination | Rejected:
+    if not _PHONE_SHAPE.fullmatch(value):
+        return Rejected(
+            "tel: needs a telephone number: only digits, a leading '+', "
+            "spaces, dots, parentheses and '-'"
+        )
+    digits = "".join(c for c in value if c in _DIGITS)
+    if not digits:
+        return Rejected("telephone number has no digits")
+
+    # Separators carry no meaning once the shape is checked, so only the digits
+    # are handed to phonenumbers; with '+' it also drops a "(0)" trunk prefix.
+    international = value.startswith("+") or not digits.startswith("0")
+    hint = ("+" if international else "") + mask(digits)
+    if international:
+        text, parse_region = "+" + digits, None
+    elif region is None:
+        # Covers "00" as well: which international prefix applies depends on
+        # the country the list was written in.
+        return Rejected(f"{NATIONAL_NEEDS_REGION}: {hint}")
+    else:
+        text, parse_region = digits, region
+
+    try:
+        parsed = phonenumbers.parse(text, parse_region)
+    except phonenumbers.NumberParseException as exc:
+        why = _PARSE_ERROR_TEXT.get(exc.error_type, "not a number")
+        return Rejected(f"not a possible telephone number ({why}): {hint}")
+
+    possible = phonenumbers.is_possible_number_with_reason(parsed)
+    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
+        why = _NOT_POSSIBLE_TEXT.get(possible, "invalid")
+        return Rejected(f"not a possible telephone number ({why}): {hint}")
+
+    number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
+    hint = "+" + mask(number)
+    if not phonenumbers.is_valid_number(parsed):
+        code = parsed.country_code
+        country = (
+            None if code is None else _iso_region(phonenumbers.region_code_for_country_code(code))
+        )
+        return Rejected(f"not a valid telephone number for {country or 'any region'}: {hint}")
+    # Aculab's outbound provider refuses these (§4); rejecting at load time
+    # keeps them out of the dial queue and out of the CPS budget.
+    if phonenumbers.number_type(parsed) == phonenumbers.PhoneNumberType.PREMIUM_RATE:
+        return Rejected(f"premium-rate numbers cannot be called: {hint}")
+
+    return Destination(
+        kind="tel",
+        to=("tel:" + number) if tel_prefix else number,
+        number=number,
+        timezones=_zones(parsed),
+        region=_iso_region(phonenumbers.region_code_for_number(parsed)),
+    )
+
+
+def _iso_region(region: str | None) -> str | None:
+    # phonenumbers says "ZZ" for unknown and "001" for non-geographic ranges;
+    # neither is an ISO country.
+    if region is None or region in ("ZZ", "001"):
+        return None
+    return region
+
+
+def _parse_sip(address: str, *, bare: bool) -> Destination | Rejected:
+    what = "SIP address" if bare else "sip: address"
+    if not address:
+        return Rejected(f"{what} is empty")
+    if any(c.isspace() for c in address):
+        return Rejected(f"{what} contains whitespace")
+    if "@" in address:
+        user, _, host = address.partition("@")
+        if "@" in host:
+            return Rejected(f"{what} has more than one '@'")
+        if not user:
+            return Rejected(f"{what} has an empty user part before '@'")
+        if not host:
+            return Rejected(f"{what} has an empty host part after '@'")
+    elif not bare:
+        return Rejected("sip: address must be user@host")
+    elif not _looks_like_host(address):
+        # A bare value is SIP by Aculab's rule only by elimination; without an
+        # '@' it must at least be a host Aculab could route to.
+        return Rejected(
+            "neither a telephone number nor a SIP address (expected user@host or a host name)"
+        )
+    # A bare address is sent as given: Aculab documents `sip:` for
+    # user@address only, while a bare value is SIP by its default rule.
+    return Destination(kind="sip", to=address if bare else "sip:" + address)
+
+
+def _looks_like_host(value: str) -> bool:
+    """A DNS name or IP literal, with optional ":port" and ";params"."""
+    hostport = value.partition(";")[0]
+    if hostport.startswith("["):
+        literal, bracket, port = hostport[1:].partition("]")
+        if not bracket or not _is_port_suffix(port):
+            return False
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+        return True
+    host, colon, port = hostport.rpartition(":")
+    if not colon:
+        host, port = hostport, ""
+    elif not _is_port_suffix(":" + port):
+        return False
+    return _is_ipv4(host) or _HOST_NAME.fullmatch(host) is not None
+
+
+def _is_port_suffix(text: str) -> bool:
+    if not text:
+        return True
+    port = text[1:]
+    return text[0] == ":" and 0 < len(port) <= 5 and _DIGITS.issuperset(port)
+
+
+def _parse_wss(rest: str) -> Destination | Rejected:
+    if not rest.startswith("//"):
+        return Rejected("wss: must be a URL of the form wss://host/path")
+    if any(c.isspace() for c in rest):
+        return Rejected("wss: URL contains whitespace")
+    authority = re.split(r"[/?#]", rest[2:], maxsplit=1)[0]
+    if not authority:
+        return Rejected("wss: URL has no host")
+    return Destination(kind="wss", to="wss:" + rest)
+
+
+def _parse_name(kind: Kind, name: str) -> Destination | Rejected:
+    if not name:
+        return Rejected(f"{kind}: needs a name")
+    if any(c.isspace() for c in name):
+        return Rejected(f"{kind}: name contains whitespace")
+    return Destination(kind=kind, to=f"{kind}:{name}")

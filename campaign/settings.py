@@ -1,0 +1,182 @@
+"""Settings: a TOML file, overridden by CAMPAIGN_<SECTION>__<KEY> environment variables.
+
+Loaded once by the CLI and passed down; nothing reads settings from a global.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from campaign import assumptions
+
+AccountType = Literal["trial", "production", "premium"]
+CONFIG_ENV = "CAMPAIGN_CONFIG"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(Section):
+    dsn: SecretStr = SecretStr("")
+    """PostgreSQL DSN; empty starts an embedded PostgreSQL under data_dir."""
+    data_dir: Path = Path(".campaign")
+    pool_min_size: int = Field(default=2, ge=1, le=100)
+    pool_max_size: int = Field(default=10, ge=1, le=100)
+    auto_migrate: bool = True
+    """`campaign run` applies pending migrations at start (else it stops with one line)."""
+
+
+class AculabSettings(Section):
+    base_url: AnyHttpUrl = AnyHttpUrl("https://ws.aculabcloud.net")
+    cloud_id: str = Field(default="1-2-0", min_length=1)
+    username: str = Field(default="bob@example.com", min_length=1)
+    api_access_key: SecretStr = SecretStr("")
+    account_type: AccountType = "production"
+    calls_per_second: float = Field(default=1.0, gt=0, le=10_000)
+    service_passwords: dict[str, SecretStr] = Field(default_factory=dict)
+
+    def service_password(self, service: str) -> SecretStr | None:
+        found = self.service_passwords.get(service)
+        if found is not None:
+            return found
+        # Environment variable names are case-insensitive; accept a differently
+        # cased service name rather than failing authentication.
+        folded = {k.casefold(): v for k, v in self.service_passwords.items()}
+        return folded.get(service.casefold())
+
+
+class HttpSettings(Section):
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    read_timeout: float = Field(default=15.0, gt=0, le=600)
+    """Seconds to wait for Aculab's answer once the request is sent."""
+    max_connections: int = Field(default=20, ge=1, le=1000)
+    user_agent: str = "aculab-campaign/0.1"
+
+
+class DispatcherSettings(Section):
+    namespace: str = Field(default="campaign", min_length=1, max_length=64)
+    """Prefix of every unique_id; keep it different per installation sharing an account."""
+    idempotency_window_seconds: float = Field(
+        default=assumptions.DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
+        gt=0,
+        le=assumptions.UNIQUE_ID_RETENTION_SECONDS,
+    )
+    lease_seconds: float = Field(default=30.0, ge=2, le=3600)
+    poll_interval: float = Field(default=2.0, gt=0, le=300)
+    """Seconds between looks at the database when no NOTIFY arrives."""
+    max_in_flight_batches: int = Field(default=4, ge=1, le=256)
+    retry_initial_delay: float = Field(default=1.0, gt=0, le=600)
+    retry_max_delay: float = Field(default=60.0, gt=0, le=3600)
+    progress_interval: float = Field(default=5.0, gt=0, le=3600)
+    shutdown_grace_seconds: float = Field(default=8.0, gt=0, le=60)
+
+
+class LoggingSettings(Section):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    show_phone_numbers: bool = False
+    """Log destinations in full (debugging only: they are personal data)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CAMPAIGN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    aculab: AculabSettings = AculabSettings()
+    http: HttpSettings = HttpSettings()
+    dispatcher: DispatcherSettings = DispatcherSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("aculab")
+    @classmethod
+    def _loopback_http_only(cls, value: AculabSettings) -> AculabSettings:
+        url = value.base_url
+        if url.scheme == "http" and url.host not in {"127.0.0.1", "localhost", "::1", "[::1]"}:
+            raise ValueError("plain http:// is only allowed on loopback; Aculab requires TLS")
+        return value
+
+
+class ConfigError(Exception):
+    """Settings could not be loaded; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _with_toml(path: Path | None) -> type[Settings]:
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    return _FromFile
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(settings)"
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from `path` (or $CAMPAIGN_CONFIG), the environment and `overrides`.
+
+    Raises ConfigError with one readable line per problem.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    toml_path = Path(path) if path is not None else None
+    if toml_path is not None:
+        if not toml_path.is_file():
+            raise ConfigError([f"config: file not found: {toml_path}"])
+        try:
+            with toml_path.open("rb") as fh:
+                tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config: {toml_path} is not valid TOML: {exc}"]) from None
+        except OSError as exc:
+            raise ConfigError([f"config: cannot read {toml_path}: {exc.strerror}"]) from None
+    try:
+        settings = _with_toml(toml_path)(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            problems.append(f"config: {_location(err['loc'])}: {err['msg']}")
+        raise ConfigError(problems) from None
+    except ValueError as exc:  # e.g. an environment value that is not valid JSON
+        raise ConfigError([f"config: {exc}"]) from None
+    return settings
