@@ -1,0 +1,329 @@
+"""Connections to PostgreSQL: the DSN (configured or embedded), the pool, single connections.
+
+Every connection made here decodes and encodes `json`/`jsonb` as Python objects, so the
+rest of the code never calls `json.loads` on a column.
+
+Embedded PostgreSQL (an empty `database.dsn`) lives under `database.data_dir`, in the
+`postgres` subdirectory, and is reused by every run and every process pointing at that
+directory. Two ways to get its DSN, both keyed on pgserver's own per-process handle
+count (no state is kept here):
+
+* `database_dsn(db)` - an async context manager; the server handle is held while the
+  block runs. On exit the handle is released, and the server is stopped if no other
+  holder (in this process or another process) remains. This is what long-running
+  commands should use: shutdown is deterministic.
+* `resolve_dsn(db)` - returns the DSN and keeps the handle for the rest of the process;
+  pgserver's `atexit` hook releases it (stopping the server when this was the last
+  process using it). Handy for one-shot commands and scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncpg
+import structlog
+
+from campaign.settings import DatabaseSettings
+
+DEFAULT_COMMAND_TIMEOUT = 30.0
+"""Seconds before a statement on a pooled connection is abandoned (client side)."""
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a connection; an unreachable server should fail fast and loudly."""
+DEFAULT_CLOSE_TIMEOUT = 5.0
+"""Seconds `open_pool` waits for connections to be released before terminating them."""
+EMBEDDED_SUBDIR = "postgres"
+"""The cluster lives in a subdirectory so data_dir can hold other files (initdb wants it empty)."""
+APPLICATION_NAME = "campaign"
+
+# Linux's sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_SOCKET_NAME = ".s.PGSQL.5432"
+
+# Connection failures that mean "the database is not there for us", as opposed to bugs.
+# ClientConfigurationError (a malformed DSN) is both an InterfaceError and a ValueError.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    OverflowError,  # a port number out of range reaches socket.connect()
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    ValueError,
+)
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached or started; the message is one line with no secrets."""
+
+
+# --- DSN description (for error messages) -------------------------------------------------
+
+
+def _query_value(query: dict[str, list[str]], *keys: str) -> str | None:
+    for key in keys:
+        values = query.get(key)
+        if values and values[0]:
+            return values[0]
+    return None
+
+
+def describe_dsn(dsn: str) -> str:
+    """`host:port/database` of a URI DSN, never its password (for messages and logs).
+
+    Mirrors libpq/asyncpg defaults (query parameters, then PG* environment variables) so
+    the description names the server a connection attempt actually targets.
+    """
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        # Say so rather than echo a string that may hold a password.
+        return "<unparsable DSN>"
+    query = parse_qs(parts.query)
+    host = _query_value(query, "host") or unquote(parts.hostname or "")
+    port = _query_value(query, "port") or ""
+    if not port:
+        try:
+            port = str(parts.port or "")
+        except ValueError:  # out of range or not a number: show it as written
+            port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+    user = _query_value(query, "user") or unquote(parts.username or "")
+    host = host or os.environ.get("PGHOST", "") or "localhost"
+    port = port or os.environ.get("PGPORT", "") or "5432"
+    path_db = unquote(parts.path.lstrip("/"))
+    database = (
+        _query_value(query, "dbname", "database")
+        or path_db
+        or os.environ.get("PGDATABASE", "")
+        or user
+        or os.environ.get("PGUSER", "")
+        or "?"
+    )
+    if ":" in host and not host.startswith("/"):
+        host = f"[{host}]"  # an IPv6 address: keep host and port apart
+    return f"{host}:{port}/{database}"
+
+
+def _secrets_of(dsn: str) -> list[str]:
+    found: list[str] = []
+    try:
+        parts = urlsplit(dsn)
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        found += parse_qs(parts.query).get("password", [])
+    except ValueError:
+        pass
+    env_password = os.environ.get("PGPASSWORD")
+    if env_password:
+        found.append(env_password)
+    return [s for s in found if s]
+
+
+def _reason(exc: BaseException, dsn: str) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    # Belt and braces: drivers do not usually echo passwords, but a malformed DSN can
+    # end up verbatim in an exception message.
+    for secret in _secrets_of(dsn):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {_reason(exc, dsn)}"
+    )
+
+
+# --- connections and the pool -------------------------------------------------------------
+
+
+def _encode_json(value: Any) -> str:
+    # Compact and non-ASCII preserving: these values are stored, not displayed.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def _set_codecs(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename,
+            schema="pg_catalog",
+            encoder=_encode_json,
+            decoder=json.loads,
+            format="text",
+        )
+
+
+async def connect(
+    dsn: str,
+    *,
+    command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> asyncpg.Connection[asyncpg.Record]:
+    """One connection with the json/jsonb codecs (e.g. the dedicated LISTEN connection).
+
+    Pass `command_timeout=None` for a connection that runs migrations: a migration may
+    legitimately wait on the migration lock or build an index for minutes.
+    Raises DatabaseUnavailable when the server cannot be reached.
+    """
+    try:
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+    except _CONNECT_ERRORS as exc:
+        raise _unavailable(dsn, exc) from exc
+    try:
+        await _set_codecs(conn)
+    except BaseException:
+        # Also on cancellation: a half-set-up connection must not outlive this call.
+        conn.terminate()
+        raise
+    return conn
+
+
+async def _close_bounded(pool: asyncpg.Pool[asyncpg.Record], grace: float) -> None:
+    try:
+        async with asyncio.timeout(grace):
+            await pool.close()
+    except TimeoutError:
+        # A connection still checked out (or a server that stopped answering) would make
+        # close() wait forever; shutdown must finish, so cut the sockets.
+        structlog.get_logger("campaign.db").warning("db_pool_close_timeout", seconds=grace)
+        pool.terminate()
+    except BaseException:
+        pool.terminate()
+        raise
+
+
+@asynccontextmanager
+async def open_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
+    """An asyncpg pool with the json/jsonb codecs, closed on exit within `close_timeout`.
+
+    Raises DatabaseUnavailable when the first connections cannot be made. After
+    `close_timeout` seconds waiting for connections to come back, the pool is
+    terminated, so leaving the block never hangs.
+    """
+    try:
+        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_set_codecs,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+    except _CONNECT_ERRORS as exc:
+        raise _unavailable(dsn, exc) from exc
+    try:
+        yield pool
+    finally:
+        await _close_bounded(pool, close_timeout)
+
+
+# --- embedded PostgreSQL ------------------------------------------------------------------
+
+
+def _pgdata(db: DatabaseSettings) -> Path:
+    return (db.data_dir.expanduser().resolve()) / EMBEDDED_SUBDIR
+
+
+def _start_embedded(pgdata: Path) -> Any:
+    """Start (or attach to) the cluster in `pgdata`; blocking, run it in a thread."""
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseUnavailable(
+            f"cannot create the embedded PostgreSQL directory {pgdata.parent}: {exc.strerror}"
+        ) from exc
+    with warnings.catch_warnings():
+        # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (daemons,
+        # containers); it then falls back to a private directory under /tmp, which is fine.
+        # Imported here, not at the top: a deployment with a DSN never needs pgserver.
+        warnings.simplefilter("ignore", UserWarning)
+        from pgserver.postgres_server import get_server
+    try:
+        # Any: pgserver's context-manager methods and lock are untyped.
+        server: Any = get_server(pgdata, cleanup_mode="stop")
+        with server._lock:
+            # pgserver drops this process from the server's list of users when a handle is
+            # released while another process still uses the server, and does not add it
+            # back when the same process asks again; without this, that other process
+            # would stop the server under us when it exits.
+            server.global_process_id_list.get_and_add(os.getpid())
+        # Count a handle of ours in pgserver's per-process counter (see database_dsn).
+        server.__enter__()
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if "suitable socket path" in reason:
+            # pgserver puts the socket in pgdata, else in a runtime directory; both too long.
+            reason = (
+                f"no unix-socket path of at most {_MAX_SOCKET_PATH} bytes is available "
+                f"(tried {pgdata / _SOCKET_NAME}, {len(str(pgdata / _SOCKET_NAME))} bytes): "
+                "use a shorter database.data_dir or set XDG_RUNTIME_DIR to a short directory"
+            )
+        elif (pgdata / "log").is_file():
+            reason += f" (server log: {pgdata / 'log'})"
+        raise DatabaseUnavailable(
+            f"cannot start embedded PostgreSQL in {pgdata}: {reason}"
+        ) from exc
+    return server
+
+
+def _release_embedded(server: Any) -> None:
+    # pgserver stops the server once the last handle of the last process is released.
+    server.__exit__(None, None, None)
+
+
+async def resolve_dsn(db: DatabaseSettings) -> str:
+    """The configured DSN, else that of the embedded PostgreSQL under `db.data_dir`.
+
+    The embedded server is started if it is not running (the data directory is created
+    on first use and reused afterwards: same directory, same data). The handle taken
+    here is kept until the process exits; see the module docstring, and prefer
+    `database_dsn` when the caller has a natural scope.
+    Raises DatabaseUnavailable with one line when the server cannot be started.
+    """
+    configured = db.dsn.get_secret_value()
+    if configured:
+        return configured
+    server = await asyncio.to_thread(_start_embedded, _pgdata(db))
+    uri: str = server.get_uri()
+    return uri
+
+
+@asynccontextmanager
+async def database_dsn(db: DatabaseSettings) -> AsyncIterator[str]:
+    """The DSN to use while the block runs: the configured one, else the embedded server's.
+
+    With an embedded server, the block holds a handle on it; on exit the handle is
+    released and the server is stopped unless someone else still holds it (another
+    `database_dsn` block or a `resolve_dsn` call in this process, or another process).
+    """
+    configured = db.dsn.get_secret_value()
+    if configured:
+        yield configured
+        return
+    server = await asyncio.to_thread(_start_embedded, _pgdata(db))
+    try:
+        yield str(server.get_uri())
+    finally:
+        # Even if this await is cancelled, the thread runs on and stops the server.
+        await asyncio.to_thread(_release_embedded, server)
