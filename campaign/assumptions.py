@@ -183,3 +183,9 @@ SIMULATED_RAW_CAUSES: Mapping[str, str] = MappingProxyType(
         "dropped": "-1",
     }
 )
+
+# §1: "some older endpoints answer errors in HTML/XML" without Accept:
+# application/json. Which ones is not said, so the simulator treats every
+# endpoint as one of them: an error goes back as JSON only when the request's
+# Accept header names application/json (a bare */* is not enough).
+ERRORS_ARE_JSON_ONLY_WITH_ACCEPT_JSON = True
