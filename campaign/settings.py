@@ -52,7 +52,7 @@ class AculabSettings(Section):
     username: str = Field(default="bob@example.com", min_length=1)
     api_access_key: SecretStr = SecretStr("")
     account_type: AccountType = "production"
-    calls_per_second: float = Field(default=1.0, gt=0, le=10_000)
+    calls_per_second: float = Field(default=1.0, gt=0, le=100_000)
     service_passwords: dict[str, SecretStr] = Field(default_factory=dict)
 
     def service_password(self, service: str) -> SecretStr | None:
@@ -91,6 +91,40 @@ class DispatcherSettings(Section):
     shutdown_grace_seconds: float = Field(default=8.0, gt=0, le=60)
 
 
+class ListenerSettings(Section):
+    enabled: bool = True
+    """Serve the final-page endpoint, /healthz and /metrics."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    webhook_secret: SecretStr = SecretStr("")
+    """Secret path segment of the final-page URL: /final/<secret>. Empty: push disabled."""
+    max_body_bytes: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if secret and (len(secret) < 16 or not secret.isascii() or "/" in secret):
+            raise ValueError("must be at least 16 URL-safe characters (no '/')")
+        return value
+
+
+class PollerSettings(Section):
+    enabled: bool = True
+    """Poll application_status for calls whose outcome has not been pushed."""
+    first_poll_delay: float = Field(default=60.0, ge=0, le=86400)
+    """Seconds after a call is started before its first poll."""
+    interval: float = Field(default=30.0, gt=0, le=86400)
+    """Then every `interval` seconds, doubling after each poll up to max_interval."""
+    max_interval: float = Field(default=600.0, gt=0, le=86400)
+    give_up_after: float = Field(default=7200.0, gt=0, le=7 * 86400)
+    """Seconds after the start with no outcome: the call is `unknown` and retried by policy."""
+    concurrency: int = Field(default=8, ge=1, le=256)
+    """application_status requests in flight per daemon."""
+    batch: int = Field(default=200, ge=1, le=10000)
+    """Calls taken per round."""
+
+
 class LoggingSettings(Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -110,6 +144,8 @@ class Settings(BaseSettings):
     aculab: AculabSettings = AculabSettings()
     http: HttpSettings = HttpSettings()
     dispatcher: DispatcherSettings = DispatcherSettings()
+    listener: ListenerSettings = ListenerSettings()
+    poller: PollerSettings = PollerSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("aculab")

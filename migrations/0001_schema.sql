@@ -17,7 +17,7 @@ CREATE TABLE campaigns (
     state_reason         text,
     batch_size           integer NOT NULL DEFAULT 50 CHECK (batch_size BETWEEN 1 AND 1000),
     calls_per_second     double precision NOT NULL DEFAULT 1.0
-                         CHECK (calls_per_second > 0 AND calls_per_second <= 10000),
+                         CHECK (calls_per_second > 0 AND calls_per_second <= 100000),
     max_concurrent_calls integer NOT NULL DEFAULT 100
                          CHECK (max_concurrent_calls BETWEEN 1 AND 100000),
     max_attempts         integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 100),
@@ -119,11 +119,26 @@ CREATE TABLE calls (
     call_cause     text,
     call_raw_cause text,
     duration       double precision,
-    outcome_source text,
+    outcome_source text CHECK (outcome_source IN ('push', 'poll', 'give_up')),
+    outcome_reason text,
     finished_at    timestamptz,
+    -- The poller's schedule for calls whose outcome has not arrived.
+    next_poll_at   timestamptz,
+    polls          integer NOT NULL DEFAULT 0,
     UNIQUE (contact_id, attempt)
 );
-CREATE INDEX calls_open_idx ON calls (started_at) WHERE finished_at IS NULL;
+CREATE INDEX calls_poll_idx ON calls (next_poll_at) WHERE finished_at IS NULL;
+CREATE INDEX calls_campaign_idx ON calls (campaign_id);
+
+-- Final-page reports that arrived before their batch was acknowledged (a fast
+-- busy can beat the acknowledgement); matched to their call by the poller.
+CREATE TABLE unmatched_outcomes (
+    reference      text PRIMARY KEY,
+    call_cause     text NOT NULL,
+    call_raw_cause text,
+    duration       double precision,
+    received_at    timestamptz NOT NULL DEFAULT now()
+);
 
 -- Token buckets shared by every daemon: 'account' for the account's CPS and
 -- 'campaign:<id>' per campaign. Rows are created on first use.

@@ -19,36 +19,19 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
 from campaign.db.migrate import migrate
-from campaign.db.pool import connect, open_pool
+from campaign.db.pool import connect, dsn_with_database, open_pool
 
 __all__ = ["db_dsn", "db_pool", "pg_admin_dsn", "template_db"]
 
 TEST_DSN_ENV = "CAMPAIGN_TEST_DSN"
 TEMPLATE_NAME = "campaign_template"
 _MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path on Linux, minus the terminating NUL
-
-
-def dsn_with_database(dsn: str, database: str) -> str:
-    """`dsn` pointing at `database`, for both `user:pw@host:port/db` and `/db?host=/dir` forms."""
-    parts = urlsplit(dsn)
-    # A database named in the query would override the path; drop it.
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in {"dbname", "database"}]
-    return urlunsplit(
-        (
-            parts.scheme,
-            parts.netloc,
-            "/" + quote(database, safe=""),
-            urlencode(query, safe="/"),
-            parts.fragment,
-        )
-    )
 
 
 def quote_ident(name: str) -> str:

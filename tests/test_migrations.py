@@ -30,11 +30,12 @@ from campaign.db.pool import (
     connect,
     database_dsn,
     describe_dsn,
+    dsn_with_database,
     open_pool,
     resolve_dsn,
 )
 from campaign.settings import DatabaseSettings
-from tests.fixtures_db import create_database, drop_database, dsn_with_database
+from tests.fixtures_db import create_database, drop_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

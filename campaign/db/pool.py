@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -327,3 +327,19 @@ async def database_dsn(db: DatabaseSettings) -> AsyncIterator[str]:
     finally:
         # Even if this await is cancelled, the thread runs on and stops the server.
         await asyncio.to_thread(_release_embedded, server)
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """`dsn` pointing at `database`, for both `user:pw@host:port/db` and `/db?host=/dir` forms."""
+    parts = urlsplit(dsn)
+    # A database named in the query would override the path; drop it.
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in {"dbname", "database"}]
+    return urlunsplit(
+        (
+            parts.scheme,
+            parts.netloc,
+            "/" + quote(database, safe=""),
+            urlencode(query, safe="/"),
+            parts.fragment,
+        )
+    )

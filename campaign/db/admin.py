@@ -1,0 +1,467 @@
+"""SQL of the operator commands (create, load, pause/resume/cancel, status).
+
+Named statements next to thin typed functions; every value travels as a parameter.
+The functions raise `CommandError` subclasses for what the operator got wrong (the
+CLI prints the message as one line and exits 2) and let database failures through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
+
+import asyncpg
+
+from campaign.db.migrate import pending
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+
+CampaignState = Literal["active", "paused", "cancelled", "completed"]
+ContactState = Literal[
+    "pending",
+    "dispatching",
+    "dialing",
+    "completed",
+    "failed",
+    "invalid",
+    "suppressed",
+    "duplicate",
+    "cancelled",
+]
+CONTACT_STATES: Final[tuple[ContactState, ...]] = get_args(ContactState)
+"""In the order a contact moves through them (the README's order)."""
+
+Action = Literal["pause", "resume", "cancel"]
+
+CANCELLED_CONTACT_ERROR: Final = "campaign cancelled"
+
+
+class CommandError(Exception):
+    """The operator asked for something that cannot be done; the message is one line."""
+
+
+class CampaignNotFound(CommandError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no campaign named {name!r}")
+
+
+class CampaignExists(CommandError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a campaign named {name!r} already exists")
+
+
+class InvalidValue(CommandError):
+    """A value the schema refuses (a CHECK constraint), named by its column."""
+
+
+class IllegalTransition(CommandError):
+    """A state change the campaign's current state does not allow."""
+
+
+class NotMigrated(CommandError):
+    def __init__(self, missing: Sequence[str]) -> None:
+        super().__init__(
+            f"database is not migrated: run `campaign migrate` ({len(missing)} pending)"
+        )
+
+
+# --- schema check ---------------------------------------------------------------------
+
+
+async def require_migrated(pool: Pool) -> None:
+    """Refuse to work on a database whose schema lags behind this program."""
+    async with pool.acquire() as conn:
+        missing = await pending(conn)
+    if missing:
+        raise NotMigrated(missing)
+
+
+# --- campaigns ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignRef:
+    id: int
+    name: str
+    state: CampaignState
+    state_reason: str | None
+
+
+CAMPAIGN_BY_NAME = """
+SELECT id, name, state, state_reason FROM campaigns WHERE name = $1
+"""
+
+# FOR UPDATE: a state change waits for in-flight claims of this campaign (they hold
+# FOR SHARE) and then wins; claims that start afterwards see the new state.
+LOCK_CAMPAIGN_BY_NAME = """
+SELECT id, name, state, state_reason FROM campaigns WHERE name = $1 FOR UPDATE
+"""
+
+# FOR SHARE, taken just before a load commits: a concurrent cancel either commits
+# first (and the load sees `cancelled` and rolls back) or waits for the load's commit
+# and then cancels the freshly loaded contacts too. Either way none is stranded.
+SHARE_CAMPAIGN = """
+SELECT id, name, state, state_reason FROM campaigns WHERE id = $1 FOR SHARE
+"""
+
+
+def _ref(row: asyncpg.Record) -> CampaignRef:
+    return CampaignRef(
+        id=row["id"], name=row["name"], state=row["state"], state_reason=row["state_reason"]
+    )
+
+
+async def campaign_by_name(conn: Conn, name: str) -> CampaignRef:
+    row = await conn.fetchrow(CAMPAIGN_BY_NAME, name)
+    if row is None:
+        raise CampaignNotFound(name)
+    return _ref(row)
+
+
+async def share_campaign(conn: Conn, campaign_id: int) -> CampaignRef | None:
+    row = await conn.fetchrow(SHARE_CAMPAIGN, campaign_id)
+    return None if row is None else _ref(row)
+
+
+@dataclass(frozen=True)
+class NewCampaign:
+    """A campaign to create; None leaves the column's default from the schema."""
+
+    name: str
+    service_name: str
+    caller_id: str | None = None
+    batch_size: int | None = None
+    calls_per_second: float | None = None
+    max_concurrent_calls: int | None = None
+    max_attempts: int | None = None
+    retry_delays: Mapping[str, float] | None = None
+    default_country: str | None = None
+    default_timezone: str | None = None
+    priority: int | None = None
+    paused: bool = False
+
+
+INSERT_CAMPAIGN = """
+INSERT INTO campaigns (name, service_name) VALUES ($1, $2) RETURNING id
+"""
+
+# A second statement rather than one INSERT naming every column: the defaults then
+# live in the schema only (coalesce keeps the default where no value was given).
+SET_CAMPAIGN_POLICY = """
+UPDATE campaigns
+SET caller_id            = coalesce($2, caller_id),
+    batch_size           = coalesce($3, batch_size),
+    calls_per_second     = coalesce($4, calls_per_second),
+    max_concurrent_calls = coalesce($5, max_concurrent_calls),
+    max_attempts         = coalesce($6, max_attempts),
+    retry_delays         = coalesce($7::jsonb, retry_delays),
+    default_country      = coalesce($8, default_country),
+    default_timezone     = coalesce($9, default_timezone),
+    priority             = coalesce($10, priority),
+    state                = CASE WHEN $11 THEN 'paused' ELSE state END,
+    state_reason         = CASE WHEN $11 THEN 'created paused' ELSE state_reason END
+WHERE id = $1
+"""
+
+CHECK_CONSTRAINT = """
+SELECT a.attname AS column_name, pg_get_constraintdef(c.oid) AS definition
+FROM pg_constraint c
+LEFT JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+WHERE c.conname = $1 AND c.conrelid = to_regclass($2)
+"""
+
+
+async def create_campaign(pool: Pool, spec: NewCampaign) -> int:
+    """Insert the campaign; its id. Raises CampaignExists or InvalidValue."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                campaign_id: int = await conn.fetchval(
+                    INSERT_CAMPAIGN, spec.name, spec.service_name
+                )
+                await conn.execute(
+                    SET_CAMPAIGN_POLICY,
+                    campaign_id,
+                    spec.caller_id,
+                    spec.batch_size,
+                    spec.calls_per_second,
+                    spec.max_concurrent_calls,
+                    spec.max_attempts,
+                    None if spec.retry_delays is None else dict(spec.retry_delays),
+                    spec.default_country,
+                    spec.default_timezone,
+                    spec.priority,
+                    spec.paused,
+                )
+        except asyncpg.UniqueViolationError:
+            raise CampaignExists(spec.name) from None
+        except asyncpg.CheckViolationError as exc:
+            # Looked up after the rollback: the failed transaction accepts no queries.
+            raise await _check_failure(conn, exc, _campaign_values(spec)) from None
+    return campaign_id
+
+
+def _campaign_values(spec: NewCampaign) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "service_name": spec.service_name,
+        "caller_id": spec.caller_id,
+        "batch_size": spec.batch_size,
+        "calls_per_second": spec.calls_per_second,
+        "max_concurrent_calls": spec.max_concurrent_calls,
+        "max_attempts": spec.max_attempts,
+        "retry_delays": spec.retry_delays,
+        "default_country": spec.default_country,
+        "default_timezone": spec.default_timezone,
+        "priority": spec.priority,
+    }
+
+
+async def _check_failure(
+    conn: Conn, exc: asyncpg.CheckViolationError, values: Mapping[str, Any]
+) -> InvalidValue:
+    constraint = exc.constraint_name or ""
+    row = await conn.fetchrow(CHECK_CONSTRAINT, constraint, exc.table_name or "campaigns")
+    if row is None or row["column_name"] is None:
+        return InvalidValue(f"rejected by the database: {' '.join(str(exc).split())}")
+    column: str = row["column_name"]
+    value = values.get(column)
+    shown = "" if value is None else f" {value!r}"
+    rule = _unwrap(str(row["definition"]).removeprefix("CHECK "))
+    return InvalidValue(f"invalid {column}{shown}: must satisfy {rule}")
+
+
+def _unwrap(expression: str) -> str:
+    """`((a) AND (b))` -> `(a) AND (b)`: drop parentheses that enclose the whole text."""
+    while expression.startswith("(") and expression.endswith(")"):
+        depth = 0
+        for i, char in enumerate(expression):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0 and i < len(expression) - 1:
+                return expression  # the first "(" closes early: "(a) AND (b)"
+        expression = expression[1:-1]
+    return expression
+
+
+# --- pause / resume / cancel ------------------------------------------------------------
+
+TARGET_STATE: Final[Mapping[Action, CampaignState]] = MappingProxyType(
+    {"pause": "paused", "resume": "active", "cancel": "cancelled"}
+)
+ALLOWED_FROM: Final[Mapping[Action, frozenset[CampaignState]]] = MappingProxyType(
+    {
+        "pause": frozenset({"active"}),
+        "resume": frozenset({"paused", "completed"}),
+        "cancel": frozenset({"active", "paused", "completed"}),
+    }
+)
+DEFAULT_REASON: Final[Mapping[Action, str | None]] = MappingProxyType(
+    {"pause": "paused by operator", "resume": None, "cancel": "cancelled by operator"}
+)
+_WHY_NOT: Final[Mapping[tuple[Action, CampaignState], str]] = MappingProxyType(
+    {
+        ("pause", "cancelled"): "a cancelled campaign is finished",
+        ("pause", "completed"): "it has nothing left to dial",
+        ("resume", "cancelled"): "a cancelled campaign cannot be resumed; create a new one",
+    }
+)
+
+
+@dataclass(frozen=True)
+class StateChange:
+    campaign: CampaignRef
+    """The campaign as it is now."""
+    previous: CampaignState
+    changed: bool
+    """False when the campaign already was in the target state (nothing to do)."""
+    contacts_cancelled: int
+
+
+SET_CAMPAIGN_STATE = """
+UPDATE campaigns SET state = $2, state_reason = $3, updated_at = now() WHERE id = $1
+"""
+
+# Only `pending` contacts: those in a batch (dispatching/dialing) belong to the
+# dispatcher and the tracker, which finish them with their real outcome.
+CANCEL_PENDING_CONTACTS = """
+UPDATE contacts
+SET state = 'cancelled', last_error = $2, updated_at = now()
+WHERE campaign_id = $1 AND state = 'pending'
+"""
+
+
+async def change_state(pool: Pool, name: str, action: Action, reason: str | None) -> StateChange:
+    """Pause, resume or cancel a campaign. Raises CampaignNotFound or IllegalTransition.
+
+    Asking for the state the campaign is already in changes nothing and succeeds (a
+    repeated cancel still cancels contacts inserted since).
+    """
+    target = TARGET_STATE[action]
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(LOCK_CAMPAIGN_BY_NAME, name)
+        if row is None:
+            raise CampaignNotFound(name)
+        current = _ref(row)
+        changed = current.state != target
+        if changed and current.state not in ALLOWED_FROM[action]:
+            why = _WHY_NOT.get((action, current.state), "")
+            raise IllegalTransition(
+                f"cannot {action} campaign {name!r}: it is {current.state}"
+                + (f" ({why})" if why else "")
+            )
+        new_reason = current.state_reason
+        if changed or reason is not None:
+            new_reason = reason if reason is not None else DEFAULT_REASON[action]
+            await conn.execute(SET_CAMPAIGN_STATE, current.id, target, new_reason)
+        cancelled = 0
+        if target == "cancelled":
+            status = await conn.execute(
+                CANCEL_PENDING_CONTACTS, current.id, CANCELLED_CONTACT_ERROR
+            )
+            cancelled = _row_count(status)
+    return StateChange(
+        campaign=CampaignRef(current.id, current.name, target, new_reason),
+        previous=current.state,
+        changed=changed,
+        contacts_cancelled=cancelled,
+    )
+
+
+def _row_count(command_tag: str) -> int:
+    # asyncpg returns the command tag, e.g. "UPDATE 42".
+    return int(command_tag.rsplit(" ", 1)[-1])
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    id: int
+    name: str
+    state: CampaignState
+    state_reason: str | None
+
+
+@dataclass(frozen=True)
+class ParkedBatchRow:
+    id: int
+    campaign_id: int
+    created_at: datetime
+    age_seconds: float
+    last_error: str | None
+    contacts: int
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """Everything `campaign status` shows, read in one consistent snapshot."""
+
+    taken_at: datetime
+    campaigns: list[CampaignRow]
+    contact_counts: dict[int, dict[str, int]]
+    calls_started: dict[int, int]
+    batches_in_flight: dict[int, int]
+    parked: list[ParkedBatchRow]
+    outcomes: dict[int, dict[str, int]]
+    """Calls per call_cause ('awaiting' while no outcome has arrived)."""
+    attempts: dict[int, dict[int, int]]
+    """Contacts per number of calls started for them."""
+
+
+STATUS_CAMPAIGNS = """
+SELECT id, name, state, state_reason
+FROM campaigns
+WHERE $1::text IS NULL OR name = $1
+ORDER BY id
+"""
+
+STATUS_CONTACT_COUNTS = """
+SELECT campaign_id, state, count(*) AS n
+FROM contacts
+WHERE campaign_id = ANY($1::bigint[])
+GROUP BY campaign_id, state
+"""
+
+STATUS_OUTCOMES = """
+SELECT campaign_id, coalesce(call_cause, 'awaiting') AS cause, count(*) AS n
+FROM calls
+WHERE campaign_id = ANY($1::bigint[])
+GROUP BY 1, 2
+"""
+
+STATUS_ATTEMPTS = """
+SELECT campaign_id, attempts, count(*) AS n
+FROM contacts
+WHERE campaign_id = ANY($1::bigint[])
+GROUP BY 1, 2
+"""
+
+STATUS_BATCHES_IN_FLIGHT = """
+SELECT campaign_id, count(*) AS n
+FROM batches
+WHERE campaign_id = ANY($1::bigint[]) AND state = 'pending'
+GROUP BY campaign_id
+"""
+
+# Ages come from the database clock, so a skewed operator laptop shows true ages.
+STATUS_PARKED_BATCHES = """
+SELECT id, campaign_id, created_at,
+       extract(epoch FROM now() - created_at)::float8 AS age_seconds,
+       last_error, cardinality(contact_ids) AS contacts
+FROM batches
+WHERE campaign_id = ANY($1::bigint[]) AND state = 'parked'
+ORDER BY campaign_id, id
+"""
+
+STATUS_NOW = "SELECT now()"
+
+
+async def status_snapshot(pool: Pool, name: str | None = None) -> StatusSnapshot:
+    """The status of every campaign, or of the one named (CampaignNotFound if none)."""
+    async with (
+        pool.acquire() as conn,
+        # One snapshot for every count, so the numbers add up with each other.
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        taken_at: datetime = await conn.fetchval(STATUS_NOW)
+        campaigns = [
+            CampaignRow(r["id"], r["name"], r["state"], r["state_reason"])
+            for r in await conn.fetch(STATUS_CAMPAIGNS, name)
+        ]
+        if name is not None and not campaigns:
+            raise CampaignNotFound(name)
+        ids = [c.id for c in campaigns]
+        counts: dict[int, dict[str, int]] = {}
+        for r in await conn.fetch(STATUS_CONTACT_COUNTS, ids):
+            counts.setdefault(r["campaign_id"], {})[r["state"]] = r["n"]
+        outcomes: dict[int, dict[str, int]] = {}
+        for r in await conn.fetch(STATUS_OUTCOMES, ids):
+            outcomes.setdefault(r["campaign_id"], {})[r["cause"]] = r["n"]
+        calls = {cid: sum(by_cause.values()) for cid, by_cause in outcomes.items()}
+        attempts: dict[int, dict[int, int]] = {}
+        for r in await conn.fetch(STATUS_ATTEMPTS, ids):
+            attempts.setdefault(r["campaign_id"], {})[r["attempts"]] = r["n"]
+        in_flight = {
+            r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_BATCHES_IN_FLIGHT, ids)
+        }
+        parked = [
+            ParkedBatchRow(
+                id=r["id"],
+                campaign_id=r["campaign_id"],
+                created_at=r["created_at"],
+                age_seconds=r["age_seconds"],
+                last_error=r["last_error"],
+                contacts=r["contacts"],
+            )
+            for r in await conn.fetch(STATUS_PARKED_BATCHES, ids)
+        ]
+    return StatusSnapshot(taken_at, campaigns, counts, calls, in_flight, parked, outcomes, attempts)

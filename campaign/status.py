@@ -1,0 +1,172 @@
+"""`campaign status`: where each campaign stands, for people (a table) and scripts (JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from campaign.db import admin
+from campaign.db.admin import CONTACT_STATES, CampaignState, ContactState
+
+MAX_PARKED_SHOWN = 20
+"""Parked batches listed per campaign in the table (JSON lists them all)."""
+
+
+@dataclass(frozen=True)
+class ParkedBatch:
+    id: int
+    created_at: datetime
+    age_seconds: float
+    contacts: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class CampaignStatus:
+    id: int
+    name: str
+    state: CampaignState
+    state_reason: str | None
+    contacts: dict[ContactState, int]
+    """Every contact state, zero included, in CONTACT_STATES order."""
+    calls_started: int
+    batches_in_flight: int
+    """Batches persisted but not yet acknowledged by Aculab (batches.state = 'pending')."""
+    parked: list[ParkedBatch]
+    as_of: datetime
+    outcomes: dict[str, int]
+    """Calls per call_cause; 'awaiting' for calls whose outcome has not arrived."""
+    attempts: dict[int, int]
+    """Contacts per number of calls started for them (0 = not called yet)."""
+
+    @property
+    def contacts_total(self) -> int:
+        return sum(self.contacts.values())
+
+
+async def gather_status(pool: admin.Pool, name: str | None = None) -> list[CampaignStatus]:
+    """Status of every campaign (by id), or of the named one (CampaignNotFound if none)."""
+    snap = await admin.status_snapshot(pool, name)
+    parked: dict[int, list[ParkedBatch]] = {}
+    for b in snap.parked:
+        parked.setdefault(b.campaign_id, []).append(
+            ParkedBatch(b.id, b.created_at, b.age_seconds, b.contacts, b.last_error)
+        )
+    result = []
+    for c in snap.campaigns:
+        counts = snap.contact_counts.get(c.id, {})
+        result.append(
+            CampaignStatus(
+                id=c.id,
+                name=c.name,
+                state=c.state,
+                state_reason=c.state_reason,
+                contacts={state: counts.get(state, 0) for state in CONTACT_STATES},
+                calls_started=snap.calls_started.get(c.id, 0),
+                batches_in_flight=snap.batches_in_flight.get(c.id, 0),
+                parked=parked.get(c.id, []),
+                as_of=snap.taken_at,
+                outcomes=dict(sorted(snap.outcomes.get(c.id, {}).items())),
+                attempts=dict(sorted(snap.attempts.get(c.id, {}).items())),
+            )
+        )
+    return result
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+
+def to_json_document(statuses: list[CampaignStatus]) -> dict[str, Any]:
+    return {
+        "campaigns": [
+            {
+                "id": s.id,
+                "name": s.name,
+                "state": s.state,
+                "state_reason": s.state_reason,
+                "contacts": dict(s.contacts),
+                "contacts_total": s.contacts_total,
+                "calls_started": s.calls_started,
+                "outcomes": dict(s.outcomes),
+                "attempts": {str(k): v for k, v in s.attempts.items()},
+                "batches_in_flight": s.batches_in_flight,
+                "parked_batches": [
+                    {
+                        "id": b.id,
+                        "created_at": b.created_at.isoformat(),
+                        "age_seconds": round(b.age_seconds, 3),
+                        "contacts": b.contacts,
+                        "reason": b.reason,
+                    }
+                    for b in s.parked
+                ],
+                "as_of": s.as_of.isoformat(),
+            }
+            for s in statuses
+        ]
+    }
+
+
+def render_json(statuses: list[CampaignStatus]) -> str:
+    return json.dumps(to_json_document(statuses), indent=2, ensure_ascii=False)
+
+
+# --- the table --------------------------------------------------------------------------
+
+
+def format_age(seconds: float) -> str:
+    """A short age: 42s, 7m05s, 3h12m, 2d04h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _one_line(text: str) -> str:
+    # Reasons can be Aculab error bodies with newlines; a table row must stay one line.
+    return " ".join(text.split())
+
+
+def _block(s: CampaignStatus) -> list[str]:
+    state = s.state + (f" ({_one_line(s.state_reason)})" if s.state_reason else "")
+    rows: list[tuple[str, str]] = [("state", state), ("contacts", f"{s.contacts_total:,}")]
+    rows += [(f"  {name}", f"{n:,}") for name, n in s.contacts.items()]
+    rows += [("calls started", f"{s.calls_started:,}")]
+    rows += [(f"  {cause}", f"{n:,}") for cause, n in s.outcomes.items()]
+    rows += [
+        (f"  contacts with {k} call{'s' if k != 1 else ''}", f"{n:,}")
+        for k, n in s.attempts.items()
+    ]
+    rows += [
+        ("batches in flight", f"{s.batches_in_flight:,}"),
+        ("parked batches", f"{len(s.parked):,}"),
+    ]
+    label_width = max(len(label) for label, _ in rows)
+    # Numbers right-aligned in one column; the state (text) is left as it is.
+    number_width = max(len(value) for label, value in rows if label != "state")
+    lines = [f"campaign {s.name} (id {s.id})"]
+    for label, value in rows:
+        shown = value if label == "state" else value.rjust(number_width)
+        lines.append(f"  {label.ljust(label_width)}  {shown}")
+    for b in s.parked[:MAX_PARKED_SHOWN]:
+        reason = _one_line(b.reason) if b.reason else "no reason recorded"
+        lines.append(
+            f"    batch {b.id}: age {format_age(b.age_seconds)}, "
+            f"{b.contacts} contact{'s' if b.contacts != 1 else ''}: {reason}"
+        )
+    if len(s.parked) > MAX_PARKED_SHOWN:
+        lines.append(f"    ... and {len(s.parked) - MAX_PARKED_SHOWN} more (see --json)")
+    return lines
+
+
+def render_table(statuses: list[CampaignStatus]) -> str:
+    if not statuses:
+        return "no campaigns"
+    blocks = ["\n".join(_block(s)) for s in statuses]
+    return "\n\n".join(blocks)

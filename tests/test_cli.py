@@ -1,0 +1,490 @@
+"""The operator commands as an operator runs them: `campaign ...` against a real PostgreSQL.
+
+Most tests call `campaign.cli.main` in-process (the same code path, without the ~1 s of
+interpreter start-up); a few run the real command as a subprocess, end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog
+
+from campaign.cli import main
+from campaign.db.pool import dsn_with_database
+from tests.fixtures_db import create_database, drop_database
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Cli:
+    """Runs `campaign` in-process against one database; returns (status, stdout, stderr)."""
+
+    def __init__(self, dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.dsn = dsn
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        status = main(list(argv))
+        out, err = self.capsys.readouterr()
+        return status, out, err
+
+    def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async def run() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                return await conn.fetch(sql, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # The commands configure logging for the process; put it back for the next test.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+def _point_at(monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
+    monkeypatch.delenv("CAMPAIGN_CONFIG", raising=False)
+    monkeypatch.setenv("CAMPAIGN_DATABASE__DSN", dsn)
+
+
+@pytest.fixture
+def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    _point_at(monkeypatch, db_dsn)
+    return Cli(db_dsn, capsys)
+
+
+@pytest.fixture
+async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A database never migrated."""
+    name = f"test_empty_{uuid.uuid4().hex[:12]}"
+    await create_database(pg_admin_dsn, name, template="template0")
+    try:
+        yield dsn_with_database(pg_admin_dsn, name)
+    finally:
+        await drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+def empty_cli(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Cli:
+    _point_at(monkeypatch, empty_dsn)
+    return Cli(empty_dsn, capsys)
+
+
+def one_line(text: str) -> str:
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def csv_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "contacts.csv"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+# --- end to end, as a subprocess ---------------------------------------------------------------
+
+
+def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    env["CAMPAIGN_DATABASE__DSN"] = dsn
+    return subprocess.run(
+        [sys.executable, "-m", "campaign", *argv],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_create_load_and_status_work_end_to_end(db_dsn: str, tmp_path: Path) -> None:
+    created = run_campaign(db_dsn, "create", "spring", "--service", "Svc", "--batch-size", "20")
+    assert (created.returncode, created.stderr) == (0, "")
+    campaign_id = int(created.stdout)
+    path = csv_file(tmp_path, "destination,priority\n+441908273800,1\n,2\n+441908273801,x\n+4420\n")
+
+    loaded = run_campaign(db_dsn, "load", "spring", path)
+
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout == "loaded 1 rows, refused 3 rows (see above)\n"
+    assert loaded.stderr.splitlines() == [
+        "line 3: empty destination",
+        "line 4: priority: not an integer: 'x'",
+        "line 5: expected 2 fields, found 1",
+    ]
+
+    status = run_campaign(db_dsn, "status", "--json")
+
+    assert status.returncode == 0, status.stderr
+    (doc,) = json.loads(status.stdout)["campaigns"]
+    assert (doc["id"], doc["name"], doc["state"]) == (campaign_id, "spring", "active")
+    assert doc["contacts"]["pending"] == doc["contacts_total"] == 1
+    assert (doc["calls_started"], doc["batches_in_flight"], doc["parked_batches"]) == (0, 0, [])
+
+
+def test_a_bad_file_fails_the_real_command_with_one_line_and_status_2(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    assert run_campaign(db_dsn, "create", "spring", "--service", "Svc").returncode == 0
+
+    proc = run_campaign(db_dsn, "load", "spring", csv_file(tmp_path, "destination,phone\n1,2\n"))
+
+    assert proc.returncode == 2
+    assert one_line(proc.stderr).startswith("campaign load: ")
+    assert "unknown column 'phone'" in proc.stderr
+
+
+# --- database access ---------------------------------------------------------------------------
+
+
+def test_migrate_applies_pending_migrations_then_reports_up_to_date(empty_cli: Cli) -> None:
+    status, out, _ = empty_cli("migrate")
+    assert status == 0
+    assert out.splitlines() == ["applied 0001_schema.sql"]
+
+    assert empty_cli("migrate")[:2] == (0, "database is up to date\n")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("status",),
+        ("create", "spring", "--service", "Svc"),
+        ("pause", "spring"),
+        ("load", "spring", "/dev/null"),
+    ],
+)
+def test_commands_refuse_an_unmigrated_database(empty_cli: Cli, argv: tuple[str, ...]) -> None:
+    status, out, err = empty_cli(*argv)
+
+    assert (status, out) == (2, "")
+    assert one_line(err) == (
+        f"campaign {argv[0]}: database is not migrated: run `campaign migrate` (1 pending)"
+    )
+
+
+def test_an_unreachable_database_is_one_line_and_status_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _point_at(monkeypatch, "postgresql://bob:s3cret@127.0.0.1:1/campaigns")
+
+    status = main(["status"])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert one_line(err).startswith(
+        "campaign status: cannot reach PostgreSQL at 127.0.0.1:1/campaigns"
+    )
+    assert "s3cret" not in err
+
+
+def test_run_starts_the_daemon_which_fails_cleanly_without_a_database(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _point_at(monkeypatch, "postgresql://bob@127.0.0.1:1/campaigns")
+    assert main(["run"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_bad_settings_are_reported_with_status_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CAMPAIGN_CONFIG", str(tmp_path / "missing.toml"))
+
+    assert main(["status"]) == 2
+    assert one_line(capsys.readouterr().err).startswith("config: file not found")
+
+
+def test_usage_errors_are_one_line_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["create", "spring"], ["create", "spring", "--service", "S", "--batch-size", "x"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert one_line(capsys.readouterr().err).startswith("campaign create: ")
+
+
+# --- create ------------------------------------------------------------------------------------
+
+
+def test_create_prints_the_id_and_stores_the_policy(cli: Cli) -> None:
+    status, out, err = cli(
+        "create", "spring", "--service", "Svc", "--caller-id", "441908273801",
+        "--batch-size", "25", "--calls-per-second", "2.5", "--max-concurrent-calls", "40",
+        "--max-attempts", "5", "--retry-delays", '{"busy": 60, "no_answer": 120.5}',
+        "--default-country", "gb", "--default-timezone", "Europe/London", "--priority", "9",
+    )  # fmt: skip
+
+    assert (status, err) == (0, "")
+    (row,) = cli.query("SELECT * FROM campaigns WHERE id = $1", int(out))
+    assert row["name"] == "spring"
+    assert row["service_name"] == "Svc"
+    assert row["caller_id"] == "441908273801"
+    assert (row["batch_size"], row["calls_per_second"]) == (25, 2.5)
+    assert (row["max_concurrent_calls"], row["max_attempts"], row["priority"]) == (40, 5, 9)
+    assert json.loads(row["retry_delays"]) == {"busy": 60, "no_answer": 120.5}
+    assert (row["default_country"], row["default_timezone"]) == ("GB", "Europe/London")
+    assert (row["state"], row["state_reason"]) == ("active", None)
+
+
+def test_create_leaves_the_schema_defaults_for_options_not_given(cli: Cli) -> None:
+    assert cli("create", "spring", "--service", "Svc", "--paused")[0] == 0
+    cli.query("INSERT INTO campaigns (name, service_name) VALUES ('plain', 'Svc')")
+    policy = (
+        "caller_id, batch_size, calls_per_second, max_concurrent_calls, max_attempts, "
+        "retry_delays, default_country, default_timezone, priority"
+    )
+
+    created, plain = cli.query(f"SELECT {policy}, state FROM campaigns ORDER BY id")
+
+    assert dict(created) == {**dict(plain), "state": "paused"}
+
+
+def test_create_refuses_a_name_already_taken(cli: Cli) -> None:
+    assert cli("create", "spring", "--service", "Svc")[0] == 0
+
+    status, out, err = cli("create", "spring", "--service", "Other")
+
+    assert (status, out) == (2, "")
+    assert one_line(err) == "campaign create: a campaign named 'spring' already exists"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "column"),
+    [
+        ("--batch-size", "0", "batch_size"),
+        ("--calls-per-second", "0.0", "calls_per_second"),
+        ("--max-concurrent-calls", "-1", "max_concurrent_calls"),
+        ("--max-attempts", "1000", "max_attempts"),
+        ("--priority", "5000", "priority"),
+    ],
+)
+def test_create_names_the_column_a_schema_check_refuses(
+    cli: Cli, option: str, value: str, column: str
+) -> None:
+    status, _, err = cli("create", "spring", "--service", "Svc", option, value)
+
+    assert status == 2
+    assert one_line(err).startswith(f"campaign create: invalid {column} {value}: must satisfy (")
+    assert cli.query("SELECT * FROM campaigns") == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--retry-delays", "{busy: 1}", "--retry-delays: not valid JSON"),
+        ("--retry-delays", "[1]", "--retry-delays: Input should be a valid dictionary"),
+        ("--retry-delays", '{"busy": -1}', "--retry-delays: Input should be greater than"),
+        ("--retry-delays", '{"no-answer": 1}', "--retry-delays: unknown call cause 'no-answer'"),
+        ("--retry-delays", '{"completed": 1}', "--retry-delays: unknown call cause 'completed'"),
+        ("--default-timezone", "Mars/Olympus", "--default-timezone: 'Mars/Olympus' is not an"),
+        ("--default-country", "XX", "--default-country: 'XX' is not a region code"),
+        ("--calls-per-second", "nan", "--calls-per-second: Input should be a finite number"),
+        ("--priority", str(2**40), "--priority: Input should be less than or equal to"),
+        ("--caller-id", "44\x00", "--caller-id: contains a NUL character"),
+    ],
+)
+def test_create_refuses_malformed_options_with_one_line(
+    cli: Cli, option: str, value: str, message: str
+) -> None:
+    status, out, err = cli("create", "spring", "--service", "Svc", option, value)
+
+    assert (status, out) == (2, "")
+    assert one_line(err).startswith(f"campaign create: {message}")
+    assert cli.query("SELECT * FROM campaigns") == []
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+def test_load_lists_refused_rows_up_to_a_cap_and_loads_the_rest(cli: Cli, tmp_path: Path) -> None:
+    cli("create", "spring", "--service", "Svc")
+    path = csv_file(tmp_path, "destination\n" + '""\n' * 60 + "+441\n")
+
+    status, out, err = cli("load", "spring", path)
+
+    assert status == 0, err
+    assert out == "loaded 1 rows, refused 60 rows (see above)\n"
+    lines = err.splitlines()
+    assert lines[:2] == ["line 2: empty destination", "line 3: empty destination"]
+    assert len(lines) == 51
+    assert lines[-1] == "... and 10 more"
+
+
+def test_load_into_a_paused_campaign_says_how_to_dial_them(cli: Cli, tmp_path: Path) -> None:
+    cli("create", "spring", "--service", "Svc", "--paused")
+
+    status, out, err = cli("load", "spring", csv_file(tmp_path, "destination\n+441\n"))
+
+    assert (status, out) == (0, "loaded 1 rows\n")
+    assert "run `campaign resume spring`" in one_line(err)
+
+
+def test_load_reads_tab_separated_files(cli: Cli, tmp_path: Path) -> None:
+    cli("create", "spring", "--service", "Svc")
+
+    status, out, _ = cli(
+        "load",
+        "spring",
+        csv_file(tmp_path, "destination\ttoken\n+441\ta,b\n"),
+        "--delimiter",
+        "\\t",
+    )
+
+    assert (status, out) == (0, "loaded 1 rows\n")
+    assert [tuple(r) for r in cli.query("SELECT destination, token FROM contacts")] == [
+        ("+441", "a,b")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("campaign", "file_text", "message"),
+    [
+        ("nope", "destination\n+441\n", "campaign load: no campaign named 'nope'"),
+        ("spring", None, "campaign load: cannot read"),
+        ("spring", "Destination,Phone\n+441,1\n", "campaign load: "),
+    ],
+)
+def test_load_refuses_an_unknown_campaign_or_an_unusable_file(
+    cli: Cli, tmp_path: Path, campaign: str, file_text: str | None, message: str
+) -> None:
+    cli("create", "spring", "--service", "Svc")
+    path = str(tmp_path / "missing.csv") if file_text is None else csv_file(tmp_path, file_text)
+
+    status, out, err = cli("load", campaign, path)
+
+    assert (status, out) == (2, "")
+    assert one_line(err).startswith(message)
+    assert cli.query("SELECT * FROM contacts") == []
+
+
+def test_load_refuses_a_delimiter_that_cannot_work(cli: Cli, tmp_path: Path) -> None:
+    cli("create", "spring", "--service", "Svc")
+
+    status, _, err = cli("load", "spring", csv_file(tmp_path, "destination\n"), "--delimiter", ";;")
+
+    assert status == 2
+    assert "delimiter must be one character" in one_line(err)
+
+
+# --- pause / resume / cancel -------------------------------------------------------------------
+
+
+def test_pause_then_resume_records_the_reason_and_clears_it(cli: Cli) -> None:
+    cli("create", "spring", "--service", "Svc")
+
+    assert cli("pause", "spring", "--reason", "lunch")[:2] == (
+        0,
+        "campaign 'spring': active -> paused\n",
+    )
+    assert [tuple(r) for r in cli.query("SELECT state, state_reason FROM campaigns")] == [
+        ("paused", "lunch")
+    ]
+    assert cli("pause", "spring")[:2] == (0, "campaign 'spring' is already paused\n")
+    assert cli("resume", "spring")[:2] == (0, "campaign 'spring': paused -> active\n")
+    assert [tuple(r) for r in cli.query("SELECT state, state_reason FROM campaigns")] == [
+        ("active", None)
+    ]
+
+
+def test_resume_reopens_a_completed_campaign(cli: Cli) -> None:
+    cli("create", "spring", "--service", "Svc")
+    cli.query("UPDATE campaigns SET state = 'completed'")
+
+    assert cli("resume", "spring")[:2] == (0, "campaign 'spring': completed -> active\n")
+
+
+def test_cancel_cancels_pending_contacts_and_leaves_calls_in_progress_alone(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli("create", "spring", "--service", "Svc")
+    cli("load", "spring", csv_file(tmp_path, "destination\n+441\n+442\n+443\n"))
+    cli.query("UPDATE contacts SET state = 'dialing' WHERE destination = '+443'")
+
+    status, out, _ = cli("cancel", "spring", "--reason", "client request")
+
+    assert (status, out) == (
+        0,
+        "campaign 'spring': active -> cancelled; 2 pending contacts cancelled\n",
+    )
+    rows = cli.query("SELECT destination, state, last_error FROM contacts ORDER BY id")
+    assert [tuple(r) for r in rows] == [
+        ("+441", "cancelled", "campaign cancelled"),
+        ("+442", "cancelled", "campaign cancelled"),
+        ("+443", "dialing", None),
+    ]
+    assert [tuple(r) for r in cli.query("SELECT state, state_reason FROM campaigns")] == [
+        ("cancelled", "client request")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setup", "argv", "message"),
+    [
+        (None, ("pause", "nope"), "campaign pause: no campaign named 'nope'"),
+        ("cancelled", ("resume", "spring"), "campaign resume: cannot resume campaign 'spring': "
+         "it is cancelled (a cancelled campaign cannot be resumed; create a new one)"),
+        ("cancelled", ("pause", "spring"), "campaign pause: cannot pause campaign 'spring': "
+         "it is cancelled"),
+        ("completed", ("pause", "spring"), "campaign pause: cannot pause campaign 'spring': "
+         "it is completed"),
+    ],
+)  # fmt: skip
+def test_unknown_campaigns_and_illegal_transitions_are_refused(
+    cli: Cli, setup: str | None, argv: tuple[str, ...], message: str
+) -> None:
+    cli("create", "spring", "--service", "Svc")
+    if setup:
+        cli.query("UPDATE campaigns SET state = $1", setup)
+
+    status, out, err = cli(*argv)
+
+    assert (status, out) == (2, "")
+    assert one_line(err).startswith(message)
+    assert [r["state"] for r in cli.query("SELECT state FROM campaigns")] == [setup or "active"]
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def test_status_prints_a_table_or_json_and_refuses_an_unknown_name(cli: Cli) -> None:
+    cli("create", "spring", "--service", "Svc")
+    cli("create", "autumn", "--service", "Svc", "--paused")
+
+    status, out, _ = cli("status")
+    assert status == 0
+    assert "campaign spring (id " in out
+    assert "campaign autumn (id " in out
+
+    status, out, _ = cli("status", "autumn", "--json")
+    assert status == 0
+    assert [c["state"] for c in json.loads(out)["campaigns"]] == ["paused"]
+
+    status, out, err = cli("status", "winter")
+    assert (status, out) == (2, "")
+    assert one_line(err) == "campaign status: no campaign named 'winter'"

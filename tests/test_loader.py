@@ -1,0 +1,435 @@
+"""`campaign load` through `load_csv`, on a real PostgreSQL: what lands, what is refused, why."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from campaign.db import admin
+from campaign.loader import MAX_TOKEN_LENGTH, LoadError, LoadResult, load_csv
+
+Pool = admin.Pool
+
+
+async def new_campaign(pool: Pool, name: str = "spring", *, state: str = "active") -> int:
+    campaign_id: int = await pool.fetchval(
+        "INSERT INTO campaigns (name, service_name, state) VALUES ($1, 'Svc', $2) RETURNING id",
+        name,
+        state,
+    )
+    return campaign_id
+
+
+async def contacts(pool: Pool, campaign_id: int) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT * FROM contacts WHERE campaign_id = $1 ORDER BY id", campaign_id
+    )
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "contacts.csv") -> Path:
+    path = tmp_path / name
+    if isinstance(text, str):
+        path.write_text(text, encoding="utf-8", newline="")
+    else:
+        path.write_bytes(text)
+    return path
+
+
+def refused_lines(result: LoadResult) -> dict[int, str]:
+    return {r.line: r.reason for r in result.refusals}
+
+
+async def test_good_rows_load_with_every_column_converted(db_pool: Pool, tmp_path: Path) -> None:
+    cid = await new_campaign(db_pool)
+    headers = json.dumps([{"name": "X-Account", "value": "42"}])
+    path = write(
+        tmp_path,
+        "destination,caller_id,token,outbound_parameters,extra_sip_headers,timezone,priority,not_before\n"
+        f'+441908273800,441908273801,tok-1, a b ,"{headers.replace(chr(34), chr(34) * 2)}",'
+        "Europe/London,7,2030-05-01T09:30:00\n"
+        "  sip:bob@example.com  ,,,,,,,2030-05-01T09:30:00+02:00\n",
+    )
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert (result.loaded, result.refused, result.refusals) == (2, 0, [])
+    first, second = await contacts(db_pool, cid)
+    assert first["destination"] == "+441908273800"
+    assert first["caller_id"] == "441908273801"
+    assert first["token"] == "tok-1"
+    assert first["outbound_parameters"] == " a b "  # passed on verbatim
+    assert first["extra_sip_headers"] == [{"name": "X-Account", "value": "42"}]
+    assert first["timezone"] == "Europe/London"
+    assert first["priority"] == 7
+    assert first["not_before"] == datetime(2030, 5, 1, 9, 30, tzinfo=UTC)  # naive = UTC
+    assert first["state"] == "pending"
+    assert second["destination"] == "sip:bob@example.com"
+    assert second["caller_id"] is None
+    assert second["token"] is None
+    assert second["extra_sip_headers"] is None
+    assert second["priority"] == 0
+    assert second["not_before"] == datetime(2030, 5, 1, 7, 30, tzinfo=UTC)
+
+
+async def test_each_bad_row_is_refused_by_line_number_and_the_good_rows_load(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    cid = await new_campaign(db_pool)
+    rows = [
+        "destination,token,priority,timezone,not_before,extra_sip_headers",
+        "+441,ok,,,,",  # 2 good
+        ",t,,,,",  # 3 empty destination
+        "   ,t,,,,",  # 4 blank destination
+        "+442,t,high,,,",  # 5 priority not an integer
+        "+443,t,99999999999,,,",  # 6 priority out of range
+        "+444,t,,Mars/Olympus,,",  # 7 unknown zone
+        "+445,t,,../etc/passwd,,",  # 8 not a zone key
+        "+446,t,,,tomorrow,",  # 9 bad timestamp
+        '+447,t,,,,"[{""name"": ""X""}]"',  # 10 header item without value
+        "+448,t,,,,{not json",  # 11 bad JSON
+        '+449,t,,,,"{""name"": ""X"", ""value"": ""y""}"',  # 12 not a list
+        '+4410,t,,,,"[{""name"": ""X"", ""value"": NaN}]"',  # 13 NaN
+        "+4411,t",  # 14 too few fields
+        "+4412,t,,,,,extra",  # 15 too many fields
+        f"+4413,{'x' * (MAX_TOKEN_LENGTH + 1)},,,,",  # 16 token too long
+        f"+4414,{'x' * MAX_TOKEN_LENGTH},,,,",  # 17 good: token at the limit
+        "+4415,t\x00t,,,,",  # 18 NUL byte
+        "+4416,t,,,,",  # 19 good
+    ]
+    path = write(tmp_path, "\n".join(rows) + "\n")
+
+    result = await load_csv(db_pool, "spring", path)
+
+    refused = refused_lines(result)
+    assert set(refused) == {3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18}
+    assert refused[3] == refused[4] == "empty destination"
+    assert refused[5].startswith("priority: not an integer")
+    assert "out of range" in refused[6]
+    assert "unknown IANA zone 'Mars/Olympus'" in refused[7]
+    assert "unknown IANA zone" in refused[8]
+    assert refused[9].startswith("not_before: not an ISO 8601 timestamp")
+    assert "name and value" in refused[10]
+    assert "not valid JSON" in refused[11]
+    assert "JSON list" in refused[12]
+    assert "NaN" in refused[13]
+    assert refused[14] == "expected 6 fields, found 2"
+    assert refused[15] == "expected 6 fields, found 7"
+    assert refused[16] == f"token: {MAX_TOKEN_LENGTH + 1} characters (at most {MAX_TOKEN_LENGTH})"
+    assert refused[18] == "NUL byte in a field"
+    assert (result.loaded, result.refused) == (3, 15)
+    loaded = [r["destination"] for r in await contacts(db_pool, cid)]
+    assert loaded == ["+441", "+4414", "+4416"]
+
+
+async def test_invalid_utf8_refuses_only_its_row(db_pool: Pool, tmp_path: Path) -> None:
+    cid = await new_campaign(db_pool)
+    path = write(tmp_path, b"destination,token\n+441,caf\xe9\n+442,caf\xc3\xa9\n")
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert refused_lines(result) == {2: "invalid UTF-8"}
+    assert [(r["destination"], r["token"]) for r in await contacts(db_pool, cid)] == [
+        ("+442", "café")
+    ]
+
+
+async def test_quoted_fields_keep_commas_and_newlines_and_lines_count_from_the_record_start(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    cid = await new_campaign(db_pool)
+    path = write(
+        tmp_path,
+        "destination,outbound_parameters,priority\n"  # 1
+        '+441,"a, b\nand a second line",1\n'  # 2-3
+        '+442,"x\r\ny",bad\n'  # 4-5: refused, reported at line 4
+        '"+443","tab\there \\ backslash",2\n',  # 6
+    )
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert [str(r) for r in result.refusals] == [
+        "line 4: priority: not an integer: 'bad' (record spans lines 4-5)"
+    ]
+    rows = await contacts(db_pool, cid)
+    assert [(r["destination"], r["outbound_parameters"]) for r in rows] == [
+        ("+441", "a, b\nand a second line"),
+        ("+443", "tab\there \\ backslash"),
+    ]
+
+
+async def test_a_byte_order_mark_before_the_header_is_ignored(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    cid = await new_campaign(db_pool)
+    path = write(tmp_path, "\ufeffdestination\r\n+441\r\n+442\r\n".encode())
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert (result.loaded, result.refused) == (2, 0)
+    assert [r["destination"] for r in await contacts(db_pool, cid)] == ["+441", "+442"]
+
+
+async def test_header_names_are_matched_without_case_or_surrounding_spaces(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    cid = await new_campaign(db_pool)
+    path = write(tmp_path, " Destination ;TOKEN\n+441;t\n")
+
+    result = await load_csv(db_pool, "spring", path, delimiter=";")
+
+    assert result.loaded == 1
+    assert [(r["destination"], r["token"]) for r in await contacts(db_pool, cid)] == [("+441", "t")]
+
+
+async def test_blank_lines_are_skipped_and_counted_in_line_numbers(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    await new_campaign(db_pool)
+    path = write(tmp_path, "\ndestination,priority\n\n+441,1\n\n+442,x\n")
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert result.loaded == 1
+    assert refused_lines(result) == {6: "priority: not an integer: 'x'"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("destination,phone\n+441,1\n", "unknown column 'phone' in the header"),
+        ("token\nabc\n", "no destination column"),
+        ("destination,token,Destination\n", "'destination' appears twice"),
+        ("destination,,token\n", "header column 2 has no name"),
+        ("", "is empty: expected a header row"),
+        ("\n\n", "is empty: expected a header row"),
+    ],
+)
+async def test_a_bad_header_refuses_the_whole_file(
+    db_pool: Pool, tmp_path: Path, text: str, message: str
+) -> None:
+    cid = await new_campaign(db_pool)
+    path = write(tmp_path, text)
+
+    with pytest.raises(LoadError, match=message):
+        await load_csv(db_pool, "spring", path)
+
+    assert await contacts(db_pool, cid) == []
+
+
+async def test_a_header_without_rows_loads_nothing_and_succeeds(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    await new_campaign(db_pool)
+    path = write(tmp_path, "destination,token\n")
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert (result.loaded, result.refused) == (0, 0)
+
+
+async def test_a_missing_file_or_a_directory_is_a_load_error(db_pool: Pool, tmp_path: Path) -> None:
+    await new_campaign(db_pool)
+    with pytest.raises(LoadError, match="No such file"):
+        await load_csv(db_pool, "spring", tmp_path / "missing.csv")
+    with pytest.raises(LoadError, match="cannot read"):
+        await load_csv(db_pool, "spring", tmp_path)
+
+
+async def test_an_unknown_campaign_is_refused(db_pool: Pool, tmp_path: Path) -> None:
+    path = write(tmp_path, "destination\n+441\n")
+    with pytest.raises(admin.CampaignNotFound, match="no campaign named 'nope'"):
+        await load_csv(db_pool, "nope", path)
+
+
+async def test_a_cancelled_campaign_takes_no_contacts(db_pool: Pool, tmp_path: Path) -> None:
+    cid = await new_campaign(db_pool, state="cancelled")
+    path = write(tmp_path, "destination\n+441\n")
+
+    with pytest.raises(LoadError, match="is cancelled"):
+        await load_csv(db_pool, "spring", path)
+
+    assert await contacts(db_pool, cid) == []
+
+
+async def test_a_paused_campaign_takes_contacts_and_reports_its_state(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    await new_campaign(db_pool, state="paused")
+    result = await load_csv(db_pool, "spring", write(tmp_path, "destination\n+441\n"))
+    assert (result.loaded, result.campaign_state) == (1, "paused")
+
+
+async def test_a_malformed_file_loads_nothing_even_after_full_chunks(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    cid = await new_campaign(db_pool)
+    good = "".join(f"+44{i}\n" for i in range(50))
+    # An unbalanced quote swallows the rest of the file into one huge field.
+    path = write(tmp_path, "destination\n" + good + '"' + "x" * 200_000 + "\n")
+
+    with pytest.raises(LoadError, match=r"line 52: malformed CSV .*nothing loaded"):
+        await load_csv(db_pool, "spring", path, chunk_rows=10)
+
+    assert await contacts(db_pool, cid) == []
+
+
+async def test_a_campaign_cancelled_during_the_load_takes_none_of_it(
+    db_pool: Pool, db_dsn: str, tmp_path: Path
+) -> None:
+    cid = await new_campaign(db_pool)
+    path = write(tmp_path, "destination\n" + "".join(f"+44{i}\n" for i in range(100)))
+    canceller = await asyncpg.connect(db_dsn)
+    try:
+        # The cancel is in progress (row locked, not committed) when the load starts.
+        tx = canceller.transaction()
+        await tx.start()
+        await canceller.execute("UPDATE campaigns SET state = 'cancelled' WHERE id = $1", cid)
+        load = asyncio.create_task(load_csv(db_pool, "spring", path, chunk_rows=10))
+        # The load copies everything, then waits on the campaign row before committing.
+        while not await _waiting_on_a_lock(canceller):
+            assert not load.done(), load
+            await asyncio.sleep(0.01)
+        await tx.commit()
+        with pytest.raises(LoadError, match="was cancelled during the load"):
+            await load
+    finally:
+        await canceller.close()
+    assert await contacts(db_pool, cid) == []
+
+
+async def _waiting_on_a_lock(conn: asyncpg.Connection[asyncpg.Record]) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
+
+
+async def test_progress_is_reported_as_records_are_read(db_pool: Pool, tmp_path: Path) -> None:
+    await new_campaign(db_pool)
+    path = write(tmp_path, "destination\n" + "".join(f"+44{i}\n" for i in range(95)))
+    seen: list[int] = []
+
+    result = await load_csv(
+        db_pool, "spring", path, chunk_rows=10, progress_every=30, on_progress=seen.append
+    )
+
+    assert result.loaded == 95
+    assert seen == [30, 60, 90]
+
+
+async def test_refusals_beyond_the_report_cap_are_counted(db_pool: Pool, tmp_path: Path) -> None:
+    await new_campaign(db_pool)
+    path = write(tmp_path, "destination\n" + "\n".join(['""'] * 10) + "\n+441\n")
+
+    result = await load_csv(db_pool, "spring", path, max_reported=3)
+
+    assert (result.loaded, result.refused) == (1, 10)
+    assert [r.line for r in result.refusals] == [2, 3, 4]
+
+
+async def test_empty_priority_gets_the_schema_default(db_pool: Pool) -> None:
+    # The loader writes "0" for an empty priority cell (COPY cannot ask for the default).
+    default = await db_pool.fetchval(
+        "SELECT column_default FROM information_schema.columns "
+        "WHERE table_name = 'contacts' AND column_name = 'priority'"
+    )
+    assert default == "0"
+
+
+# --- property: arbitrary rows never crash the loader, and good rows always land -------------
+
+_text = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from('",\n\r\t\\\x00'),
+    max_size=20,
+)
+_junk_row = st.lists(_text, min_size=0, max_size=5)
+_good_row = st.fixed_dictionaries(
+    {
+        "token": st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30),
+        "priority": st.integers(-(2**31), 2**31 - 1).map(str) | st.just(""),
+        "timezone": st.sampled_from(["", "UTC", "Europe/London", "America/New_York"]),
+        "not_before": st.datetimes(timezones=st.none() | st.just(UTC)).map(lambda d: d.isoformat())
+        | st.just(""),
+    }
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    rows=st.lists(
+        st.one_of(_junk_row.map(lambda r: ("junk", r)), _good_row.map(lambda r: ("good", r))),
+        max_size=25,
+    )
+)
+async def test_arbitrary_rows_never_crash_the_loader_and_good_rows_always_land(
+    db_pool: Pool, tmp_path: Path, rows: list[tuple[str, object]]
+) -> None:
+    name = f"prop-{uuid.uuid4().hex[:8]}"
+    cid = await new_campaign(db_pool, name)
+    columns = ["destination", "token", "priority", "timezone", "not_before"]
+    buffer = io.StringIO()
+    # The default "\r\n" terminator makes the writer quote fields holding either character.
+    out = csv.writer(buffer)
+    out.writerow(columns)
+    expected_good = []
+    data_records = 0
+    for i, (kind, row) in enumerate(rows):
+        if kind == "good":
+            assert isinstance(row, dict)
+            destination = f"good-{i}"
+            out.writerow([destination, *(row[c] for c in columns[1:])])
+            expected_good.append(destination)
+            data_records += 1
+        else:
+            assert isinstance(row, list)
+            out.writerow(row)
+            # csv writes [] as a blank line and [""] as a quoted empty field.
+            data_records += 1 if row else 0
+    path = write(tmp_path, buffer.getvalue(), name=f"{name}.csv")
+
+    result = await load_csv(db_pool, name, path)
+
+    in_db = await contacts(db_pool, cid)
+    assert set(expected_good) <= {r["destination"] for r in in_db}
+    assert result.loaded == len(in_db)
+    assert result.loaded + result.refused == data_records
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(body=st.binary(max_size=300))
+async def test_arbitrary_bytes_after_the_header_load_or_fail_with_one_clear_error(
+    db_pool: Pool, tmp_path: Path, body: bytes
+) -> None:
+    name = f"bytes-{uuid.uuid4().hex[:8]}"
+    cid = await new_campaign(db_pool, name)
+    path = write(tmp_path, b"destination,priority,extra_sip_headers\n" + body, name=f"{name}.csv")
+
+    error: LoadError | None = None
+    loaded = 0
+    try:
+        loaded = (await load_csv(db_pool, name, path)).loaded
+    except LoadError as exc:
+        error = exc
+
+    assert loaded == len(await contacts(db_pool, cid))
+    assert error is None or "\n" not in str(error)
