@@ -1,0 +1,254 @@
+"""`campaign run`: independent async tasks under one supervisor.
+
+The TaskGroup holds the dispatcher, the lease heartbeat, the LISTEN connection
+that wakes the dispatcher, and the progress reporter. The outcome tracker
+(push endpoint and poller) joins the same group. One `stop` event, set by
+SIGTERM/SIGINT, ends every loop; the dispatcher then drains what is in flight
+within the grace period and hands its leases back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+
+from campaign.aculab import AculabClient
+from campaign.db import queries as q
+from campaign.db.migrate import MigrationError, migrate, pending
+from campaign.db.pool import DatabaseUnavailable, connect, database_dsn, open_pool
+from campaign.dispatch import DB_ERRORS, Dispatcher, sleep_until_woken
+from campaign.metrics import Metrics, new_metrics
+from campaign.poller import Poller
+from campaign.server import build_app, serve
+from campaign.settings import Settings
+
+log = structlog.get_logger("campaign.daemon")
+
+WAKE_CHANNEL = "campaign_wake"
+CONTACT_STATES = (
+    "pending",
+    "dispatching",
+    "dialing",
+    "completed",
+    "failed",
+    "invalid",
+    "suppressed",
+    "duplicate",
+    "cancelled",
+)
+
+
+def daemon_id() -> str:
+    """Names this process in batch leases: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+async def prepare_schema(pool: asyncpg.Pool, settings: Settings) -> str | None:
+    """Apply pending migrations (auto_migrate) or say why the daemon cannot start."""
+    async with pool.acquire() as conn:
+        if settings.database.auto_migrate:
+            try:
+                applied = await migrate(conn)
+            except MigrationError as exc:
+                return str(exc)
+            if applied:
+                log.info("migrations_applied", migrations=applied)
+            return None
+        missing = await pending(conn)
+    if missing:
+        return f"database is not migrated ({len(missing)} pending): run `campaign migrate`"
+    return None
+
+
+async def heartbeat(pool: asyncpg.Pool, owner: str, lease: float, stop: asyncio.Event) -> None:
+    """Keep this daemon's batch leases alive; a daemon that stops beating loses them."""
+    never = asyncio.Event()
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                await q.heartbeat(conn, owner, lease)
+        except DB_ERRORS as exc:
+            log.warning("heartbeat_failed", error=str(exc))
+        await sleep_until_woken(stop, never, lease / 3)
+
+
+async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
+    """LISTEN on a dedicated connection; reconnect when it dies.
+
+    Notifications only shorten the dispatcher's sleep: its polling fallback
+    keeps working while this connection is down.
+    """
+    never = asyncio.Event()
+    failures = 0
+    while not stop.is_set():
+        try:
+            conn = await connect(dsn, command_timeout=10)
+        except DatabaseUnavailable as exc:
+            failures += 1
+            log.warning("listen_connect_failed", error=str(exc))
+            await sleep_until_woken(stop, never, min(30.0, 2.0**failures))
+            continue
+        failures = 0
+        lost = asyncio.Event()
+        conn.add_termination_listener(_setter(lost))
+        try:
+            await conn.add_listener(WAKE_CHANNEL, lambda *_args: on_wake())
+            on_wake()  # anything that changed while we were not listening
+            while not stop.is_set() and not lost.is_set():
+                await sleep_until_woken(stop, lost, 10.0)
+                if not stop.is_set() and not conn.is_closed():
+                    # asyncpg listeners die silently with a half-open socket: probe it.
+                    await q.ping(conn)
+        except DB_ERRORS as exc:
+            log.warning("listen_connection_lost", error=str(exc))
+        finally:
+            if not conn.is_closed():
+                try:
+                    async with asyncio.timeout(2):
+                        await conn.close()
+                except Exception:  # closing a dead connection: cut it
+                    conn.terminate()
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _conn: event.set()
+
+
+@dataclass
+class _Sample:
+    at: float
+    done: int
+
+
+@dataclass
+class Progress:
+    """One log line per active campaign every few seconds: counts, rate and ETA."""
+
+    pool: asyncpg.Pool
+    dispatcher: Dispatcher
+    interval: float
+    metrics: Metrics | None = None
+    last: dict[int, _Sample] = field(default_factory=dict)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        never = asyncio.Event()
+        while not stop.is_set():
+            await sleep_until_woken(stop, never, self.interval)
+            if stop.is_set():
+                return
+            try:
+                await self.report()
+            except DB_ERRORS as exc:
+                log.warning("progress_failed", error=str(exc))
+
+    async def report(self) -> None:
+        async with self.pool.acquire() as conn:
+            campaigns = await q.active_campaigns(conn)
+            if not campaigns:
+                return
+            counts = await q.state_counts(conn, [c.id for c in campaigns])
+        now = time.monotonic()
+        for campaign in campaigns:
+            by_state = counts.get(campaign.id, {})
+            if self.metrics is not None:
+                for state in CONTACT_STATES:
+                    self.metrics.contacts.labels(campaign=campaign.name, state=state).set(
+                        by_state.get(state, 0)
+                    )
+            waiting = by_state.get("pending", 0)
+            done = sum(n for s, n in by_state.items() if s not in ("pending", "dispatching"))
+            before = self.last.get(campaign.id)
+            self.last[campaign.id] = _Sample(now, done)
+            rate = None
+            if before is not None and now > before.at:
+                rate = (done - before.done) / (now - before.at)
+            eta = round(waiting / rate) if rate and rate > 0 else None
+            log.info(
+                "campaign_progress",
+                campaign_id=campaign.id,
+                campaign=campaign.name,
+                submitted=self.dispatcher.counters.by_campaign.get(campaign.id, 0),
+                states=by_state,
+                rate_per_s=round(rate, 1) if rate is not None else None,
+                eta_s=eta,
+            )
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stopper(stop, sig))
+
+
+def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:
+    def handler() -> None:
+        if not stop.is_set():
+            log.info("daemon_stopping", signal=sig.name)
+        stop.set()
+
+    return handler
+
+
+async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop`); returns the process exit status."""
+    stop = stop or asyncio.Event()
+    _install_signals(stop)
+    owner = daemon_id()
+    log.info("daemon_starting", owner=owner, account_type=settings.aculab.account_type)
+    try:
+        return await _run(settings, stop, owner)
+    except DatabaseUnavailable as exc:
+        log.error("database_unavailable", reason=str(exc))
+        return 1
+    except ExceptionGroup as group:
+        for failure in group.exceptions:
+            log.error("daemon_crashed", error=repr(failure), exc_info=failure)
+        return 1
+
+
+async def _run(settings: Settings, stop: asyncio.Event, owner: str) -> int:
+    async with (
+        database_dsn(settings.database) as dsn,
+        open_pool(
+            dsn,
+            min_size=settings.database.pool_min_size,
+            max_size=settings.database.pool_max_size,
+        ) as pool,
+    ):
+        problem = await prepare_schema(pool, settings)
+        if problem is not None:
+            log.error("daemon_cannot_start", reason=problem)
+            return 1
+        metrics = new_metrics()
+        async with AculabClient(settings.aculab, settings.http) as client:
+            dispatcher = Dispatcher(pool, client, settings, owner, metrics=metrics)
+            poller = Poller(pool, client, settings, metrics)
+            progress = Progress(pool, dispatcher, settings.dispatcher.progress_interval, metrics)
+            running: dict[str, asyncio.Task[None]] = {}
+
+            def health() -> dict[str, bool]:
+                return {name: not task.done() for name, task in running.items()}
+
+            async with asyncio.TaskGroup() as tasks:
+                running["dispatcher"] = tasks.create_task(dispatcher.run(stop))
+                running["heartbeat"] = tasks.create_task(
+                    heartbeat(pool, owner, settings.dispatcher.lease_seconds, stop)
+                )
+                running["listen"] = tasks.create_task(listen(dsn, dispatcher.wake, stop))
+                running["progress"] = tasks.create_task(progress.run(stop))
+                # The outcome tracker: poll (with reconciliation and completion) and push.
+                running["poller"] = tasks.create_task(poller.run(stop))
+                if settings.listener.enabled:
+                    app = build_app(pool, settings.listener, metrics, health)
+                    running["listener"] = tasks.create_task(serve(app, settings.listener, stop))
+    log.info("daemon_stopped", owner=owner, submitted=dispatcher.counters.submitted)
+    return 0

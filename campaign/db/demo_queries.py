@@ -1,0 +1,65 @@
+"""SQL used by `campaign demo` only: a throw-away database and a sample campaign."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from campaign.db.queries import Conn
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def recreate_database(conn: Conn, name: str) -> None:
+    # Identifiers cannot be parameters; `name` is a constant of the demo, quoted.
+    await conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+    await conn.execute(f"CREATE DATABASE {_quote_ident(name)}")
+
+
+CREATE_DEMO_CAMPAIGN = """
+INSERT INTO campaigns (name, service_name, caller_id, calls_per_second, batch_size)
+VALUES ('demo', $1, $2, $3, 50)
+RETURNING id
+"""
+
+
+async def create_demo_campaign(conn: Conn, service: str, caller_id: str, cps: float) -> int:
+    campaign_id: int = await conn.fetchval(CREATE_DEMO_CAMPAIGN, service, caller_id, cps)
+    return campaign_id
+
+
+async def load_destinations(conn: Conn, campaign_id: int, destinations: Sequence[str]) -> None:
+    await conn.copy_records_to_table(
+        "contacts",
+        records=[(campaign_id, d) for d in destinations],
+        columns=["campaign_id", "destination"],
+    )
+
+
+SUPPRESS = "INSERT INTO suppressions (destination, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+
+
+async def suppress(conn: Conn, number: str, reason: str) -> None:
+    await conn.execute(SUPPRESS, number, reason)
+
+
+STATE_COUNTS = """
+SELECT state, count(*)::bigint AS n FROM contacts WHERE campaign_id = $1 GROUP BY state
+"""
+
+
+async def state_counts(conn: Conn, campaign_id: int) -> dict[str, int]:
+    return {r["state"]: r["n"] for r in await conn.fetch(STATE_COUNTS, campaign_id)}
+
+
+REASONS = """
+SELECT last_error, count(*)::bigint AS n
+FROM contacts
+WHERE campaign_id = $1 AND state IN ('invalid', 'suppressed', 'duplicate', 'failed')
+GROUP BY last_error
+"""
+
+
+async def reasons(conn: Conn, campaign_id: int) -> dict[str, int]:
+    return {r["last_error"]: r["n"] for r in await conn.fetch(REASONS, campaign_id)}

@@ -1,0 +1,552 @@
+"""The engine's SQL: named statements next to thin typed functions.
+
+Every statement is parameterised and works on whole batches (unnest/ANY), so
+the number of round trips per batch is fixed whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    id: int
+    name: str
+    service_name: str
+    caller_id: str | None
+    batch_size: int
+    calls_per_second: float
+    default_country: str | None
+    priority: int
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    id: int
+    destination: str
+    caller_id: str | None
+    token: str | None
+    outbound_parameters: str | None
+    extra_sip_headers: Any
+    dispatch_count: int
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: int
+    campaign_id: int
+    campaign_name: str
+    service_name: str
+    unique_id: str
+    rest_calls: str
+    contact_ids: list[int]
+    sends: int
+    created_at: datetime
+    age_seconds: float
+    previous_owner: str | None
+
+
+_CAMPAIGN_COLUMNS = """
+    id, name, service_name, caller_id, batch_size, calls_per_second, default_country, priority
+"""
+
+ACTIVE_CAMPAIGNS = f"""
+SELECT {_CAMPAIGN_COLUMNS}
+FROM campaigns
+WHERE state = 'active'
+ORDER BY priority DESC, id
+"""
+
+# FOR SHARE: a concurrent pause/cancel waits for this claim to commit, and a
+# claim that starts after the pause committed sees the campaign inactive.
+LOCK_ACTIVE_CAMPAIGN = f"""
+SELECT {_CAMPAIGN_COLUMNS}
+FROM campaigns
+WHERE id = $1 AND state = 'active'
+FOR SHARE
+"""
+
+
+def _campaign(row: asyncpg.Record) -> CampaignRow:
+    return CampaignRow(
+        id=row["id"],
+        name=row["name"],
+        service_name=row["service_name"],
+        caller_id=row["caller_id"],
+        batch_size=row["batch_size"],
+        calls_per_second=row["calls_per_second"],
+        default_country=row["default_country"],
+        priority=row["priority"],
+    )
+
+
+async def active_campaigns(conn: Conn) -> list[CampaignRow]:
+    return [_campaign(r) for r in await conn.fetch(ACTIVE_CAMPAIGNS)]
+
+
+async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | None:
+    row = await conn.fetchrow(LOCK_ACTIVE_CAMPAIGN, campaign_id)
+    return _campaign(row) if row is not None else None
+
+
+# --- pacing: token buckets shared by every daemon --------------------------------
+
+ENSURE_BUCKETS = """
+INSERT INTO rate_buckets (key, tokens, updated_at)
+SELECT k, 0, clock_timestamp() FROM unnest($1::text[]) AS k
+ON CONFLICT (key) DO NOTHING
+"""
+
+# Row locks serialise the daemons on the shared budget; EvalPlanQual recomputes
+# `avail` from the latest row version after a lock wait.
+LOCK_BUCKETS = """
+SELECT b.key,
+       least(p.cap, b.tokens
+             + extract(epoch FROM clock_timestamp() - b.updated_at)::float8 * p.rate) AS avail,
+       p.rate
+FROM rate_buckets b
+JOIN unnest($1::text[], $2::float8[], $3::float8[]) AS p(key, rate, cap) USING (key)
+ORDER BY b.key
+FOR UPDATE OF b
+"""
+
+DEBIT_BUCKETS = """
+UPDATE rate_buckets b
+SET tokens = p.avail - $3::float8, updated_at = clock_timestamp()
+FROM unnest($1::text[], $2::float8[]) AS p(key, avail)
+WHERE b.key = p.key
+"""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    rate: float
+    capacity: float
+
+
+@dataclass(frozen=True)
+class BucketState:
+    key: str
+    available: float
+    rate: float
+
+
+async def lock_buckets(conn: Conn, buckets: Sequence[Bucket]) -> list[BucketState]:
+    keys = [b.key for b in buckets]
+    await conn.execute(ENSURE_BUCKETS, keys)
+    rows = await conn.fetch(
+        LOCK_BUCKETS, keys, [b.rate for b in buckets], [b.capacity for b in buckets]
+    )
+    return [BucketState(r["key"], r["avail"], r["rate"]) for r in rows]
+
+
+async def debit_buckets(conn: Conn, states: Sequence[BucketState], used: int) -> None:
+    await conn.execute(
+        DEBIT_BUCKETS, [s.key for s in states], [s.available for s in states], float(used)
+    )
+
+
+# --- step 1: claim and persist --------------------------------------------------
+
+CLAIM_CONTACTS = """
+SELECT id, destination, caller_id, token, outbound_parameters, extra_sip_headers, dispatch_count
+FROM contacts
+WHERE campaign_id = $1
+  AND state = 'pending'
+  AND next_attempt_at <= now()
+  AND (not_before IS NULL OR not_before <= now())
+ORDER BY priority DESC, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+
+async def claim_contacts(conn: Conn, campaign_id: int, limit: int) -> list[ContactRow]:
+    rows = await conn.fetch(CLAIM_CONTACTS, campaign_id, limit)
+    return [
+        ContactRow(
+            id=r["id"],
+            destination=r["destination"],
+            caller_id=r["caller_id"],
+            token=r["token"],
+            outbound_parameters=r["outbound_parameters"],
+            extra_sip_headers=r["extra_sip_headers"],
+            dispatch_count=r["dispatch_count"],
+        )
+        for r in rows
+    ]
+
+
+SUPPRESSED = """
+SELECT DISTINCT destination
+FROM suppressions
+WHERE destination = ANY($2::text[]) AND (campaign_id IS NULL OR campaign_id = $1)
+"""
+
+
+async def suppressed(conn: Conn, campaign_id: int, numbers: Sequence[str]) -> set[str]:
+    if not numbers:
+        return set()
+    rows = await conn.fetch(SUPPRESSED, campaign_id, list(numbers))
+    return {r["destination"] for r in rows}
+
+
+# A key already owned by another contact (committed, or inserted concurrently:
+# ON CONFLICT then waits for that transaction) is not ours.
+OWN_KEYS = """
+WITH wanted AS (
+    SELECT * FROM unnest($2::text[], $3::bigint[]) AS w(key, contact_id)
+), inserted AS (
+    INSERT INTO contact_keys (campaign_id, key, contact_id)
+    SELECT $1, key, contact_id FROM wanted
+    ON CONFLICT (campaign_id, key) DO NOTHING
+    RETURNING key
+)
+SELECT w.contact_id
+FROM wanted w
+LEFT JOIN inserted i ON i.key = w.key
+LEFT JOIN contact_keys k ON k.campaign_id = $1 AND k.key = w.key
+WHERE i.key IS NOT NULL OR k.contact_id = w.contact_id
+"""
+
+
+async def own_keys(
+    conn: Conn, campaign_id: int, keys: Sequence[str], contact_ids: Sequence[int]
+) -> set[int]:
+    """Record each contact as the owner of its destination key; return the owners."""
+    if not keys:
+        return set()
+    rows = await conn.fetch(OWN_KEYS, campaign_id, list(keys), list(contact_ids))
+    return {r["contact_id"] for r in rows}
+
+
+SET_OUTCOME_STATES = """
+UPDATE contacts c
+SET state = t.state, last_result = t.state, last_error = t.reason, updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
+WHERE c.id = t.id
+"""
+
+
+async def set_states(
+    conn: Conn, ids: Sequence[int], states: Sequence[str], reasons: Sequence[str]
+) -> None:
+    if ids:
+        await conn.execute(SET_OUTCOME_STATES, list(ids), list(states), list(reasons))
+
+
+INSERT_BATCH = """
+INSERT INTO batches (campaign_id, parent_id, service_name, unique_id, rest_calls, contact_ids,
+                     owner, lease_until)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+RETURNING id
+"""
+
+MARK_DISPATCHING = """
+UPDATE contacts
+SET state = 'dispatching', dispatch_count = dispatch_count + 1, batch_id = $1,
+    last_error = NULL, updated_at = now()
+WHERE id = ANY($2::bigint[])
+"""
+
+
+async def insert_batch(
+    conn: Conn,
+    *,
+    campaign_id: int,
+    parent_id: int | None,
+    service_name: str,
+    unique_id: str,
+    rest_calls: str,
+    contact_ids: Sequence[int],
+    owner: str,
+    lease_seconds: float,
+) -> int:
+    batch_id: int = await conn.fetchval(
+        INSERT_BATCH,
+        campaign_id,
+        parent_id,
+        service_name,
+        unique_id,
+        rest_calls,
+        list(contact_ids),
+        owner,
+        lease_seconds,
+    )
+    return batch_id
+
+
+async def mark_dispatching(conn: Conn, batch_id: int, contact_ids: Sequence[int]) -> None:
+    await conn.execute(MARK_DISPATCHING, batch_id, list(contact_ids))
+
+
+# --- step 3: acknowledge ---------------------------------------------------------
+
+ACK_BATCH = """
+UPDATE batches
+SET state = 'submitted', references_ = $2::text[], sends = sends + 1, finished_at = now(),
+    last_error = NULL, owner = NULL, lease_until = NULL
+WHERE id = $1 AND state = 'pending'
+RETURNING contact_ids
+"""
+
+# A contact that was cancelled while its batch was in flight keeps its state,
+# but its call is still recorded: it was started.
+ACK_CONTACTS = """
+WITH t AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[]) AS t(contact_id, reference)
+), u AS (
+    UPDATE contacts c
+    SET state = CASE WHEN c.state = 'dispatching' THEN 'dialing' ELSE c.state END,
+        attempts = c.attempts + 1, reference = t.reference, last_error = NULL, updated_at = now()
+    FROM t
+    WHERE c.id = t.contact_id AND c.batch_id = $1
+    RETURNING c.id, c.campaign_id, c.attempts, c.reference
+)
+INSERT INTO calls (contact_id, campaign_id, batch_id, attempt, reference, next_poll_at)
+SELECT id, campaign_id, $1, attempts, reference, now() + make_interval(secs => $4::float8)
+FROM u
+"""
+
+
+async def acknowledge(
+    conn: Conn, batch_id: int, references: Sequence[str], first_poll_delay: float
+) -> list[int] | None:
+    """Store the references against the contacts in request order.
+
+    Returns the contact ids, or None when the batch was already acknowledged
+    (by a daemon that took it over): then nothing changes.
+    """
+    contact_ids: list[int] | None = await conn.fetchval(ACK_BATCH, batch_id, list(references))
+    if contact_ids is None:
+        return None
+    if len(contact_ids) != len(references):
+        raise ValueError(f"{len(references)} references for {len(contact_ids)} contacts")
+    await conn.execute(ACK_CONTACTS, batch_id, contact_ids, list(references), first_poll_delay)
+    return contact_ids
+
+
+# --- step 4: transient failure, parking ------------------------------------------
+
+RESCHEDULE_BATCH = """
+UPDATE batches
+SET sends = sends + 1, last_error = $3, next_send_at = now() + make_interval(secs => $4)
+WHERE id = $1 AND state = 'pending' AND owner = $2
+"""
+
+
+async def reschedule(
+    conn: Conn, batch_id: int, owner: str, error: str, delay_seconds: float
+) -> bool:
+    status: str = await conn.execute(RESCHEDULE_BATCH, batch_id, owner, error, delay_seconds)
+    return status.endswith(" 1")
+
+
+PARK_BATCH = """
+WITH b AS (
+    UPDATE batches
+    SET state = 'parked', last_error = $2, finished_at = now(), owner = NULL, lease_until = NULL
+    WHERE id = $1 AND state = 'pending'
+    RETURNING id
+)
+UPDATE contacts c SET last_error = $2, updated_at = now()
+FROM b WHERE c.batch_id = b.id AND c.state = 'dispatching'
+"""
+
+
+async def park(conn: Conn, batch_id: int, reason: str) -> None:
+    await conn.execute(PARK_BATCH, batch_id, reason)
+
+
+# --- step 5: permanent failure ---------------------------------------------------
+
+CLOSE_BATCH = """
+UPDATE batches
+SET state = $2, last_error = $3, finished_at = now(), owner = NULL, lease_until = NULL
+WHERE id = $1 AND state = 'pending'
+RETURNING contact_ids
+"""
+
+
+async def close_batch(conn: Conn, batch_id: int, state: str, reason: str) -> list[int] | None:
+    """pending → split/rejected; None when another daemon already closed it."""
+    ids: list[int] | None = await conn.fetchval(CLOSE_BATCH, batch_id, state, reason)
+    return ids
+
+
+MOVE_CONTACTS = """
+UPDATE contacts SET batch_id = $1, updated_at = now()
+WHERE id = ANY($2::bigint[]) AND batch_id = $3
+"""
+
+
+async def move_contacts(
+    conn: Conn, child_id: int, contact_ids: Sequence[int], parent_id: int
+) -> None:
+    await conn.execute(MOVE_CONTACTS, child_id, list(contact_ids), parent_id)
+
+
+# Nothing was started, so the contacts go back to the queue; the dispatch
+# count stays raised so the next batch gets a fresh unique_id.
+RETURN_TO_PENDING = """
+UPDATE contacts
+SET state = 'pending', batch_id = NULL, last_error = $2, updated_at = now()
+WHERE batch_id = $1 AND state = 'dispatching'
+"""
+
+
+async def return_to_pending(conn: Conn, batch_id: int, reason: str) -> None:
+    await conn.execute(RETURN_TO_PENDING, batch_id, reason)
+
+
+FAIL_BATCH_CONTACTS = """
+UPDATE contacts
+SET state = $2, last_result = $2, last_error = $3, updated_at = now()
+WHERE batch_id = $1 AND state = 'dispatching'
+"""
+
+
+async def fail_contacts(conn: Conn, batch_id: int, state: str, reason: str) -> None:
+    await conn.execute(FAIL_BATCH_CONTACTS, batch_id, state, reason)
+
+
+PAUSE_SERVICE_CAMPAIGNS = """
+UPDATE campaigns
+SET state = 'paused', state_reason = $2, updated_at = now()
+WHERE service_name = $1 AND state = 'active'
+RETURNING id, name
+"""
+
+
+async def pause_service(conn: Conn, service_name: str, reason: str) -> list[str]:
+    rows = await conn.fetch(PAUSE_SERVICE_CAMPAIGNS, service_name, reason)
+    return [r["name"] for r in rows]
+
+
+# --- step 6: leases --------------------------------------------------------------
+
+TAKE_DUE_BATCHES = """
+WITH due AS (
+    SELECT id, owner AS previous_owner
+    FROM batches
+    WHERE state = 'pending'
+      AND next_send_at <= now()
+      AND (owner = $1 OR owner IS NULL OR lease_until < now())
+      AND NOT (id = ANY($4::bigint[]))
+    ORDER BY next_send_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE batches b
+SET owner = $1, lease_until = now() + make_interval(secs => $2)
+FROM due, campaigns c
+WHERE b.id = due.id AND c.id = b.campaign_id
+RETURNING b.id, b.campaign_id, c.name AS campaign_name, b.service_name, b.unique_id,
+          b.rest_calls, b.contact_ids, b.sends, b.created_at,
+          extract(epoch FROM now() - b.created_at)::float8 AS age_seconds,
+          due.previous_owner
+"""
+
+
+async def take_due_batches(
+    conn: Conn, owner: str, lease_seconds: float, limit: int, busy: Sequence[int]
+) -> list[BatchRow]:
+    rows = await conn.fetch(TAKE_DUE_BATCHES, owner, lease_seconds, limit, list(busy))
+    return [
+        BatchRow(
+            id=r["id"],
+            campaign_id=r["campaign_id"],
+            campaign_name=r["campaign_name"],
+            service_name=r["service_name"],
+            unique_id=r["unique_id"],
+            rest_calls=r["rest_calls"],
+            contact_ids=list(r["contact_ids"]),
+            sends=r["sends"],
+            created_at=r["created_at"],
+            age_seconds=r["age_seconds"],
+            previous_owner=r["previous_owner"],
+        )
+        for r in rows
+    ]
+
+
+NEXT_DUE_IN = """
+SELECT extract(epoch FROM min(next_send_at) - now())::float8
+FROM batches WHERE state = 'pending'
+"""
+
+
+async def next_due_in(conn: Conn) -> float | None:
+    value: float | None = await conn.fetchval(NEXT_DUE_IN)
+    return value
+
+
+HEARTBEAT = """
+UPDATE batches SET lease_until = now() + make_interval(secs => $2)
+WHERE owner = $1 AND state = 'pending'
+"""
+
+
+async def heartbeat(conn: Conn, owner: str, lease_seconds: float) -> None:
+    await conn.execute(HEARTBEAT, owner, lease_seconds)
+
+
+# On a clean stop the leases are handed back at once, so another daemon can
+# take the batches over without waiting for them to expire.
+RELEASE_LEASES = """
+UPDATE batches SET owner = NULL, lease_until = NULL
+WHERE owner = $1 AND state = 'pending'
+"""
+
+
+async def release_leases(conn: Conn, owner: str) -> int:
+    status: str = await conn.execute(RELEASE_LEASES, owner)
+    return int(status.split()[-1])
+
+
+NOTHING_TO_DO = """
+SELECT NOT EXISTS (SELECT 1 FROM batches WHERE state = 'pending')
+   AND NOT EXISTS (
+       SELECT 1 FROM contacts c JOIN campaigns k ON k.id = c.campaign_id
+       WHERE k.state = 'active' AND c.state = 'pending'
+         AND c.next_attempt_at <= now() AND (c.not_before IS NULL OR c.not_before <= now()))
+"""
+
+
+async def nothing_to_do(conn: Conn) -> bool:
+    """No batch waits to be sent and no active campaign has a contact due now."""
+    return bool(await conn.fetchval(NOTHING_TO_DO))
+
+
+PING = "SELECT 1"
+
+
+async def ping(conn: Conn) -> None:
+    """A round trip: the connection and the server are alive."""
+    await conn.execute(PING)
+
+
+# --- progress --------------------------------------------------------------------
+
+STATE_COUNTS = """
+SELECT campaign_id, state, count(*)::bigint AS n
+FROM contacts
+WHERE campaign_id = ANY($1::bigint[])
+GROUP BY campaign_id, state
+"""
+
+
+async def state_counts(conn: Conn, campaign_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {cid: {} for cid in campaign_ids}
+    for r in await conn.fetch(STATE_COUNTS, list(campaign_ids)):
+        out[r["campaign_id"]][r["state"]] = r["n"]
+    return out

@@ -1,0 +1,180 @@
+"""`campaign demo`: the whole engine on this machine, with nothing configured.
+
+An embedded PostgreSQL, the Aculab simulator in-process, a generated campaign
+(a few bad rows included), dispatched to completion, then a readable summary
+checked against the simulator's own record of what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import asyncpg
+
+from campaign.aculab import AculabClient
+from campaign.db import demo_queries as dq
+from campaign.db.migrate import migrate
+from campaign.db.pool import connect, database_dsn, dsn_with_database, open_pool
+from campaign.dispatch import Dispatcher
+from campaign.logs import configure_logging
+from campaign.settings import LoggingSettings, Settings, load_settings
+from campaign.simulator import Simulator, SimulatorConfig
+
+SERVICE = "DemoOutboundService"
+CALLER_ID = "441908273801"
+DEMO_DATABASE = "campaign_demo"
+BAD_ROWS = [
+    ("+44 909 8790000", "premium-rate number"),
+    ("01908 273800", "national format without a default country"),
+    ("12345", "too short to be a telephone number"),
+    ("sip:no host", "broken SIP address"),
+]
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--contacts", type=int, default=1000, help="good contacts to generate")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".campaign-demo"),
+        help="where the embedded PostgreSQL of the demo lives (default: .campaign-demo)",
+    )
+    parser.add_argument("--cps", type=float, default=250.0, help="the account's calls per second")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not 1 <= args.contacts <= 1_000_000:
+        print("demo: --contacts must be between 1 and 1000000", file=sys.stderr)
+        return 2
+    return asyncio.run(run_demo(args.contacts, args.data_dir, args.cps))
+
+
+def demo_destinations(count: int, seed: int = 7) -> list[str]:
+    """`count` distinct valid UK numbers in assorted spellings, plus the bad rows."""
+    rng = random.Random(seed)
+    numbers = rng.sample(range(200000, 999999), count)
+    spellings = ["+44 1908 {n}", "441908{n}", "tel:+441908{n}", "+44-1908-{n}"]
+    good = [rng.choice(spellings).format(n=n) for n in numbers]
+    dupes = [good[0].replace(" ", "")] if good else []
+    return good + dupes + [d for d, _ in BAD_ROWS]
+
+
+@dataclass
+class Summary:
+    wall_seconds: float
+    states: dict[str, int]
+    started: int
+    requests: int
+    multiple_starts: int
+    reasons: dict[str, int]
+
+
+async def run_demo(contacts: int, data_dir: Path, cps: float, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    configure_logging(LoggingSettings(level="warning", format="console"), stream=sys.stderr)
+    began = time.monotonic()
+    sim_config = SimulatorConfig(
+        service_passwords={SERVICE: "demo-password"}, calls_per_second=cps, seed=1
+    )
+    print(f"demo: starting embedded PostgreSQL under {data_dir} and the Aculab simulator", file=out)
+    base = load_settings(None, database={"data_dir": data_dir})
+    async with database_dsn(base.database) as admin_dsn, Simulator(sim_config) as sim:
+        dsn = await _fresh_database(admin_dsn)
+        settings = load_settings(
+            None,
+            database={"data_dir": data_dir, "dsn": dsn},
+            aculab={
+                "base_url": sim.base_url,
+                "cloud_id": sim_config.cloud_id,
+                "username": sim_config.username,
+                "api_access_key": sim_config.api_access_key,
+                "calls_per_second": cps,
+                "service_passwords": sim_config.service_passwords,
+            },
+            dispatcher={"namespace": "demo", "max_in_flight_batches": 4},
+        )
+        async with open_pool(dsn, min_size=2, max_size=6) as pool:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+                campaign_id = await dq.create_demo_campaign(conn, SERVICE, CALLER_ID, cps)
+                destinations = demo_destinations(contacts)
+                await dq.load_destinations(conn, campaign_id, destinations)
+                await dq.suppress(conn, _digits(destinations[1]), "demo: asked not to be called")
+            print(
+                f"demo: campaign 'demo' with {len(destinations)} contacts "
+                f"({len(BAD_ROWS)} bad rows, 1 duplicate, 1 on the do-not-call list); "
+                f"account at {cps:g} calls/s",
+                file=out,
+            )
+            summary = await _dispatch(pool, settings, sim, campaign_id, began, out)
+    _print_summary(summary, out)
+    return 0 if summary.multiple_starts == 0 and "dispatching" not in summary.states else 1
+
+
+def _digits(value: str) -> str:
+    return "".join(ch for ch in value if ch.isdigit())
+
+
+async def _fresh_database(admin_dsn: str) -> str:
+    conn = await connect(admin_dsn)
+    try:
+        await dq.recreate_database(conn, DEMO_DATABASE)
+    finally:
+        await conn.close()
+    return dsn_with_database(admin_dsn, DEMO_DATABASE)
+
+
+async def _dispatch(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    sim: Simulator,
+    campaign_id: int,
+    began: float,
+    out: TextIO,
+) -> Summary:
+    stop = asyncio.Event()
+    async with AculabClient(settings.aculab, settings.http) as client:
+        dispatcher = Dispatcher(pool, client, settings, "demo")
+        run = asyncio.create_task(dispatcher.run(stop, until_idle=True))
+        while not run.done():
+            await asyncio.wait([run], timeout=1.0)
+            async with pool.acquire() as conn:
+                counts = await dq.state_counts(conn, campaign_id)
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            print(f"demo: {time.monotonic() - began:5.1f}s  {shown}", file=out)
+        await run
+    async with pool.acquire() as conn:
+        counts = await dq.state_counts(conn, campaign_id)
+        reasons = await dq.reasons(conn, campaign_id)
+    multiple = sum(1 for c in {call.to for call in sim.calls} if sim.calls_to(c) > 1)
+    return Summary(
+        wall_seconds=time.monotonic() - began,
+        states=counts,
+        started=sim.started_count(),
+        requests=sim.request_count("service_start"),
+        multiple_starts=multiple,
+        reasons=reasons,
+    )
+
+
+def _print_summary(s: Summary, out: TextIO) -> None:
+    print("", file=out)
+    print("demo finished", file=out)
+    print(f"  wall time            {s.wall_seconds:.1f} s", file=out)
+    print(f"  service_start calls  {s.requests}", file=out)
+    print(f"  calls started        {s.started} (simulator's record)", file=out)
+    print(f"  started twice        {s.multiple_starts}", file=out)
+    print("  contacts by state", file=out)
+    for state, n in sorted(s.states.items(), key=lambda kv: -kv[1]):
+        print(f"    {state:<12} {n}", file=out)
+    if s.reasons:
+        print("  why contacts were not called", file=out)
+        for reason, n in sorted(s.reasons.items(), key=lambda kv: -kv[1]):
+            print(f"    {n:>4} x {reason}", file=out)

@@ -1,0 +1,720 @@
+"""The dispatch protocol: pending contacts become started calls, exactly once.
+
+This module reads top to bottom like design.md's six steps:
+
+1. claim and persist — one transaction picks eligible contacts, validates them,
+   stores the batch with its exact `rest_calls` string and deterministic
+   `unique_id`, marks the contacts `dispatching`, and commits before any request;
+2. send — `service_start` with exactly the stored string and id;
+3. acknowledge — one transaction stores each reference against its contact;
+4. transient failure — the same bytes and id again later, with capped
+   exponential backoff and jitter, never after the idempotency window;
+5. permanent failure — split a rejected list until the bad contacts stand
+   alone; an authentication failure pauses the campaigns of that service;
+6. crash recovery — a batch whose owner stopped heartbeating is re-sent by any
+   daemon with its stored id, so Aculab answers with the original references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import structlog
+
+from campaign import assumptions
+from campaign.aculab import (
+    AculabClient,
+    AculabError,
+    AuthenticationError,
+    PermanentError,
+    TransientError,
+    call_problem,
+    encode_rest_calls,
+)
+from campaign.db import queries as q
+from campaign.destinations import Destination, Rejected, parse_destination
+from campaign.settings import DispatcherSettings, Settings
+
+if TYPE_CHECKING:
+    from campaign.metrics import Metrics
+
+log = structlog.get_logger("campaign.dispatch")
+
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    OSError,
+    TimeoutError,
+)
+
+# Statuses that mean "this request, as built, is unacceptable": a list is split
+# to find the bad call objects. Other 4xx point at configuration, not contacts.
+REJECTED_STATUSES = frozenset({400, 413, 422})
+VALIDATION_CODES = frozenset({"0001", "0002", "0003", "0004"})
+
+
+def unique_id_for(namespace: str, campaign_id: int, contacts: Sequence[tuple[int, int]]) -> str:
+    """The batch's idempotency key from (namespace, campaign, contact ids, attempt numbers).
+
+    The attempt number is the contact's dispatch count: it rises every time the
+    contact is put in a new batch, so a new attempt never reuses an old id.
+    """
+    digest = hashlib.sha256(f"{namespace}\x1f{campaign_id}".encode())
+    for contact_id, attempt in contacts:
+        digest.update(f"\x1e{contact_id}:{attempt}".encode())
+    return f"{namespace}-{campaign_id}-{digest.hexdigest()[:32]}"
+
+
+def child_unique_id(
+    namespace: str, campaign_id: int, parent: str, contact_ids: Sequence[int]
+) -> str:
+    """A split batch's id: derived from its parent's id and its own contacts."""
+    digest = hashlib.sha256(f"{parent}\x1f".encode())
+    digest.update(",".join(map(str, contact_ids)).encode())
+    return f"{namespace}-{campaign_id}-{digest.hexdigest()[:32]}"
+
+
+def normalise_caller_id(raw: str | None) -> str | None:
+    """A caller ID as Aculab wants it for telephone calls: international digits, no + or 0."""
+    if raw is None:
+        return None
+    digits = "".join(ch for ch in raw.strip() if ch not in " -.()")
+    digits = digits.removeprefix("+")
+    if not digits.isdigit() or not digits.isascii() or digits.startswith("0"):
+        return None
+    return digits
+
+
+@dataclass(frozen=True)
+class Skipped:
+    contact_id: int
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ready:
+    contact: q.ContactRow
+    destination: Destination
+    call: dict[str, Any]
+
+
+def prepare(
+    contacts: Sequence[q.ContactRow], campaign: q.CampaignRow
+) -> tuple[list[Ready], list[Skipped]]:
+    """Validate and normalise each contact into its call object (pure, no I/O)."""
+    ready: list[Ready] = []
+    skipped: list[Skipped] = []
+    seen: set[str] = set()
+    for contact in contacts:
+        parsed = parse_destination(contact.destination, default_region=campaign.default_country)
+        if isinstance(parsed, Rejected):
+            skipped.append(Skipped(contact.id, "invalid", parsed.reason))
+            continue
+        if parsed.key in seen:
+            skipped.append(
+                Skipped(
+                    contact.id, "duplicate", "same destination as another contact of this campaign"
+                )
+            )
+            continue
+        call: dict[str, Any] = {"to": parsed.to}
+        if parsed.is_telephone:
+            raw_from = contact.caller_id or campaign.caller_id
+            caller = normalise_caller_id(raw_from)
+            if caller is None:
+                reason = (
+                    "no caller ID: set campaigns.caller_id or contacts.caller_id"
+                    if not raw_from
+                    else "caller ID must be a full international number (digits, no leading 0)"
+                )
+                skipped.append(Skipped(contact.id, "invalid", reason))
+                continue
+            call["from"] = caller
+        elif contact.caller_id:
+            call["from"] = contact.caller_id
+        if contact.token is not None:
+            call["token"] = contact.token
+        if contact.outbound_parameters is not None:
+            call["outbound_parameters"] = contact.outbound_parameters
+        if contact.extra_sip_headers is not None:
+            call["extra_sip_headers"] = contact.extra_sip_headers
+        problem = call_problem(call)
+        if problem is not None:
+            skipped.append(Skipped(contact.id, "invalid", problem))
+            continue
+        seen.add(parsed.key)
+        ready.append(Ready(contact, parsed, call))
+    return ready, skipped
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A persisted batch being sent by this daemon."""
+
+    id: int
+    campaign_id: int
+    campaign_name: str
+    service_name: str
+    unique_id: str
+    rest_calls: str
+    contact_ids: list[int]
+    sends: int
+    age_seconds: float
+
+
+@dataclass
+class Counters:
+    claimed: int = 0
+    submitted: int = 0
+    batches_submitted: int = 0
+    resends: int = 0
+    parked: int = 0
+    takeovers: int = 0
+    by_campaign: dict[int, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Runs the protocol for one daemon; several daemons share one database safely."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: AculabClient,
+        settings: Settings,
+        owner: str,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.pool = pool
+        self.client = client
+        self.settings = settings
+        self.owner = owner
+        self.counters = Counters()
+        self.metrics = metrics
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._critical: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._pacing_wait: float | None = None
+        self._rotation = 0
+
+    @property
+    def _cfg(self) -> DispatcherSettings:
+        return self.settings.dispatcher
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- the loop ---------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> None:
+        """Dispatch until `stop` is set (or, with until_idle, until nothing is left)."""
+        failures = 0
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    worked = await self.tick()
+                    failures = 0
+                except DB_ERRORS as exc:
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2**failures)
+                    log.error("database_unavailable", error=str(exc), retry_in=round(delay, 1))
+                    await sleep_until_woken(stop, self._wake, delay)
+                    continue
+                if worked:
+                    continue
+                if until_idle and not self._inflight and await self._idle():
+                    return
+                await sleep_until_woken(stop, self._wake, self._sleep_for())
+        finally:
+            await self._drain()
+
+    async def tick(self) -> bool:
+        """One round: re-send due batches, then claim new ones. True if anything happened."""
+        self._pacing_wait = None
+        free = self._cfg.max_in_flight_batches - len(self._inflight)
+        if free <= 0:
+            await asyncio.wait(list(self._inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+            return True
+        async with self.pool.acquire() as conn:
+            due = await q.take_due_batches(
+                conn, self.owner, self._cfg.lease_seconds, free, list(self._inflight)
+            )
+        for row in due:
+            if row.previous_owner not in (None, self.owner):
+                self.counters.takeovers += 1
+                log.warning(
+                    "batch_taken_over",
+                    campaign_id=row.campaign_id,
+                    batch_id=row.id,
+                    previous_owner=row.previous_owner,
+                    unique_id=row.unique_id,
+                )
+            self._spawn(
+                Batch(
+                    id=row.id,
+                    campaign_id=row.campaign_id,
+                    campaign_name=row.campaign_name,
+                    service_name=row.service_name,
+                    unique_id=row.unique_id,
+                    rest_calls=row.rest_calls,
+                    contact_ids=row.contact_ids,
+                    sends=row.sends,
+                    age_seconds=row.age_seconds,
+                )
+            )
+        free -= len(due)
+        worked = bool(due)
+        async with self.pool.acquire() as conn:
+            campaigns = await q.active_campaigns(conn)
+        for campaign in self._fair_order(campaigns):
+            if free <= 0:
+                break
+            batch, did = await self.claim(campaign)
+            worked = worked or did
+            if batch is not None:
+                self._spawn(batch)
+                free -= 1
+        return worked
+
+    def _fair_order(self, campaigns: list[q.CampaignRow]) -> list[q.CampaignRow]:
+        """Priority first; campaigns of equal priority take turns leading."""
+        self._rotation += 1
+        out: list[q.CampaignRow] = []
+        for prio in sorted({c.priority for c in campaigns}, reverse=True):
+            group = [c for c in campaigns if c.priority == prio]
+            shift = self._rotation % len(group)
+            out.extend(group[shift:] + group[:shift])
+        return out
+
+    def _sleep_for(self) -> float:
+        wait = self._cfg.poll_interval
+        if self._pacing_wait is not None:
+            wait = min(wait, self._pacing_wait)
+        if self._inflight:
+            wait = min(wait, 0.5)
+        return max(0.005, wait)
+
+    async def _idle(self) -> bool:
+        async with self.pool.acquire() as conn:
+            return await q.nothing_to_do(conn)
+
+    def _spawn(self, batch: Batch) -> None:
+        task = asyncio.create_task(self._send(batch), name=f"batch-{batch.id}")
+        self._inflight[batch.id] = task
+        task.add_done_callback(functools.partial(self._finished, batch.id))
+
+    def _finished(self, batch_id: int, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(batch_id, None)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("batch_send_crashed", batch_id=batch_id, error=repr(exc), exc_info=exc)
+
+    async def _drain(self) -> None:
+        """Let in-flight sends finish within the grace period; what is left stays persisted."""
+        if self._inflight:
+            log.info("dispatcher_draining", in_flight=len(self._inflight))
+            _, pending = await asyncio.wait(
+                list(self._inflight.values()), timeout=self._cfg.shutdown_grace_seconds
+            )
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        if self._critical:
+            await asyncio.wait(list(self._critical), timeout=5)
+        try:
+            async with asyncio.timeout(3):
+                async with self.pool.acquire() as conn:
+                    released = await q.release_leases(conn, self.owner)
+            if released:
+                log.info("leases_released", batches=released)
+        except Exception as exc:  # shutting down: a failure here only delays takeover
+            log.warning("leases_not_released", error=repr(exc))
+
+    async def _shielded(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a write that must complete even if the daemon is being stopped."""
+        task = asyncio.create_task(coro)
+        self._critical.add(task)
+        task.add_done_callback(self._critical.discard)
+        await asyncio.shield(task)
+
+    # --- step 1: claim and persist ------------------------------------------------
+
+    async def claim(self, campaign: q.CampaignRow) -> tuple[Batch | None, bool]:
+        """Claim up to one batch for `campaign`; returns (batch, whether anything changed)."""
+        account_cps = self.settings.aculab.calls_per_second
+        trial = self.settings.aculab.account_type == "trial"
+        async with self.pool.acquire() as conn, conn.transaction():
+            locked = await q.lock_active_campaign(conn, campaign.id)
+            if locked is None:
+                return None, False
+            campaign = locked
+            size = 1 if trial else campaign.batch_size
+            buckets = await q.lock_buckets(
+                conn,
+                [
+                    q.Bucket("account", account_cps, max(1.0, account_cps)),
+                    q.Bucket(
+                        f"campaign:{campaign.id}",
+                        campaign.calls_per_second,
+                        max(1.0, campaign.calls_per_second),
+                    ),
+                ],
+            )
+            # Wait for a full batch worth of tokens (at most one second's worth):
+            # fewer, fuller requests, and never more than a second queued at Aculab.
+            tokens = min(b.available for b in buckets)
+            need = min(size, max(1, math.floor(min(account_cps, campaign.calls_per_second))))
+            if tokens < need:
+                self._note_pacing(max((need - b.available) / b.rate for b in buckets))
+                return None, False
+            grant = min(size, math.floor(tokens))
+            contacts = await q.claim_contacts(conn, campaign.id, grant)
+            if not contacts:
+                return None, False
+            ready, skipped = prepare(contacts, campaign)
+            numbers = [r.destination.number for r in ready if r.destination.number]
+            blocked = await q.suppressed(conn, campaign.id, numbers)
+            if blocked:
+                keep = []
+                for r in ready:
+                    if r.destination.number in blocked:
+                        skipped.append(
+                            Skipped(r.contact.id, "suppressed", "on the do-not-call list")
+                        )
+                    else:
+                        keep.append(r)
+                ready = keep
+            owners = await q.own_keys(
+                conn,
+                campaign.id,
+                [r.destination.key for r in ready],
+                [r.contact.id for r in ready],
+            )
+            keep = []
+            for r in ready:
+                if r.contact.id in owners:
+                    keep.append(r)
+                else:
+                    skipped.append(
+                        Skipped(
+                            r.contact.id,
+                            "duplicate",
+                            "same destination as another contact of this campaign",
+                        )
+                    )
+            ready = keep
+            await q.set_states(
+                conn,
+                [s.contact_id for s in skipped],
+                [s.state for s in skipped],
+                [s.reason for s in skipped],
+            )
+            for s in skipped:
+                log.info(
+                    f"contact_{s.state}",
+                    campaign_id=campaign.id,
+                    contact_id=s.contact_id,
+                    reason=s.reason,
+                )
+            if not ready:
+                return None, True
+            ids = [r.contact.id for r in ready]
+            unique_id = unique_id_for(
+                self._cfg.namespace,
+                campaign.id,
+                [(r.contact.id, r.contact.dispatch_count + 1) for r in ready],
+            )
+            rest_calls = encode_rest_calls(
+                [r.call for r in ready], self.settings.aculab.account_type
+            )
+            batch_id = await q.insert_batch(
+                conn,
+                campaign_id=campaign.id,
+                parent_id=None,
+                service_name=campaign.service_name,
+                unique_id=unique_id,
+                rest_calls=rest_calls,
+                contact_ids=ids,
+                owner=self.owner,
+                lease_seconds=self._cfg.lease_seconds,
+            )
+            await q.mark_dispatching(conn, batch_id, ids)
+            await q.debit_buckets(conn, buckets, len(ready))
+        # Committed: from here on a crash loses nothing, the batch is re-sent by id.
+        self.counters.claimed += len(ids)
+        log.debug(
+            "batch_persisted",
+            campaign_id=campaign.id,
+            batch_id=batch_id,
+            unique_id=unique_id,
+            calls=len(ids),
+        )
+        batch = Batch(
+            id=batch_id,
+            campaign_id=campaign.id,
+            campaign_name=campaign.name,
+            service_name=campaign.service_name,
+            unique_id=unique_id,
+            rest_calls=rest_calls,
+            contact_ids=ids,
+            sends=0,
+            age_seconds=0.0,
+        )
+        return batch, True
+
+    def _note_pacing(self, seconds: float) -> None:
+        seconds = max(0.005, seconds)
+        self._pacing_wait = (
+            seconds if self._pacing_wait is None else min(self._pacing_wait, seconds)
+        )
+
+    # --- step 2: send ---------------------------------------------------------------
+
+    async def _send(self, batch: Batch) -> None:
+        with structlog.contextvars.bound_contextvars(
+            campaign_id=batch.campaign_id, batch_id=batch.id, unique_id=batch.unique_id
+        ):
+            margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
+            window = self._cfg.idempotency_window_seconds
+            if batch.age_seconds + margin >= window:
+                await self._park(batch, _beyond_window(batch.age_seconds, window))
+                return
+            if batch.sends > 0:
+                self.counters.resends += 1
+                self._count_batch("resent")
+                log.info(
+                    "batch_resending", sends=batch.sends, age_seconds=round(batch.age_seconds, 1)
+                )
+            began = self._clock()
+            try:
+                references = await self.client.service_start(
+                    batch.service_name, batch.rest_calls, batch.unique_id
+                )
+            except TransientError as exc:
+                self._observe(began, "transient")
+                await self._shielded(self._retry_later(batch, exc))
+                return
+            except AuthenticationError as exc:
+                self._observe(began, "permanent")
+                await self._shielded(self._pause_for_auth(batch, exc))
+                return
+            except PermanentError as exc:
+                self._observe(began, "permanent")
+                await self._shielded(self._rejected(batch, exc))
+                return
+            except Exception as exc:
+                # A bug of ours must not turn into a tight loop: back off as for a timeout.
+                log.exception("batch_send_crashed", error=repr(exc))
+                await self._shielded(self._retry_later(batch, TransientError(repr(exc))))
+                return
+            self._observe(began, "ok")
+            await self._shielded(self._acknowledge(batch, references))
+
+    def _observe(self, began: float, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.request_seconds.labels(endpoint="service_start", result=result).observe(
+                self._clock() - began
+            )
+
+    def _count_batch(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.batches.labels(outcome=outcome).inc()
+
+    # --- step 3: acknowledge ---------------------------------------------------------
+
+    async def _acknowledge(self, batch: Batch, references: list[str]) -> None:
+        if len(references) != len(batch.contact_ids):
+            await self._park(
+                batch,
+                f"Aculab returned {len(references)} references for {len(batch.contact_ids)} "
+                "calls; the calls may have started: check unique_id with Aculab and resolve "
+                "the contacts by hand",
+            )
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await q.acknowledge(
+                conn, batch.id, references, self.settings.poller.first_poll_delay
+            )
+        if done is None:
+            log.info("batch_already_acknowledged")
+            return
+        self.counters.submitted += len(references)
+        self.counters.batches_submitted += 1
+        self._count_batch("submitted")
+        if self.metrics is not None:
+            self.metrics.calls_started.labels(campaign=batch.campaign_name).inc(len(references))
+        self.counters.by_campaign[batch.campaign_id] = self.counters.by_campaign.get(
+            batch.campaign_id, 0
+        ) + len(references)
+        log.info(
+            "batch_submitted",
+            campaign=batch.campaign_name,
+            calls=len(references),
+            sends=batch.sends + 1,
+        )
+
+    # --- step 4: transient failure ---------------------------------------------------
+
+    def backoff(self, sends: int, retry_after: float | None = None) -> float:
+        """Capped exponential backoff with equal jitter; never sooner than Retry-After."""
+        ceiling = min(self._cfg.retry_max_delay, self._cfg.retry_initial_delay * 2.0**sends)
+        delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    async def _retry_later(self, batch: Batch, exc: TransientError) -> None:
+        delay = self.backoff(batch.sends, exc.retry_after)
+        window = self._cfg.idempotency_window_seconds
+        margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
+        if batch.age_seconds + delay + margin >= window:
+            await self._park(
+                batch,
+                f"{_beyond_window(batch.age_seconds + delay, window)}; last error: {exc.reason}",
+            )
+            return
+        async with self.pool.acquire() as conn:
+            kept = await q.reschedule(conn, batch.id, self.owner, exc.reason[:500], delay)
+        log.warning(
+            "batch_send_failed",
+            error=exc.reason,
+            status=exc.status,
+            sends=batch.sends + 1,
+            retry_in=round(delay, 2),
+            lease_kept=kept,
+        )
+
+    async def _park(self, batch: Batch, reason: str) -> None:
+        async with self.pool.acquire() as conn:
+            await q.park(conn, batch.id, reason)
+        self.counters.parked += 1
+        self._count_batch("parked")
+        log.error(
+            "batch_parked",
+            campaign=batch.campaign_name,
+            contacts=len(batch.contact_ids),
+            reason=reason,
+        )
+
+    # --- step 5: permanent failure ---------------------------------------------------
+
+    async def _pause_for_auth(self, batch: Batch, exc: AuthenticationError) -> None:
+        reason = f"Aculab refused the credentials for service {batch.service_name!r}: {exc.reason}"
+        self._count_batch("rejected")
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await q.close_batch(conn, batch.id, "rejected", reason) is None:
+                return
+            # Nothing was started: the contacts wait for the campaign to be resumed.
+            await q.return_to_pending(conn, batch.id, reason)
+            paused = await q.pause_service(conn, batch.service_name, reason)
+        log.error("campaign_paused", service=batch.service_name, campaigns=paused, reason=reason)
+
+    async def _rejected(self, batch: Batch, exc: PermanentError) -> None:
+        if exc.status not in REJECTED_STATUSES:
+            # Not about a call object (404, 405, ...): likely configuration; pause, lose nothing.
+            reason = f"service_start refused for service {batch.service_name!r}: {exc.reason}"
+            self._count_batch("rejected")
+            async with self.pool.acquire() as conn, conn.transaction():
+                if await q.close_batch(conn, batch.id, "rejected", reason) is None:
+                    return
+                await q.return_to_pending(conn, batch.id, reason)
+                paused = await q.pause_service(conn, batch.service_name, reason)
+            log.error(
+                "campaign_paused", service=batch.service_name, campaigns=paused, reason=reason
+            )
+            return
+        if len(batch.contact_ids) == 1:
+            state = "invalid" if exc.code in VALIDATION_CODES else "failed"
+            reason = f"Aculab refused the call: {exc.reason}"
+            self._count_batch("rejected")
+            async with self.pool.acquire() as conn, conn.transaction():
+                if await q.close_batch(conn, batch.id, "rejected", reason) is None:
+                    return
+                await q.fail_contacts(conn, batch.id, state, reason)
+            log.warning(f"contact_{state}", contact_id=batch.contact_ids[0], reason=reason)
+            return
+        await self._split(batch, exc)
+
+    async def _split(self, batch: Batch, exc: PermanentError) -> None:
+        """Split a rejected list: named bad indices alone, else halves."""
+        calls = json.loads(batch.rest_calls)
+        n = len(batch.contact_ids)
+        bad = sorted(
+            {i for d in exc.details if (i := assumptions.detail_index(d)) is not None and i < n}
+        )
+        groups: list[list[int]]
+        if bad and len(bad) < n:
+            rest = [i for i in range(n) if i not in bad]
+            groups = [[i] for i in bad] + [rest]
+        else:
+            half = n // 2
+            groups = [list(range(half)), list(range(half, n))]
+        reason = f"split after Aculab refused the list: {exc.reason}"
+        children = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await q.close_batch(conn, batch.id, "split", reason) is None:
+                return
+            for group in groups:
+                ids = [batch.contact_ids[i] for i in group]
+                child_id = await q.insert_batch(
+                    conn,
+                    campaign_id=batch.campaign_id,
+                    parent_id=batch.id,
+                    service_name=batch.service_name,
+                    unique_id=child_unique_id(
+                        self._cfg.namespace, batch.campaign_id, batch.unique_id, ids
+                    ),
+                    rest_calls=json.dumps(
+                        [calls[i] for i in group], separators=(",", ":"), ensure_ascii=False
+                    ),
+                    contact_ids=ids,
+                    owner=self.owner,
+                    lease_seconds=self._cfg.lease_seconds,
+                )
+                await q.move_contacts(conn, child_id, ids, batch.id)
+                children.append(child_id)
+        self._count_batch("split")
+        log.warning("batch_split", reason=reason, children=children, sizes=[len(g) for g in groups])
+        self._wake.set()
+
+
+def _beyond_window(age: float, window: float) -> str:
+    return (
+        f"unacknowledged for {age:.0f}s, beyond the {window:.0f}s idempotency window: re-sending "
+        "could start the calls twice. Check with Aculab whether this unique_id started calls, "
+        "then resolve the contacts by hand"
+    )
+
+
+async def sleep_until_woken(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Sleep until a NOTIFY/wake, a stop request or the timeout, whichever comes first."""
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+__all__ = ["AculabError", "Batch", "Dispatcher", "prepare", "unique_id_for"]

@@ -1,0 +1,183 @@
+"""How a call ended, and what happens to its contact next.
+
+Push (the final page) and poll (application_status) both end here, in
+`record`: the first outcome recorded for a call wins, a second is a no-op, and
+an outcome for a contact that has moved on (cancelled campaign, a newer
+attempt) is stored on the call but changes nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import asyncpg
+import structlog
+
+from campaign import assumptions
+from campaign.db import outcomes as oq
+
+if TYPE_CHECKING:
+    from campaign.metrics import Metrics
+
+log = structlog.get_logger("campaign.outcomes")
+
+CALL_CAUSES = frozenset(
+    {"completed", "hung_up", "no_answer", "busy", "unobtainable", "dropped", "failed"}
+)
+# Our own cause for a call whose outcome never arrived (given up) or could not
+# be read: it has its own retry delay ("unknown") in campaigns.retry_delays.
+UNKNOWN = "unknown"
+
+Source = Literal["push", "poll", "give_up"]
+Recorded = Literal["recorded", "duplicate", "unknown_reference"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reference: str
+    cause: str
+    raw_cause: str | None = None
+    duration: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: Literal["completed", "failed", "pending"]
+    delay: float | None
+    reason: str
+
+
+def decide(
+    cause: str, attempts: int, max_attempts: int, retry_delays: Mapping[str, Any]
+) -> Decision:
+    """The retry policy: answered → completed; else retry after the cause's delay
+    while the attempt budget lasts; a cause without a delay is not retried."""
+    if cause in assumptions.ANSWERED_CAUSES:
+        return Decision("completed", None, f"answered ({cause})")
+    delay = retry_delays.get(cause)
+    if not isinstance(delay, int | float) or isinstance(delay, bool) or not math.isfinite(delay):
+        return Decision("failed", None, f"{cause}: not retried for this cause")
+    if attempts >= max_attempts:
+        return Decision(
+            "failed", None, f"{cause} on attempt {attempts} of {max_attempts}: no attempts left"
+        )
+    delay = max(0.0, float(delay))
+    return Decision(
+        "pending", delay, f"{cause} on attempt {attempts} of {max_attempts}: retry in {delay:g}s"
+    )
+
+
+class BadOutcome(ValueError):
+    """The body does not describe a call outcome we can record."""
+
+
+def _duration(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _text(value: Any, limit: int = 64) -> str | None:
+    return str(value)[:limit] if value is not None else None
+
+
+def from_instance_info(body: Any) -> Outcome:
+    """The outcome a final page reports (aculab-api.md §5)."""
+    if not isinstance(body, dict):
+        raise BadOutcome("instance_info must be a JSON object")
+    reference = body.get("application_instance_id")
+    if not isinstance(reference, str) or not reference or len(reference) > 200:
+        raise BadOutcome("instance_info.application_instance_id is missing")
+    call = body.get("this_call")
+    if not isinstance(call, dict):
+        raise BadOutcome("instance_info.this_call is missing")
+    cause = call.get("call_cause")
+    if not isinstance(cause, str) or cause not in CALL_CAUSES:
+        raise BadOutcome(f"this_call.call_cause {str(cause)[:40]!r} is not a known cause")
+    return Outcome(
+        reference=reference,
+        cause=cause,
+        raw_cause=_text(call.get("call_raw_cause")),
+        duration=_duration(call.get("seconds_call_duration")),
+    )
+
+
+def from_status(reference: str, body: dict[str, Any]) -> Outcome | None:
+    """The outcome application_status shows (§3), or None while queued or running."""
+    if assumptions.instance_phase(body) != "finished":
+        return None
+    cdrs = [c for c in body.get("cdrs") or [] if isinstance(c, dict)]
+    errs = [e for e in body.get("errs") or [] if isinstance(e, dict)]
+    if cdrs:
+        cdr = cdrs[0]
+        cause = cdr.get("call_cause")
+        if cause in CALL_CAUSES:
+            return Outcome(
+                reference,
+                cause,
+                _text(cdr.get("call_raw_cause")),
+                _duration(cdr.get("seconds_call_duration")),
+            )
+    if errs:
+        text = "; ".join(f"{e.get('code')}: {e.get('text')}" for e in errs)[:300]
+        return Outcome(reference, "failed", None, None, f"the instance could not run: {text}")
+    return Outcome(reference, UNKNOWN, None, None, "finished without a call record")
+
+
+async def record(
+    pool: asyncpg.Pool, outcome: Outcome, source: Source, metrics: Metrics | None = None
+) -> Recorded:
+    """Store the outcome once and move the contact on; callers shield it from cancellation."""
+    async with pool.acquire() as conn, conn.transaction():
+        call = await oq.finish_call(conn, outcome, source)
+        if call is None:
+            finished = await oq.call_finished(conn, outcome.reference)
+            if finished is None:
+                return "unknown_reference"
+            if finished:
+                return "duplicate"
+            # The acknowledgement committed after our UPDATE took its snapshot:
+            # the call is visible now, so record it.
+            call = await oq.finish_call(conn, outcome, source)
+            if call is None:
+                return "duplicate"
+        contact = await oq.lock_contact(conn, call.contact_id)
+        moved_on = contact is None or (
+            contact.state != "dialing" or contact.reference != outcome.reference
+        )
+        decision = None
+        if not moved_on and contact is not None:
+            decision = decide(
+                outcome.cause, contact.attempts, contact.max_attempts, contact.retry_delays
+            )
+            reason = decision.reason
+            if outcome.reason is not None:
+                reason = f"{reason} ({outcome.reason})"
+            await oq.apply_decision(
+                conn, call.contact_id, decision.state, decision.delay, outcome.cause, reason
+            )
+    if metrics is not None:
+        metrics.outcomes.labels(cause=outcome.cause, source=source).inc()
+        if decision is not None and decision.state == "pending":
+            metrics.retries.labels(cause=outcome.cause).inc()
+    log.info(
+        "call_finished",
+        campaign_id=call.campaign_id,
+        contact_id=call.contact_id,
+        reference=outcome.reference,
+        cause=outcome.cause,
+        raw_cause=outcome.raw_cause,
+        duration=outcome.duration,
+        source=source,
+        next_state=decision.state if decision else None,
+        retry_in=decision.delay if decision else None,
+    )
+    return "recorded"

@@ -1,0 +1,169 @@
+"""The outcome tracker's pull side: application_status for calls with no outcome yet.
+
+Each round it also matches final-page reports that arrived before their batch
+was acknowledged, and marks campaigns whose contacts have all finished as
+completed. Polls are spread out (first after `first_poll_delay`, then doubling
+up to `max_interval`), limited in number (`concurrency`), and after a round of
+failures the whole poller backs off, so an Aculab outage never becomes a storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import asyncpg
+import structlog
+
+from campaign import outcomes
+from campaign.aculab import AculabClient, AuthenticationError, NotFoundError, TransientError
+from campaign.db import outcomes as oq
+from campaign.dispatch import DB_ERRORS, sleep_until_woken
+from campaign.settings import Settings
+
+if TYPE_CHECKING:
+    from campaign.metrics import Metrics
+
+log = structlog.get_logger("campaign.poller")
+
+UNMATCHED_KEEP_SECONDS = 24 * 3600.0
+
+
+@dataclass
+class PollStats:
+    polls: int = 0
+    recorded: int = 0
+    given_up: int = 0
+    failures: int = 0
+
+
+class Poller:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: AculabClient,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.pool = pool
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.stats = PollStats()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.poller.concurrency)
+        self._failed_rounds = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event, *, round_seconds: float = 1.0) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                busy = await self.round()
+            except DB_ERRORS as exc:
+                log.error("database_unavailable", error=str(exc), task="poller")
+                busy = False
+                self._failed_rounds += 1
+            if busy and not self._failed_rounds:
+                continue
+            await sleep_until_woken(stop, self._wake, self._pause(round_seconds))
+
+    def _pause(self, round_seconds: float) -> float:
+        if self._failed_rounds:
+            return min(self.settings.poller.max_interval, round_seconds * 2.0**self._failed_rounds)
+        return round_seconds
+
+    async def round(self) -> bool:
+        """One pass: stashed pushes, completed campaigns, due polls. True if polls were due."""
+        await self.reconcile_pushes()
+        await self.complete_campaigns()
+        if not self.settings.poller.enabled:
+            return False
+        cfg = self.settings.poller
+        async with self.pool.acquire() as conn:
+            due = await oq.take_due_calls(conn, cfg.batch, cfg.interval, cfg.max_interval)
+        if not due:
+            self._failed_rounds = 0
+            return False
+        results = await asyncio.gather(*(self._poll(call) for call in due))
+        failed = results.count(False)
+        if failed:
+            self._failed_rounds += 1
+            log.warning(
+                "poll_round_failed",
+                failed=failed,
+                polled=len(due),
+                backoff_s=round(self._pause(1.0), 1),
+            )
+        else:
+            self._failed_rounds = 0
+        return len(due) >= cfg.batch
+
+    async def _poll(self, call: oq.DueCall) -> bool:
+        """Poll one call; False when Aculab could not be asked (the call stays scheduled)."""
+        cfg = self.settings.poller
+        if call.age_seconds >= cfg.give_up_after:
+            outcome = outcomes.Outcome(
+                call.reference,
+                outcomes.UNKNOWN,
+                reason=f"no outcome {call.age_seconds:.0f}s after the start; gave up",
+            )
+            await self._record(outcome, "give_up")
+            self.stats.given_up += 1
+            return True
+        async with self._slots:
+            self.stats.polls += 1
+            began = time.monotonic()
+            try:
+                body = await self.client.application_status(call.reference)
+                self._observe(began, "ok")
+            except NotFoundError:
+                self._observe(began, "permanent")
+                # Not (or no longer) known to Aculab: keep asking until the give-up rule.
+                log.warning("poll_unknown_instance", reference=call.reference, polls=call.polls)
+                return True
+            except AuthenticationError as exc:
+                self._observe(began, "permanent")
+                log.error("poll_refused", reason=exc.reason)
+                return False
+            except TransientError as exc:
+                self._observe(began, "transient")
+                self.stats.failures += 1
+                log.debug("poll_failed", reference=call.reference, error=exc.reason)
+                return False
+        finished = outcomes.from_status(call.reference, body)
+        if finished is not None:
+            await self._record(finished, "poll")
+        return True
+
+    def _observe(self, began: float, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.request_seconds.labels(
+                endpoint="application_status", result=result
+            ).observe(time.monotonic() - began)
+
+    async def _record(self, outcome: outcomes.Outcome, source: outcomes.Source) -> None:
+        result = await asyncio.shield(outcomes.record(self.pool, outcome, source, self.metrics))
+        if result == "recorded":
+            self.stats.recorded += 1
+
+    async def reconcile_pushes(self) -> None:
+        """Record final-page reports that arrived before their batch was acknowledged."""
+        async with self.pool.acquire() as conn:
+            matched = await oq.take_matched(conn, UNMATCHED_KEEP_SECONDS)
+        for m in matched:
+            await self._record(
+                outcomes.Outcome(m.reference, m.cause, m.raw_cause, m.duration), "push"
+            )
+
+    async def complete_campaigns(self) -> Sequence[int]:
+        async with self.pool.acquire() as conn:
+            done = await oq.complete_campaigns(conn)
+        for campaign_id, name, totals in done:
+            log.info("campaign_completed", campaign_id=campaign_id, campaign=name, totals=totals)
+        return [d[0] for d in done]

@@ -1,0 +1,268 @@
+"""`campaign run` as a real subprocess: kill -9, SIGTERM, several daemons, its logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from campaign.simulator import Simulator, SimulatorConfig
+from tests.engine import SERVICE, add_contacts, create_campaign, states, uk_numbers
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "sim-api-key-7f3a9c"
+PASSWORD = "sim-password-2b8e41"
+BAD_SERVICE = "BadService"
+BAD_PASSWORD = "wrong-password-c0ffee"
+
+
+def daemon_env(sim: Simulator, dsn: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    env.update(
+        {
+            "CAMPAIGN_DATABASE__DSN": dsn,
+            "CAMPAIGN_ACULAB__BASE_URL": sim.base_url,
+            "CAMPAIGN_ACULAB__CLOUD_ID": sim.config.cloud_id,
+            "CAMPAIGN_ACULAB__USERNAME": sim.config.username,
+            "CAMPAIGN_ACULAB__API_ACCESS_KEY": API_KEY,
+            "CAMPAIGN_ACULAB__CALLS_PER_SECOND": "10000",
+            "CAMPAIGN_ACULAB__SERVICE_PASSWORDS": json.dumps(
+                {SERVICE: PASSWORD, BAD_SERVICE: BAD_PASSWORD}
+            ),
+            "CAMPAIGN_DISPATCHER__LEASE_SECONDS": "2",
+            "CAMPAIGN_DISPATCHER__POLL_INTERVAL": "0.2",
+            "CAMPAIGN_DISPATCHER__RETRY_INITIAL_DELAY": "0.05",
+            "CAMPAIGN_DISPATCHER__RETRY_MAX_DELAY": "0.5",
+            "CAMPAIGN_DISPATCHER__PROGRESS_INTERVAL": "1",
+            "CAMPAIGN_HTTP__CONNECT_TIMEOUT": "1",
+            "CAMPAIGN_HTTP__READ_TIMEOUT": "1",
+            "CAMPAIGN_LISTENER__PORT": "0",
+            **extra,
+        }
+    )
+    return env
+
+
+def sim_config(**kw: Any) -> SimulatorConfig:
+    return SimulatorConfig(
+        api_access_key=API_KEY,
+        service_passwords={SERVICE: PASSWORD, BAD_SERVICE: "the-real-one"},
+        calls_per_second=100_000,
+        **kw,
+    )
+
+
+async def start_daemon(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    out = log.open("ab")
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "campaign", "run", env=env, stdout=out, stderr=out
+        )
+    finally:
+        out.close()
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def stop(proc: asyncio.subprocess.Process, timeout: float = 15) -> tuple[int, float]:
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(proc.wait(), timeout)
+    return code, time.monotonic() - began
+
+
+def started_once(sim: Simulator, numbers: list[str]) -> tuple[int, int]:
+    """(duplicated, lost) counted from the simulator's own record."""
+    counts = [sim.calls_to(n) for n in numbers]
+    return sum(1 for c in counts if c > 1), sum(1 for c in counts if c == 0)
+
+
+async def test_kill_9_at_random_moments_starts_every_contact_exactly_once(
+    db_pool: asyncpg.Pool,
+    db_dsn: str,
+    make_simulator: Callable[[SimulatorConfig], Awaitable[Simulator]],
+    tmp_path: Path,
+) -> None:
+    sim = await make_simulator(sim_config())
+    # Every answer takes a quarter of a second (calls already started), so most
+    # kills land between Aculab starting the calls and the acknowledgement.
+    sim.faults.slow = 0.85
+    sim.faults.slow_seconds = 0.25
+    sim.faults.error_after = 0.1
+    sim.faults.drop_after = 0.05
+    cid = await create_campaign(db_pool, batch_size=20, calls_per_second=250)
+    numbers = uk_numbers(3000)
+    await add_contacts(db_pool, cid, numbers)
+    env = daemon_env(sim, db_dsn)
+    log = tmp_path / "daemon.log"
+    rng = random.Random(1234)
+
+    kills = 0
+    mid_flight = 0  # kills that left a persisted, unacknowledged batch behind
+    for _ in range(6):
+        proc = await start_daemon(env, log)
+        await asyncio.sleep(rng.uniform(1.2, 2.5))  # startup takes ~1 s
+        proc.kill()
+        await proc.wait()
+        kills += 1
+        after = await states(db_pool, cid)
+        mid_flight += after.get("dispatching", 0) > 0
+        print(f"after kill {kills}: {after}")
+
+    async def all_dialing() -> bool:
+        return await states(db_pool, cid) == {"dialing": 3000}
+
+    final = await start_daemon(env, log)
+    await wait_for(all_dialing, 90, "every contact to be dialing")
+    code, _ = await stop(final)
+
+    duplicated, lost = started_once(sim, numbers)
+    print(
+        f"kill test: kills={kills} (with batches in flight: {mid_flight}) "
+        f"contacts={len(numbers)} duplicated={duplicated} lost={lost}"
+    )
+    assert mid_flight >= 2, "the kills did not interrupt any dispatch"
+
+    assert (duplicated, lost) == (0, 0)
+    assert sim.started_count() == 3000
+    assert code == 0
+    assert await db_pool.fetchval("SELECT count(*) FROM batches WHERE state = 'parked'") == 0
+    assert await db_pool.fetchval("SELECT count(*) FROM calls") == 3000
+
+
+async def test_two_daemons_share_a_campaign_without_duplicates(
+    db_pool: asyncpg.Pool,
+    db_dsn: str,
+    make_simulator: Callable[[SimulatorConfig], Awaitable[Simulator]],
+    tmp_path: Path,
+) -> None:
+    sim = await make_simulator(sim_config())
+    sim.faults.error_after = 0.1
+    cid = await create_campaign(db_pool, batch_size=10, calls_per_second=400)
+    numbers = uk_numbers(1500)
+    await add_contacts(db_pool, cid, numbers)
+    env = daemon_env(sim, db_dsn)
+    procs = [await start_daemon(env, tmp_path / f"d{i}.log") for i in range(2)]
+
+    async def all_dialing() -> bool:
+        return await states(db_pool, cid) == {"dialing": 1500}
+
+    await wait_for(all_dialing, 90, "every contact to be dialing")
+    codes = [(await stop(p))[0] for p in procs]
+    assert codes == [0, 0]
+    assert started_once(sim, numbers) == (0, 0)
+    owners = await db_pool.fetchval(
+        "SELECT count(DISTINCT unique_id) FROM batches WHERE state = 'submitted'"
+    )
+    assert owners >= 2
+
+
+async def test_sigterm_with_a_request_in_flight_exits_0_in_time_and_loses_nothing(
+    db_pool: asyncpg.Pool,
+    db_dsn: str,
+    make_simulator: Callable[[SimulatorConfig], Awaitable[Simulator]],
+    tmp_path: Path,
+) -> None:
+    sim = await make_simulator(sim_config())
+    sim.faults.slow = 1.0
+    sim.faults.slow_seconds = 30
+    cid = await create_campaign(db_pool, batch_size=5)
+    numbers = uk_numbers(5)
+    await add_contacts(db_pool, cid, numbers)
+    env = daemon_env(sim, db_dsn, CAMPAIGN_HTTP__READ_TIMEOUT="20")
+    proc = await start_daemon(env, tmp_path / "d.log")
+
+    async def sent() -> bool:
+        return sim.started_count() == 5
+
+    await wait_for(sent, 30, "the slow request to start the calls")
+    code, took = await stop(proc)
+    assert code == 0
+    assert took < 10
+    row = await db_pool.fetchrow("SELECT state, owner FROM batches")
+    assert row["state"] == "pending" and row["owner"] is None  # persisted, lease handed back
+    assert await states(db_pool, cid) == {"dispatching": 5}
+
+    # The next daemon re-sends the stored batch by id: nobody is called twice.
+    sim.faults.slow = 0.0
+    proc = await start_daemon(env, tmp_path / "d.log")
+
+    async def all_dialing() -> bool:
+        return await states(db_pool, cid) == {"dialing": 5}
+
+    await wait_for(all_dialing, 30, "the batch to be acknowledged")
+    await stop(proc)
+    assert started_once(sim, numbers) == (0, 0)
+
+
+async def test_daemon_logs_are_json_lines_with_ids_and_never_secrets_or_full_numbers(
+    db_pool: asyncpg.Pool,
+    db_dsn: str,
+    make_simulator: Callable[[SimulatorConfig], Awaitable[Simulator]],
+    tmp_path: Path,
+) -> None:
+    sim = await make_simulator(sim_config())
+    sim.faults.force("error_after")
+    good = await create_campaign(db_pool, "good", batch_size=5)
+    bad = await create_campaign(db_pool, "bad", service_name=BAD_SERVICE)
+    numbers = uk_numbers(10)
+    await add_contacts(db_pool, good, [*numbers, "+44 909 8790000"])
+    await add_contacts(db_pool, bad, uk_numbers(2, start=500))
+    log = tmp_path / "daemon.log"
+    proc = await start_daemon(daemon_env(sim, db_dsn), log)
+
+    async def settled() -> bool:
+        paused = await db_pool.fetchval("SELECT state FROM campaigns WHERE id = $1", bad)
+        return paused == "paused" and await states(db_pool, good) == {"dialing": 10, "invalid": 1}
+
+    await wait_for(settled, 30, "both campaigns to settle")
+    await asyncio.sleep(1.2)  # one progress line
+    assert (await stop(proc))[0] == 0
+
+    text = log.read_text()
+    for secret in (PASSWORD, API_KEY, BAD_PASSWORD, "the-real-one"):
+        assert secret not in text
+    for number in [*numbers, "+44 909 8790000"]:
+        digits = "".join(ch for ch in number if ch.isdigit())
+        assert digits not in text and number not in text
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    names = {e["event"] for e in events}
+    assert {"batch_submitted", "batch_send_failed", "campaign_paused", "contact_invalid"} <= names
+    assert "campaign_progress" in names
+    for e in events:
+        assert {"ts", "level", "event"} <= set(e)
+        if e["event"].startswith("batch_"):
+            assert "campaign_id" in e and "batch_id" in e
+        if e["event"] == "campaign_progress":
+            assert "campaign_id" in e and "states" in e
+
+
+async def test_unreachable_database_is_one_clear_line_and_exit_1(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    env = daemon_env(simulator, "postgresql://nobody:secret-pw@127.0.0.1:1/none")
+    proc = await start_daemon(env, tmp_path / "d.log")
+    code = await asyncio.wait_for(proc.wait(), 30)
+    text = (tmp_path / "d.log").read_text()
+    assert code == 1
+    assert "secret-pw" not in text
+    assert "database_unavailable" in text
+    assert "Traceback" not in text

@@ -1,0 +1,339 @@
+"""Outcomes: the retry policy, the poller, one writer of truth, campaign completion."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from campaign import outcomes
+from campaign.db import outcomes as oq
+from campaign.outcomes import Outcome, decide
+from campaign.simulator import Simulator, SimulatorConfig
+from tests.engine import (
+    add_contacts,
+    campaign_state,
+    create_campaign,
+    engine_settings,
+    run_engine,
+    run_until_idle,
+    states,
+    uk_numbers,
+)
+
+DELAYS = {"busy": 600, "no_answer": 1800, "failed": 300, "dropped": 300, "unknown": 900}
+
+MakeSim = Callable[[SimulatorConfig], Awaitable[Simulator]]
+
+
+# --- the policy ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cause", "state", "delay"),
+    [
+        ("completed", "completed", None),
+        ("hung_up", "completed", None),
+        ("busy", "pending", 600),
+        ("no_answer", "pending", 1800),
+        ("failed", "pending", 300),
+        ("dropped", "pending", 300),
+        ("unknown", "pending", 900),
+        ("unobtainable", "failed", None),
+    ],
+)
+def test_each_cause_leads_to_its_next_state_and_delay(
+    cause: str, state: str, delay: float | None
+) -> None:
+    d = decide(cause, attempts=1, max_attempts=3, retry_delays=DELAYS)
+    assert (d.state, d.delay) == (state, delay)
+    assert cause in d.reason
+
+
+def test_budget_is_one_per_contact_whatever_the_causes() -> None:
+    assert decide("busy", 2, 3, DELAYS).state == "pending"
+    last = decide("no_answer", 3, 3, DELAYS)
+    assert last.state == "failed"
+    assert "no_answer" in last.reason and "3 of 3" in last.reason
+
+
+def test_a_cause_absent_from_retry_delays_is_never_retried() -> None:
+    assert decide("busy", 1, 5, {"no_answer": 60}).state == "failed"
+
+
+@given(
+    cause=st.sampled_from([*outcomes.CALL_CAUSES, "unknown"]),
+    attempts=st.integers(0, 200),
+    max_attempts=st.integers(1, 100),
+    delays=st.dictionaries(
+        st.text(max_size=12),
+        st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), st.text(max_size=5)),
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_policy_never_raises_and_never_exceeds_the_budget(
+    cause: str, attempts: int, max_attempts: int, delays: dict[str, Any]
+) -> None:
+    d = decide(cause, attempts, max_attempts, delays)
+    if attempts >= max_attempts:
+        assert d.state != "pending"
+    if d.state == "pending":
+        assert d.delay is not None and d.delay >= 0
+
+
+@given(
+    body=st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "application_instance_id",
+                        "this_call",
+                        "call_cause",
+                        "seconds_call_duration",
+                        "x",
+                    ]
+                ),
+                children,
+                max_size=5,
+            )
+        ),
+        max_leaves=12,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_hostile_instance_info_is_refused_with_bad_outcome_or_parsed(body: Any) -> None:
+    try:
+        o = outcomes.from_instance_info(body)
+    except outcomes.BadOutcome:
+        return
+    assert o.cause in outcomes.CALL_CAUSES
+    assert o.duration is None or o.duration >= 0
+
+
+# --- end to end, poll only -----------------------------------------------------------
+
+
+async def test_poll_only_answered_calls_complete_the_contacts_and_the_campaign(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim = await make_simulator(SimulatorConfig(cause_weights={"completed": 1.0}))
+    settings_ = engine_settings(sim)
+    cid = await create_campaign(db_pool, batch_size=5)
+    await add_contacts(db_pool, cid, uk_numbers(12))
+
+    await run_engine(db_pool, settings_, campaign_state(db_pool, cid))
+
+    assert await states(db_pool, cid) == {"completed": 12}
+    calls = await db_pool.fetch("SELECT call_cause, outcome_source, duration FROM calls")
+    assert {c["call_cause"] for c in calls} == {"completed"}
+    assert {c["outcome_source"] for c in calls} == {"poll"}
+    assert all(c["duration"] is not None for c in calls)
+    assert capsys.readouterr().out.count("campaign_completed") == 1
+
+
+async def test_busy_every_time_uses_the_whole_budget_then_fails_with_the_last_cause(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(SimulatorConfig(cause_weights={"busy": 1.0}))
+    settings_ = engine_settings(sim)
+    cid = await create_campaign(db_pool, batch_size=5, max_attempts=3, retry_delays={"busy": 0.1})
+    numbers = uk_numbers(4)
+    await add_contacts(db_pool, cid, numbers)
+
+    await run_engine(db_pool, settings_, campaign_state(db_pool, cid))
+
+    rows = await db_pool.fetch("SELECT state, attempts, last_result, last_error FROM contacts")
+    assert {r["state"] for r in rows} == {"failed"}
+    assert {r["attempts"] for r in rows} == {3}
+    assert all("busy" in r["last_error"] and "3 of 3" in r["last_error"] for r in rows)
+    for n in numbers:
+        assert sim.calls_to(n) == 3
+    # Each attempt was a new request id, and kept the same caller ID and payload.
+    by_number: dict[str, list[Any]] = {}
+    for call in sim.calls:
+        by_number.setdefault(call.to, []).append(call)
+    for attempts in by_number.values():
+        assert len({c.unique_id for c in attempts}) == 3
+        assert len({(c.from_, c.token, c.outbound_parameters) for c in attempts}) == 1
+
+
+async def test_retry_waits_for_the_delay_of_its_cause(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(SimulatorConfig(cause_weights={"no_answer": 1.0}))
+    cid = await create_campaign(db_pool, retry_delays={"no_answer": 3600})
+    await add_contacts(db_pool, cid, uk_numbers(2))
+
+    async def retried() -> bool:
+        n = await db_pool.fetchval(
+            "SELECT count(*) FROM contacts WHERE state = 'pending' AND last_result = 'no_answer'"
+        )
+        return bool(n == 2)
+
+    await run_engine(db_pool, engine_settings(sim), retried)
+
+    rows = await db_pool.fetch(
+        "SELECT extract(epoch FROM next_attempt_at - now()) AS wait, last_result FROM contacts"
+    )
+    assert all(3500 < r["wait"] <= 3600 for r in rows)
+    assert {r["last_result"] for r in rows} == {"no_answer"}
+    await asyncio.sleep(0.3)
+    assert sim.started_count() == 2  # nothing redialed before the delay
+
+
+async def test_unobtainable_is_not_retried_by_default(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(SimulatorConfig(cause_weights={"unobtainable": 1.0}))
+    cid = await create_campaign(db_pool)
+    await add_contacts(db_pool, cid, uk_numbers(3))
+    await run_engine(db_pool, engine_settings(sim), campaign_state(db_pool, cid))
+    assert await states(db_pool, cid) == {"failed": 3}
+    assert sim.started_count() == 3
+
+
+async def test_call_with_no_outcome_is_given_up_as_unknown_and_retried_by_policy(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(
+        SimulatorConfig(cause_weights={"completed": 1.0}, answered_seconds=(600.0, 600.0))
+    )
+    settings_ = engine_settings(sim, poller={"give_up_after": 0.5})
+    cid = await create_campaign(db_pool, max_attempts=2, retry_delays={"unknown": 0})
+    await add_contacts(db_pool, cid, uk_numbers(2))
+
+    await run_engine(db_pool, settings_, campaign_state(db_pool, cid))
+
+    rows = await db_pool.fetch("SELECT state, last_result, last_error FROM contacts")
+    assert {r["state"] for r in rows} == {"failed"}
+    assert {r["last_result"] for r in rows} == {"unknown"}
+    assert all("gave up" in r["last_error"] for r in rows)
+    sources = await db_pool.fetch("SELECT DISTINCT outcome_source FROM calls")
+    assert [s["outcome_source"] for s in sources] == ["give_up"]
+    assert sim.started_count() == 4
+
+
+async def test_instance_that_could_not_run_counts_as_failed_with_the_errs_text(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(SimulatorConfig(calls_per_second=0.2))
+    settings_ = engine_settings(sim, poller={"first_poll_delay": 0.5})
+    cid = await create_campaign(db_pool, max_attempts=1)
+    await add_contacts(db_pool, cid, uk_numbers(4))
+    await run_until_idle(db_pool, settings_)
+    assert sim.purge("MyOutboundService") >= 2
+
+    await run_engine(db_pool, settings_, campaign_state(db_pool, cid), timeout=30)
+    failed = await db_pool.fetch("SELECT last_error FROM contacts WHERE state = 'failed'")
+    assert len(failed) >= 2
+    assert all("could not run" in r["last_error"] for r in failed)
+
+
+# --- one writer of truth ---------------------------------------------------------------
+
+
+async def _dialing_reference(
+    pool: asyncpg.Pool, sim: Simulator, **campaign: Any
+) -> tuple[int, str]:
+    cid = await create_campaign(pool, **campaign)
+    await add_contacts(pool, cid, uk_numbers(1))
+    await run_until_idle(pool, engine_settings(sim, poller={"enabled": False}))
+    ref = await pool.fetchval("SELECT reference FROM contacts WHERE campaign_id = $1", cid)
+    return cid, ref
+
+
+async def test_first_recorded_outcome_wins_and_the_second_is_a_no_op(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    cid, ref = await _dialing_reference(db_pool, simulator)
+    first = await outcomes.record(db_pool, Outcome(ref, "completed", "200", 12.0), "push")
+    second = await outcomes.record(db_pool, Outcome(ref, "busy", "486", 0.0), "poll")
+    assert (first, second) == ("recorded", "duplicate")
+    call = await db_pool.fetchrow("SELECT call_cause, outcome_source, duration FROM calls")
+    assert dict(call) == {"call_cause": "completed", "outcome_source": "push", "duration": 12.0}
+    assert await states(db_pool, cid) == {"completed": 1}
+
+
+async def test_concurrent_push_and_poll_record_exactly_one_outcome(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    cid, ref = await _dialing_reference(db_pool, simulator, retry_delays={"busy": 0})
+    results = await asyncio.gather(
+        outcomes.record(db_pool, Outcome(ref, "busy", "486", 0.0), "push"),
+        outcomes.record(db_pool, Outcome(ref, "busy", "486", 0.0), "poll"),
+    )
+    assert sorted(results) == ["duplicate", "recorded"]
+    assert await states(db_pool, cid) == {"pending": 1}
+
+
+async def test_outcome_for_a_cancelled_contact_is_stored_but_does_not_resurrect_it(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    cid, ref = await _dialing_reference(db_pool, simulator)
+    await db_pool.execute("UPDATE contacts SET state = 'cancelled'")
+    await db_pool.execute("UPDATE campaigns SET state = 'cancelled'")
+    assert await outcomes.record(db_pool, Outcome(ref, "busy", "486", 0.0), "push") == "recorded"
+    assert await states(db_pool, cid) == {"cancelled": 1}
+    assert await db_pool.fetchval("SELECT call_cause FROM calls") == "busy"
+
+
+async def test_unknown_reference_is_reported_and_changes_nothing(db_pool: asyncpg.Pool) -> None:
+    result = await outcomes.record(db_pool, Outcome("nope", "busy"), "push")
+    assert result == "unknown_reference"
+
+
+async def test_push_that_beat_the_acknowledgement_is_matched_later(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    cid, ref = await _dialing_reference(db_pool, simulator)
+    async with db_pool.acquire() as conn:
+        await oq.stash_unmatched(conn, Outcome(ref, "hung_up", "200", 3.0))
+    settings_ = engine_settings(simulator, poller={"enabled": False})
+    await run_engine(db_pool, settings_, campaign_state(db_pool, cid))
+    assert await states(db_pool, cid) == {"completed": 1}
+    assert await db_pool.fetchval("SELECT count(*) FROM unmatched_outcomes") == 0
+
+
+# --- the poller under failure ---------------------------------------------------------
+
+
+async def test_poller_facing_an_unreachable_aculab_backs_off_then_recovers(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(SimulatorConfig(cause_weights={"completed": 1.0}))
+    port = int(sim.base_url.rsplit(":", 1)[1])
+    settings_ = engine_settings(
+        sim,
+        http={"connect_timeout": 0.2, "read_timeout": 0.2},
+        poller={"first_poll_delay": 0.1, "interval": 0.1, "max_interval": 1.0},
+    )
+    cid = await create_campaign(db_pool)
+    await add_contacts(db_pool, cid, uk_numbers(20))
+    await run_until_idle(db_pool, settings_)
+    await sim.stop()
+
+    from campaign.aculab import AculabClient
+    from campaign.poller import Poller
+
+    async with AculabClient(settings_.aculab, settings_.http) as client:
+        poller = Poller(db_pool, client, settings_)
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop, round_seconds=0.1))
+        await asyncio.sleep(2.5)
+        stop.set()
+        await task
+    # 20 calls polled every 0.1 s would be ~500 polls; backing off to 1 s, at most ~6 rounds.
+    assert 0 < poller.stats.polls <= 120
+    assert poller.stats.recorded == 0
+
+    await sim.start(port=port)
+    await run_engine(db_pool, settings_, campaign_state(db_pool, cid), timeout=30)
+    assert await states(db_pool, cid) == {"completed": 20}
