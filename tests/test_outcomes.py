@@ -10,10 +10,14 @@ import asyncpg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from campaign import outcomes
 from campaign.db import outcomes as oq
+from campaign.metrics import new_metrics
 from campaign.outcomes import Outcome, decide
+from campaign.server import Server, build_app
+from campaign.settings import ListenerSettings
 from campaign.simulator import Simulator, SimulatorConfig
 from tests.engine import (
     add_contacts,
@@ -337,3 +341,71 @@ async def test_poller_facing_an_unreachable_aculab_backs_off_then_recovers(
     await sim.start(port=port)
     await run_engine(db_pool, settings_, campaign_state(db_pool, cid), timeout=30)
     assert await states(db_pool, cid) == {"completed": 20}
+
+
+# --- push, and push with lost callbacks -------------------------------------------------
+
+SECRET = "final-page-secret-0123456789"
+
+
+async def _with_listener(
+    db_pool: asyncpg.Pool,
+    make_simulator: MakeSim,
+    loss: float,
+    cause_weights: dict[str, float],
+) -> tuple[Simulator, Server]:
+    listener = ListenerSettings(port=0, webhook_secret=SecretStr(SECRET))
+    server = Server(build_app(db_pool, listener, new_metrics(), dict), listener)
+    await server.start()
+    sim = await make_simulator(
+        SimulatorConfig(
+            final_page_url=f"{server.url}/final/{SECRET}",
+            callback_loss=loss,
+            cause_weights=cause_weights,
+            seed=3,
+        )
+    )
+    return sim, server
+
+
+async def test_push_only_records_every_outcome_without_polling(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim, server = await _with_listener(db_pool, make_simulator, 0.0, {"completed": 1.0})
+    try:
+        cid = await create_campaign(db_pool, batch_size=10)
+        await add_contacts(db_pool, cid, uk_numbers(30))
+        settings_ = engine_settings(sim, poller={"enabled": False})
+        await run_engine(db_pool, settings_, campaign_state(db_pool, cid), timeout=30)
+    finally:
+        await server.stop()
+    assert await states(db_pool, cid) == {"completed": 30}
+    sources = await db_pool.fetch("SELECT outcome_source, count(*) AS n FROM calls GROUP BY 1")
+    assert {r["outcome_source"]: r["n"] for r in sources} == {"push": 30}
+    assert sim.request_count("application_status") == 0
+
+
+async def test_lost_callbacks_are_reconciled_by_polling(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim, server = await _with_listener(
+        db_pool, make_simulator, 0.4, {"completed": 0.7, "busy": 0.3}
+    )
+    try:
+        cid = await create_campaign(db_pool, batch_size=10, retry_delays={"busy": 0})
+        await add_contacts(db_pool, cid, uk_numbers(40))
+        settings_ = engine_settings(sim, poller={"first_poll_delay": 1.0})
+        await run_engine(db_pool, settings_, campaign_state(db_pool, cid), timeout=60)
+    finally:
+        await server.stop()
+    final = await states(db_pool, cid)
+    assert sum(final.values()) == 40 and set(final) <= {"completed", "failed"}
+    sources = {
+        r["outcome_source"]: r["n"]
+        for r in await db_pool.fetch("SELECT outcome_source, count(*) AS n FROM calls GROUP BY 1")
+    }
+    assert sources.get("push", 0) > 0 and sources.get("poll", 0) > 0
+    lost = sim.callback_counts()["lost"]
+    assert lost > 0
+    # Every call was started once per attempt, whichever path reported it.
+    assert sim.started_count() == await db_pool.fetchval("SELECT count(*) FROM calls")
