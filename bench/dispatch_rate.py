@@ -88,8 +88,10 @@ async def one_run(
             await migrate(c)
             cid = await c.fetchval(
                 "INSERT INTO campaigns"
-                " (name, service_name, caller_id, batch_size, calls_per_second)"
-                " VALUES ('bench', $1, '441908273801', $2, 100000) RETURNING id",
+                " (name, service_name, caller_id, batch_size, calls_per_second,"
+                " window_start, window_end)"
+                " VALUES ('bench', $1, '441908273801', $2, 100000, '00:00', '24:00')"
+                " RETURNING id",
                 SERVICE,
                 batch_size,
             )

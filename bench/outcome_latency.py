@@ -78,8 +78,9 @@ async def one_mode(admin_dsn: str, mode: str, args: argparse.Namespace) -> dict[
             async with pool.acquire() as c:
                 cid = await c.fetchval(
                     "INSERT INTO campaigns (name, service_name, caller_id, calls_per_second,"
-                    " retry_delays) VALUES ('bench', 'MyOutboundService', '441908273801', 100,"
-                    " '{}') RETURNING id"
+                    " retry_delays, window_start, window_end) VALUES ('bench',"
+                    " 'MyOutboundService', '441908273801', 100, '{}', '00:00', '24:00')"
+                    " RETURNING id"
                 )
                 await c.copy_records_to_table(
                     "contacts",
@@ -147,8 +148,9 @@ async def main() -> None:
         for mode in ("push", "poll"):
             r = await one_mode(admin_dsn, mode, args)
             print(
-                f"{r['mode']:>4}: {r['finished']} outcomes, latency p50 {r['p50_s'] * 1000:.0f} ms, "
-                f"p95 {r['p95_s'] * 1000:.0f} ms, application_status requests per finished call "
+                f"{r['mode']:>4}: {r['finished']} outcomes, "
+                f"latency p50 {r['p50_s'] * 1000:.0f} ms, p95 {r['p95_s'] * 1000:.0f} ms, "
+                f"application_status requests per finished call "
                 f"{r['status_requests_per_call']:.2f}, recorded by {r['sources']}"
             )
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import csv
 import json
 import signal
 import sys
 import zoneinfo
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from types import MappingProxyType
+from typing import Annotated, Any, Final, NoReturn, Self, TextIO
 
 import asyncpg
 import phonenumbers
@@ -27,17 +31,19 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 
-from campaign import status
+from campaign import assumptions, status, why
 from campaign.db import admin
 from campaign.db.migrate import MigrationError, migrate
 from campaign.db.pool import DatabaseUnavailable, connect, database_dsn, open_pool
-from campaign.loader import load_csv
+from campaign.destinations import NATIONAL_NEEDS_REGION, Rejected, parse_destination
+from campaign.loader import MAX_REPORTED, load_csv
 from campaign.settings import ConfigError, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
-DbAction = Callable[[argparse.Namespace, admin.Pool], Awaitable[int]]
+DbAction = Callable[[argparse.Namespace, admin.Pool, Settings], Awaitable[int]]
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -90,7 +96,7 @@ def _db_command(action: DbAction) -> Handler:
 
         async def run() -> int:
             async with _database(settings) as pool:
-                return await action(args, pool)
+                return await action(args, pool, settings)
 
         return asyncio.run(run())
 
@@ -197,6 +203,71 @@ def _zone(value: str) -> str:
     return value
 
 
+_WEEKDAYS: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_DAY_SETS: Final = MappingProxyType(
+    {"all": (1, 2, 3, 4, 5, 6, 7), "weekdays": (1, 2, 3, 4, 5), "weekend": (6, 7)}
+)
+
+
+def _clock_time(value: str, *, end: bool) -> str:
+    hours, colon, minutes = value.strip().partition(":")
+    valid = (
+        colon
+        and hours.isascii()
+        and hours.isdigit()
+        and len(hours) <= 2
+        and minutes.isascii()
+        and minutes.isdigit()
+        and len(minutes) == 2
+    )
+    if valid and (
+        (int(hours) < 24 and int(minutes) < 60) or (end and (hours, minutes) == ("24", "00"))
+    ):
+        return f"{int(hours):02d}:{minutes}"
+    latest = "24:00" if end else "23:59"
+    raise ValueError(f"{value!r} is not a time of day as HH:MM (00:00-{latest})")
+
+
+def _window_start(value: str) -> str:
+    return _clock_time(value, end=False)
+
+
+def _window_end(value: str) -> str:
+    return _clock_time(value, end=True)
+
+
+def _weekday(word: str) -> int:
+    name = word.strip().lower()
+    if name.isascii() and name.isdigit() and 1 <= int(name) <= 7:
+        return int(name)
+    for number, day in enumerate(_WEEKDAYS, start=1):
+        # "mon", "Monday", "wednes": three letters at least, a prefix of the day's name.
+        if len(name) >= 3 and day.startswith(name):
+            return number
+    raise ValueError(f"{word.strip()!r} is not a weekday (1-7 with 1 = Monday, or mon..sun)")
+
+
+def _window_days(value: Any) -> Any:
+    """'1,2,3,4,5', 'mon-fri', 'Mon,Wed,Fri', 'fri-mon', 'weekdays', 'all' -> ISO weekdays."""
+    if not isinstance(value, str):
+        return value
+    days: set[int] = set()
+    for part in value.split(","):
+        if not part.strip():
+            raise ValueError(f"{value!r} has an empty item: list days as 1,2,3 or mon-fri")
+        named = _DAY_SETS.get(part.strip().lower())
+        if named is not None:
+            days.update(named)
+            continue
+        first, dash, last = part.partition("-")
+        start = _weekday(first)
+        stop = _weekday(last) if dash else start
+        # A range may wrap past Sunday: fri-mon is Fri, Sat, Sun, Mon.
+        span = (stop - start) % 7
+        days.update((start - 1 + i) % 7 + 1 for i in range(span + 1))
+    return sorted(days)
+
+
 CleanText = Annotated[str, AfterValidator(_clean_text)]
 Int4 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Delay = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -221,7 +292,26 @@ class CreateCampaignArgs(BaseModel):
     default_country: Annotated[CleanText, AfterValidator(_country)] | None = None
     default_timezone: Annotated[CleanText, AfterValidator(_zone)] | None = None
     priority: Int4 | None = None
+    window_start: Annotated[str, AfterValidator(_window_start)] | None = None
+    window_end: Annotated[str, AfterValidator(_window_end)] | None = None
+    window_days: (
+        Annotated[
+            list[Annotated[int, Field(ge=1, le=7)]],
+            BeforeValidator(_window_days),
+            Field(min_length=1),
+        ]
+        | None
+    ) = None
     paused: bool = False
+
+    @model_validator(mode="after")
+    def _window_not_empty(self) -> Self:
+        if self.window_start is not None and self.window_start == self.window_end:
+            raise ValueError(
+                "window_start and window_end are equal: the window would be empty "
+                "(for any time of day use 00:00-24:00)"
+            )
+        return self
 
     def to_new_campaign(self) -> admin.NewCampaign:
         return admin.NewCampaign(**self.model_dump())
@@ -230,12 +320,14 @@ class CreateCampaignArgs(BaseModel):
 def _validation_problem(exc: ValidationError) -> str:
     err = exc.errors(include_url=False, include_input=False)[0]
     field = str(err["loc"][0]) if err["loc"] else ""
-    where = {"name": "NAME", "service_name": "--service"}.get(field, "--" + field.replace("_", "-"))
     message = str(err["msg"]).removeprefix("Value error, ")
+    if not field:
+        return message
+    where = {"name": "NAME", "service_name": "--service"}.get(field, "--" + field.replace("_", "-"))
     return f"{where}: {message}"
 
 
-async def _create(args: argparse.Namespace, pool: admin.Pool) -> int:
+async def _create(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
     try:
         spec = CreateCampaignArgs(
             name=args.name,
@@ -249,6 +341,9 @@ async def _create(args: argparse.Namespace, pool: admin.Pool) -> int:
             default_country=args.default_country,
             default_timezone=args.default_timezone,
             priority=args.priority,
+            window_start=args.window_start,
+            window_end=args.window_end,
+            window_days=args.window_days,
             paused=args.paused,
         )
     except ValidationError as exc:
@@ -266,7 +361,7 @@ def _delimiter(value: str) -> str:
     return named.get(value, value)
 
 
-async def _load_file(args: argparse.Namespace, pool: admin.Pool) -> int:
+async def _load_file(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
     def progress(records: int) -> None:
         print(f"{records:,} rows read", file=sys.stderr, flush=True)
 
@@ -294,7 +389,7 @@ async def _load_file(args: argparse.Namespace, pool: admin.Pool) -> int:
 
 
 def _state_command(action: admin.Action) -> DbAction:
-    async def change(args: argparse.Namespace, pool: admin.Pool) -> int:
+    async def change(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
         result = await admin.change_state(pool, args.name, action, args.reason)
         name = result.campaign.name
         if result.changed:
@@ -303,16 +398,391 @@ def _state_command(action: admin.Action) -> DbAction:
             line = f"campaign {name!r} is already {result.campaign.state}"
         if action == "cancel":
             line += f"; {result.contacts_cancelled:,} pending contacts cancelled"
-        print(line)
+        print(line, flush=True)
+        if action == "cancel":
+            await _purge_aculab_queue(pool, settings, result.campaign)
         return 0
 
     return change
 
 
+async def _purge_aculab_queue(
+    pool: admin.Pool, settings: Settings, campaign: admin.CampaignRef
+) -> None:
+    """After a cancel: empty Aculab's queue for the campaign's service, unless shared.
+
+    Calls still queued at Aculab would start however the database says the campaign
+    stands. The cancel itself is already committed (the database is the truth), so a
+    purge that fails is a warning with what to do, not a failed command.
+    """
+    use = await admin.service_use(pool, campaign.id)
+    service = use.service_name
+    if use.others:
+        names = ", ".join(repr(n) for n in use.others)
+        print(
+            f"not purging Aculab's queue for service {service}: "
+            f"also used by active or paused campaign{'s' if len(use.others) > 1 else ''} {names}"
+        )
+        return
+    from campaign.aculab import AculabClient, AculabError
+
+    try:
+        async with AculabClient(settings.aculab, settings.http) as client:
+            body = await client.purge_queue(service)
+    except AculabError as exc:
+        # Aculab's own words when it answered; else ours, which say what to set.
+        detail = exc.reason if exc.status is not None else _one_line(exc)
+        print(
+            f"warning: Aculab's queue for service {service} was not purged ({detail}); "
+            "calls already queued there will still start: fix that and run "
+            f"`campaign cancel {campaign.name}` again (safe to repeat), "
+            "or purge the queue in the Aculab console",
+            file=sys.stderr,
+        )
+        return
+    count = body.get(assumptions.PURGE_BODY_KEYS[1]) if isinstance(body, dict) else None
+    if isinstance(count, int) and not isinstance(count, bool):
+        print(f"purged {count:,} queued calls at Aculab for service {service}")
+    else:
+        print(f"purged the queued calls at Aculab for service {service} (count not given)")
+    # The purged starts are finished at Aculab; the poller records them at once.
+    await admin.poll_unfinished_calls_now(pool, campaign.id)
+
+
+# --- suppress -------------------------------------------------------------------------------
+
+
+class SuppressFileError(admin.CommandError):
+    """The whole suppression file is refused (unreadable, bad header)."""
+
+
+class SuppressOptions(BaseModel):
+    """The options every `campaign suppress` command shares, checked at the boundary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    campaign: CleanText | None = None
+    reason: CleanText | None = None
+    default_country: Annotated[CleanText, AfterValidator(_country)] | None = None
+
+
+def _suppress_options(args: argparse.Namespace) -> SuppressOptions:
+    try:
+        return SuppressOptions(
+            campaign=args.campaign,
+            reason=getattr(args, "reason", None),
+            default_country=getattr(args, "default_country", None),
+        )
+    except ValidationError as exc:
+        raise admin.InvalidValue(_validation_problem(exc)) from None
+
+
+@dataclass(frozen=True)
+class _Scope:
+    campaign_id: int | None
+    campaign: str | None
+    default_country: str | None
+
+    @property
+    def text(self) -> str:
+        return "every campaign" if self.campaign is None else f"campaign {self.campaign!r}"
+
+
+async def _scope(pool: admin.Pool, options: SuppressOptions) -> _Scope:
+    """Where the suppression applies, and the country for national-format numbers:
+    --default-country, else the campaign's own (as the dispatcher uses for its contacts)."""
+    if options.campaign is None:
+        return _Scope(None, None, options.default_country)
+    found = await admin.campaign_country(pool, options.campaign)
+    return _Scope(found.id, found.name, options.default_country or found.default_country)
+
+
+def normalise_number(raw: str, default_country: str | None) -> str | Rejected:
+    """The digits the dispatcher compares with `suppressions.destination`, or why not."""
+    parsed = parse_destination(raw, default_region=default_country)
+    if isinstance(parsed, Rejected):
+        if parsed.reason.startswith(NATIONAL_NEEDS_REGION):
+            return Rejected(
+                parsed.reason.replace("the campaign's default country", "--default-country")
+            )
+        return parsed
+    if parsed.number is None:
+        return Rejected(f"not a telephone number (a {parsed.kind} address)")
+    return parsed.number
+
+
+def _number(raw: str, scope: _Scope) -> str:
+    number = normalise_number(raw, scope.default_country)
+    if isinstance(number, Rejected):
+        raise admin.InvalidValue(f"cannot use {raw.strip()!r}: {number.reason}")
+    return number
+
+
+async def _suppress_add(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    options = _suppress_options(args)
+    scope = await _scope(pool, options)
+    number = _number(args.number, scope)
+    added = await admin.add_suppression(pool, number, scope.campaign_id, options.reason)
+    if added.added:
+        print(f"suppressed {number} for {scope.text}")
+    else:
+        known = f" (reason: {added.reason})" if added.reason else ""
+        print(f"{number} is already suppressed for {scope.text}{known}")
+    return 0
+
+
+async def _suppress_remove(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    options = _suppress_options(args)
+    scope = await _scope(pool, options)
+    number = _number(args.number, scope)
+    if await admin.remove_suppression(pool, number, scope.campaign_id):
+        print(f"removed {number} from the do-not-call list for {scope.text}")
+        return 0
+    elsewhere = await admin.suppression_scopes(pool, number)
+    hint = ""
+    if None in elsewhere:
+        hint = " (it is suppressed for every campaign: leave out --campaign)"
+    elif elsewhere:
+        names = ", ".join(repr(n) for n in elsewhere)
+        hint = f" (it is suppressed for campaign {names}: use --campaign)"
+    raise admin.CommandError(f"{number} is not suppressed for {scope.text}{hint}")
+
+
+async def _suppress_list(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    options = _suppress_options(args)
+    scope = await _scope(pool, options)
+    print("destination\tcampaign\treason\tadded_at")
+    count = 0
+    async with contextlib.aclosing(admin.list_suppressions(pool, scope.campaign_id)) as rows:
+        async for row in rows:
+            reason = " ".join((row.reason or "").split())
+            campaign = "*" if row.campaign is None else row.campaign
+            print(f"{row.destination}\t{campaign}\t{reason}\t{row.created_at.isoformat()}")
+            count += 1
+    where = "" if scope.campaign is None else f" applying to {scope.text}"
+    print(f"{count:,} suppressions{where} ('*' = every campaign)", file=sys.stderr)
+    return 0
+
+
+@dataclass
+class _Refusals:
+    max_reported: int
+    shown: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, line: int, reason: str) -> None:
+        self.count += 1
+        if len(self.shown) < self.max_reported:
+            self.shown.append(f"line {line}: {reason}")
+
+
+SUPPRESS_COLUMNS: Final = ("destination", "reason")
+SUPPRESS_CHUNK_ROWS: Final = 5_000
+
+
+def _suppression_records(
+    path: Path, refusals: _Refusals
+) -> Generator[tuple[int, str, str | None], None, None]:
+    """(line number, destination, reason) per record of a suppression file.
+
+    Either one number per line (blank lines and lines starting with '#' skipped) or
+    a CSV file whose first line is a header naming `destination` and optionally
+    `reason`. Raises SuppressFileError when the file cannot be read.
+    """
+    try:
+        handle = path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+    except OSError as exc:
+        raise SuppressFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            yield from _records_of(path, handle, refusals)
+        except OSError as exc:
+            raise SuppressFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _records_of(
+    path: Path, handle: TextIO, refusals: _Refusals
+) -> Generator[tuple[int, str, str | None], None, None]:
+    line_no = 0
+    for line in handle:
+        line_no += 1
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        header = [name.strip().lower() for name in next(csv.reader([text]))]
+        if "destination" in header:
+            yield from _csv_records(path, handle, header, line_no, refusals)
+        else:
+            yield line_no, text, None
+            yield from _plain_records(handle, line_no)
+        return
+
+
+def _plain_records(
+    handle: TextIO, after: int
+) -> Generator[tuple[int, str, str | None], None, None]:
+    for line_no, line in enumerate(handle, start=after + 1):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            yield line_no, text, None
+
+
+def _csv_records(
+    path: Path, handle: TextIO, header: list[str], header_line: int, refusals: _Refusals
+) -> Generator[tuple[int, str, str | None], None, None]:
+    for name in header:
+        if name not in SUPPRESS_COLUMNS:
+            raise SuppressFileError(
+                f"{path}: unknown column {name!r} in the header; "
+                f"known columns: {', '.join(SUPPRESS_COLUMNS)}"
+            )
+    if len(set(header)) != len(header):
+        raise SuppressFileError(f"{path}: a column appears twice in the header")
+    where = header.index("destination")
+    why = header.index("reason") if "reason" in header else None
+    reader = csv.reader(handle)
+    end = header_line
+    while True:
+        start = end + 1
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            raise SuppressFileError(
+                f"{path}: line {start}: malformed CSV ({exc}); nothing loaded"
+            ) from None
+        if row is None:
+            return
+        end = header_line + reader.line_num
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != len(header):
+            refusals.add(start, f"expected {len(header)} fields, found {len(row)}")
+            continue
+        reason = row[why].strip() if why is not None else ""
+        if reason and ("\x00" in reason or _not_utf8(reason)):
+            refusals.add(start, "reason: NUL byte or invalid UTF-8")
+            continue
+        yield start, row[where], reason or None
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _suppression_chunks(
+    records: Iterator[tuple[int, str, str | None]],
+    default_country: str | None,
+    default_reason: str | None,
+    refusals: _Refusals,
+    chunk_rows: int,
+) -> Generator[tuple[list[str], list[str | None]], None, None]:
+    """Normalised numbers and their reasons, `chunk_rows` at a time (a worker thread runs it)."""
+    numbers: list[str] = []
+    reasons: list[str | None] = []
+    for line_no, raw, reason in records:
+        number = normalise_number(raw, default_country)
+        if isinstance(number, Rejected):
+            refusals.add(line_no, number.reason)
+            continue
+        numbers.append(number)
+        reasons.append(reason or default_reason)
+        if len(numbers) >= chunk_rows:
+            yield numbers, reasons
+            numbers, reasons = [], []
+    if numbers:
+        yield numbers, reasons
+
+
+@dataclass(frozen=True)
+class SuppressLoadResult:
+    scope: str
+    read: int
+    """Good numbers read (repeats included)."""
+    added: int
+    refused: int
+    refusals: list[str]
+
+
+async def load_suppressions(
+    pool: admin.Pool,
+    path: Path,
+    *,
+    campaign: str | None = None,
+    reason: str | None = None,
+    default_country: str | None = None,
+    chunk_rows: int = SUPPRESS_CHUNK_ROWS,
+    max_reported: int = MAX_REPORTED,
+) -> SuppressLoadResult:
+    """Add every telephone number of `path` to the do-not-call list, in one transaction.
+
+    Lines that are not telephone numbers are refused and reported; the others load.
+    Numbers already suppressed (in the file twice, or from before) are left as they are.
+    """
+    scope = await _scope(
+        pool, SuppressOptions(campaign=campaign, reason=reason, default_country=default_country)
+    )
+    refusals = _Refusals(max_reported)
+    chunks = _suppression_chunks(
+        _suppression_records(path, refusals), scope.default_country, reason, refusals, chunk_rows
+    )
+    read = added = 0
+    async with pool.acquire() as conn, conn.transaction():
+        # Read and normalise chunk n+1 in a thread while chunk n is inserted.
+        parsing = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+        try:
+            while (chunk := await parsing) is not None:
+                parsing = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+                numbers, reasons = chunk
+                added += await admin.add_suppressions(conn, numbers, reasons, scope.campaign_id)
+                read += len(numbers)
+        finally:
+            if not parsing.done():
+                await asyncio.wait([parsing])
+            if not parsing.cancelled():
+                parsing.exception()
+            chunks.close()
+    return SuppressLoadResult(scope.text, read, added, refusals.count, refusals.shown)
+
+
+async def _suppress_load(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    options = _suppress_options(args)
+    result = await load_suppressions(
+        pool,
+        Path(args.file),
+        campaign=options.campaign,
+        reason=options.reason,
+        default_country=options.default_country,
+    )
+    for refusal in result.refusals:
+        print(refusal, file=sys.stderr)
+    if result.refused > len(result.refusals):
+        print(f"... and {result.refused - len(result.refusals):,} more", file=sys.stderr)
+    summary = f"suppressed {result.added:,} numbers for {result.scope}"
+    if result.read > result.added:
+        summary += f" ({result.read - result.added:,} already suppressed)"
+    if result.refused:
+        summary += f", refused {result.refused:,} lines (see above)"
+    print(summary)
+    return 0
+
+
+# --- why ------------------------------------------------------------------------------------
+
+
+async def _why(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    report = await why.gather_why(pool, args.name, settings.aculab.calls_per_second)
+    print(why.render_json(report) if args.json else why.render_text(report))
+    return 0
+
+
 # --- status ---------------------------------------------------------------------------------
 
 
-async def _status(args: argparse.Namespace, pool: admin.Pool) -> int:
+async def _status(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
     statuses = await status.gather_status(pool, args.name)
     print(status.render_json(statuses) if args.json else status.render_table(statuses))
     return 0
@@ -367,6 +837,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--default-country", metavar="CC", help="region for national numbers")
     create.add_argument("--default-timezone", metavar="TZ", help="IANA zone, e.g. Europe/London")
     create.add_argument("--priority", type=int, metavar="N", help="higher is dialed first")
+    create.add_argument(
+        "--window-start",
+        metavar="HH:MM",
+        help="calling window opens, in each contact's local time (default 09:00)",
+    )
+    create.add_argument(
+        "--window-end",
+        metavar="HH:MM",
+        help="calling window closes (default 20:00; 24:00 = midnight; before the start: "
+        "the window runs past midnight)",
+    )
+    create.add_argument(
+        "--window-days",
+        metavar="DAYS",
+        help="ISO weekdays the window opens on: 1,2,3,4,5 (1 = Monday) or mon-fri, "
+        "mon,wed,fri, weekdays, weekend, all (default all)",
+    )
     create.add_argument("--paused", action="store_true", help="create it paused")
     create.set_defaults(handler=_db_command(_create))
 
@@ -390,16 +877,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.set_defaults(handler=_db_command(_load_file))
 
-    state_commands: tuple[tuple[admin.Action, str], ...] = (
-        ("pause", "stop dialing a campaign (active -> paused)"),
-        ("resume", "dial a paused campaign again (paused/completed -> active)"),
-        ("cancel", "cancel a campaign and its pending contacts"),
+    state_commands: tuple[tuple[admin.Action, str, str], ...] = (
+        ("pause", "stop dialing a campaign (active -> paused)", ""),
+        ("resume", "dial a paused campaign again (paused/completed -> active)", ""),
+        (
+            "cancel",
+            "cancel a campaign and its pending contacts",
+            " Then, unless another active or paused campaign uses the same outbound "
+            "service, purge Aculab's queue for that service (needs aculab.api_access_key) "
+            "so that calls queued there never start. If Aculab cannot be reached the "
+            "cancel still holds and a warning says so; repeating the command is safe.",
+        ),
     )
-    for action, text in state_commands:
-        sub = commands.add_parser(action, help=text, description=text)
+    for action, text, more in state_commands:
+        sub = commands.add_parser(action, help=text, description=text + "." + more)
         sub.add_argument("name", metavar="NAME")
         sub.add_argument("--reason", metavar="TEXT", help="recorded as the campaign's state_reason")
         sub.set_defaults(handler=_db_command(_state_command(action)))
+
+    _add_suppress_parser(commands)
+
+    explain = commands.add_parser(
+        "why",
+        help="why a campaign's contacts are not being dialed right now",
+        description=(
+            "Say what holds a campaign's contacts back right now: the campaign's state, "
+            "the calling window, retry delays, not_before, pacing, the concurrency cap, "
+            "the do-not-call list, parked batches and batches in flight, with counts and "
+            "the earliest time each wait ends."
+        ),
+    )
+    explain.add_argument("name", metavar="NAME")
+    explain.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    explain.set_defaults(handler=_db_command(_why))
 
     report = commands.add_parser("status", help="contact counts, calls and batches per campaign")
     report.add_argument("name", metavar="NAME", nargs="?", help="one campaign (default: all)")
@@ -419,6 +929,81 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="load the settings and report problems")
     check.set_defaults(handler=_check_config)
     return parser
+
+
+def _add_suppress_parser(commands: Any) -> None:
+    suppress = commands.add_parser(
+        "suppress",
+        help="manage the do-not-call list (suppressions)",
+        description=(
+            "Add, remove, load or list do-not-call numbers. Numbers are normalised as the "
+            "dispatcher does (international digits, e.g. '+44 1908 273800' -> "
+            "441908273800); a national-format number (leading 0) needs --default-country, "
+            "or --campaign whose default country is then used. Without --campaign an entry "
+            "applies to every campaign. The dispatcher checks the list whenever it claims "
+            "contacts, so a number added here is never dialed afterwards; no daemon action "
+            "is needed. Removing a number does not revive contacts already marked "
+            "`suppressed`."
+        ),
+    )
+    actions = suppress.add_subparsers(dest="suppress_command", metavar="ACTION", required=True)
+
+    def scoped(sub: argparse.ArgumentParser, reason: bool = True) -> None:
+        sub.add_argument(
+            "--campaign", metavar="NAME", help="only this campaign (default: every campaign)"
+        )
+        if reason:
+            sub.add_argument("--reason", metavar="TEXT", help="why (kept with the entry)")
+        sub.add_argument(
+            "--default-country",
+            metavar="CC",
+            help="country of national-format numbers, e.g. GB (default: the campaign's)",
+        )
+
+    add = actions.add_parser(
+        "add", help="suppress one number", description="Suppress one number (repeats are fine)."
+    )
+    add.add_argument("number", metavar="NUMBER")
+    scoped(add)
+    add.set_defaults(handler=_db_command(_suppress_add))
+
+    remove = actions.add_parser(
+        "remove",
+        help="remove one number",
+        description="Remove one number from the list, in the scope given by --campaign.",
+    )
+    remove.add_argument("number", metavar="NUMBER")
+    scoped(remove, reason=False)
+    remove.set_defaults(handler=_db_command(_suppress_remove))
+
+    load = actions.add_parser(
+        "load",
+        help="suppress every number of a file",
+        description=(
+            "Suppress every number of FILE, in one transaction. FILE is either one number "
+            "per line (blank lines and lines starting with # are skipped), or a "
+            "comma-separated CSV file whose first line is a header naming a `destination` "
+            "column and optionally a `reason` column (a row's reason, when not empty, wins "
+            "over --reason). Lines that are not telephone numbers are listed on stderr as "
+            "'line N: reason'; the others load. Numbers already on the list are left as "
+            "they are."
+        ),
+    )
+    load.add_argument("file", metavar="FILE")
+    scoped(load)
+    load.set_defaults(handler=_db_command(_suppress_load))
+
+    listing = actions.add_parser(
+        "list",
+        help="list the suppressions",
+        description=(
+            "Print the suppressions as tab-separated lines: destination, campaign ('*' = "
+            "every campaign), reason, added_at. With --campaign: those that apply to it "
+            "(its own and the ones for every campaign)."
+        ),
+    )
+    listing.add_argument("--campaign", metavar="NAME", help="those that apply to this campaign")
+    listing.set_defaults(handler=_db_command(_suppress_list))
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:

@@ -34,6 +34,7 @@ from campaign.settings import Settings
 log = structlog.get_logger("campaign.daemon")
 
 WAKE_CHANNEL = "campaign_wake"
+GRANT_HISTORY_SECONDS = 120.0
 CONTACT_STATES = (
     "pending",
     "dispatching",
@@ -76,6 +77,8 @@ async def heartbeat(pool: asyncpg.Pool, owner: str, lease: float, stop: asyncio.
         try:
             async with pool.acquire() as conn:
                 await q.heartbeat(conn, owner, lease)
+                # Pacing grants older than any window are history.
+                await q.forget_old_grants(conn, GRANT_HISTORY_SECONDS)
         except DB_ERRORS as exc:
             log.warning("heartbeat_failed", error=str(exc))
         await sleep_until_woken(stop, never, lease / 3)

@@ -26,12 +26,13 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
 
-from campaign import assumptions
+from campaign import assumptions, windows
 from campaign.aculab import (
     AculabClient,
     AculabError,
@@ -61,6 +62,8 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 
 # Statuses that mean "this request, as built, is unacceptable": a list is split
 # to find the bad call objects. Other 4xx point at configuration, not contacts.
+DUPLICATE_REASON = "same destination as another contact of this campaign"
+
 REJECTED_STATUSES = frozenset({400, 413, 422})
 VALIDATION_CODES = frozenset({"0001", "0002", "0003", "0004"})
 
@@ -111,24 +114,60 @@ class Ready:
     call: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Deferred:
+    contact_id: int
+    until: datetime
+    reason: str
+
+
+@dataclass
+class Prepared:
+    ready: list[Ready] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    deferred: list[Deferred] = field(default_factory=list)
+
+
+def window_verdict(
+    zones: Sequence[str], window: windows.Window, now: datetime, start_by: datetime
+) -> Deferred | Skipped | None:
+    """None when a call placed now starts inside the window in every zone.
+
+    `start_by` is when Aculab is expected to start it (now plus its queue): the
+    window must still be open then, or the contact waits for the next opening.
+    """
+    until = windows.open_until(now, zones, window)
+    if until is not None and until > start_by:
+        return None
+    after = until if until is not None else now
+    opening = windows.next_opening(after, zones, window)
+    if opening is None:
+        return Skipped(
+            0, "invalid", "the calling window is never open in all of the number's time zones"
+        )
+    return Deferred(0, opening, windows.describe_opening(after, zones, window))
+
+
 def prepare(
-    contacts: Sequence[q.ContactRow], campaign: q.CampaignRow
-) -> tuple[list[Ready], list[Skipped]]:
-    """Validate and normalise each contact into its call object (pure, no I/O)."""
-    ready: list[Ready] = []
-    skipped: list[Skipped] = []
+    contacts: Sequence[q.ContactRow],
+    campaign: q.CampaignRow,
+    now: datetime,
+    start_by: datetime | None = None,
+) -> Prepared:
+    """Validate each contact, check its calling window, build its call object (no I/O)."""
+    out = Prepared()
     seen: set[str] = set()
+    window = windows.Window.from_row(
+        campaign.window_start or "00:00", campaign.window_end or "24:00", campaign.window_days
+    )
+    start_by = start_by or now
     for contact in contacts:
         parsed = parse_destination(contact.destination, default_region=campaign.default_country)
         if isinstance(parsed, Rejected):
-            skipped.append(Skipped(contact.id, "invalid", parsed.reason))
+            out.skipped.append(Skipped(contact.id, "invalid", parsed.reason))
             continue
         if parsed.key in seen:
-            skipped.append(
-                Skipped(
-                    contact.id, "duplicate", "same destination as another contact of this campaign"
-                )
-            )
+            out.skipped.append(Skipped(contact.id, "duplicate", DUPLICATE_REASON))
             continue
         call: dict[str, Any] = {"to": parsed.to}
         if parsed.is_telephone:
@@ -140,7 +179,7 @@ def prepare(
                     if not raw_from
                     else "caller ID must be a full international number (digits, no leading 0)"
                 )
-                skipped.append(Skipped(contact.id, "invalid", reason))
+                out.skipped.append(Skipped(contact.id, "invalid", reason))
                 continue
             call["from"] = caller
         elif contact.caller_id:
@@ -153,11 +192,25 @@ def prepare(
             call["extra_sip_headers"] = contact.extra_sip_headers
         problem = call_problem(call)
         if problem is not None:
-            skipped.append(Skipped(contact.id, "invalid", problem))
+            out.skipped.append(Skipped(contact.id, "invalid", problem))
             continue
+        if not window.always_open:
+            zones = windows.contact_zones(
+                contact.timezone, parsed.timezones, campaign.default_timezone
+            )
+            if isinstance(zones, str):
+                out.skipped.append(Skipped(contact.id, "invalid", zones))
+                continue
+            verdict = window_verdict(zones, window, now, start_by)
+            if isinstance(verdict, Skipped):
+                out.skipped.append(Skipped(contact.id, verdict.state, verdict.reason))
+                continue
+            if isinstance(verdict, Deferred):
+                out.deferred.append(Deferred(contact.id, verdict.until, verdict.reason))
+                continue
         seen.add(parsed.key)
-        ready.append(Ready(contact, parsed, call))
-    return ready, skipped
+        out.ready.append(Ready(contact, parsed, call))
+    return out
 
 
 @dataclass(frozen=True)
@@ -173,6 +226,43 @@ class Batch:
     contact_ids: list[int]
     sends: int
     age_seconds: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A calls-per-second budget as whole calls per sliding window."""
+
+    calls: int
+    window: float
+
+    @classmethod
+    def of(cls, rate: float, guard: float) -> Budget:
+        # Below one call per second the window stretches: 0.5/s is 1 call per 2 s.
+        # The guard widens the window a little, so that the jitter between a
+        # grant and the request reaching Aculab cannot put two windows' worth
+        # of calls into one second at Aculab.
+        seconds = max(1.0, 1.0 / rate)
+        return cls(max(1, math.floor(rate * seconds + 1e-9)), seconds + guard)
+
+
+def pacing_room(
+    grants: dict[str, list[q.Grant]], budgets: dict[str, Budget], need: int
+) -> tuple[int, float]:
+    """(calls available now, seconds until `need` calls are) over every budget."""
+    available = min(b.calls - sum(g.calls for g in grants.get(k, [])) for k, b in budgets.items())
+    wait = 0.0
+    for key, budget in budgets.items():
+        recent = grants.get(key, [])
+        deficit = need - (budget.calls - sum(g.calls for g in recent))
+        freed = 0
+        for g in recent:  # oldest first
+            if deficit <= 0:
+                break
+            freed += g.calls
+            if freed >= deficit:
+                wait = max(wait, budget.window - g.age)
+                break
+    return max(0, available), max(0.005, wait)
 
 
 @dataclass
@@ -212,6 +302,7 @@ class Dispatcher:
         self._critical: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._pacing_wait: float | None = None
+        self._queue_cache: dict[str, tuple[float, float]] = {}
         self._rotation = 0
 
     @property
@@ -255,7 +346,12 @@ class Dispatcher:
             return True
         async with self.pool.acquire() as conn:
             due = await q.take_due_batches(
-                conn, self.owner, self._cfg.lease_seconds, free, list(self._inflight)
+                conn,
+                self.owner,
+                self._cfg.lease_seconds,
+                free,
+                list(self._inflight),
+                self._cfg.idempotency_window_seconds,
             )
         for row in due:
             if row.previous_owner not in (None, self.owner):
@@ -287,12 +383,39 @@ class Dispatcher:
         for campaign in self._fair_order(campaigns):
             if free <= 0:
                 break
-            batch, did = await self.claim(campaign)
+            queue_delay = await self.queue_delay(campaign.service_name)
+            if queue_delay > self._cfg.max_queue_seconds:
+                # Aculab already holds enough for this service: what we send now
+                # would wait where pause, cancel and windows cannot reach it.
+                self._note_pacing(min(1.0, queue_delay - self._cfg.max_queue_seconds))
+                continue
+            batch, did = await self.claim(campaign, queue_delay)
             worked = worked or did
             if batch is not None:
                 self._spawn(batch)
                 free -= 1
         return worked
+
+    async def queue_delay(self, service: str) -> float:
+        """Seconds a new start would wait in Aculab's queue for `service` (cached briefly).
+
+        0 when the queue cannot be read (no API access key, Aculab unreachable):
+        the engine's own pacing still keeps the queue about a second deep.
+        """
+        if not self.settings.aculab.api_access_key.get_secret_value():
+            return 0.0
+        now = self._clock()
+        cached = self._queue_cache.get(service)
+        if cached is not None and now - cached[0] < self._cfg.queue_check_interval:
+            return cached[1]
+        try:
+            length = await self.client.queue_length(service)
+        except AculabError as exc:
+            log.debug("queue_length_unavailable", service=service, error=exc.reason)
+            length = 0
+        delay = length / self.settings.aculab.calls_per_second
+        self._queue_cache[service] = (now, delay)
+        return delay
 
     def _fair_order(self, campaigns: list[q.CampaignRow]) -> list[q.CampaignRow]:
         """Priority first; campaigns of equal priority take turns leading."""
@@ -359,8 +482,14 @@ class Dispatcher:
 
     # --- step 1: claim and persist ------------------------------------------------
 
-    async def claim(self, campaign: q.CampaignRow) -> tuple[Batch | None, bool]:
-        """Claim up to one batch for `campaign`; returns (batch, whether anything changed)."""
+    async def claim(
+        self, campaign: q.CampaignRow, queue_delay: float = 0.0
+    ) -> tuple[Batch | None, bool]:
+        """Claim up to one batch for `campaign`; returns (batch, whether anything changed).
+
+        `queue_delay` is how long Aculab is expected to hold a new start in its
+        queue: the calling window must still be open then.
+        """
         account_cps = self.settings.aculab.calls_per_second
         trial = self.settings.aculab.account_type == "trial"
         async with self.pool.acquire() as conn, conn.transaction():
@@ -369,29 +498,34 @@ class Dispatcher:
                 return None, False
             campaign = locked
             size = 1 if trial else campaign.batch_size
-            buckets = await q.lock_buckets(
-                conn,
-                [
-                    q.Bucket("account", account_cps, max(1.0, account_cps)),
-                    q.Bucket(
-                        f"campaign:{campaign.id}",
-                        campaign.calls_per_second,
-                        max(1.0, campaign.calls_per_second),
-                    ),
-                ],
-            )
-            # Wait for a full batch worth of tokens (at most one second's worth):
-            # fewer, fuller requests, and never more than a second queued at Aculab.
-            tokens = min(b.available for b in buckets)
-            need = min(size, max(1, math.floor(min(account_cps, campaign.calls_per_second))))
-            if tokens < need:
-                self._note_pacing(max((need - b.available) / b.rate for b in buckets))
+            room = campaign.max_concurrent_calls - await q.open_calls(conn, campaign.id)
+            if room <= 0:
+                # At the concurrency cap: outcomes free room (the poller wakes us).
+                self._note_pacing(self._cfg.poll_interval)
                 return None, False
-            grant = min(size, math.floor(tokens))
-            contacts = await q.claim_contacts(conn, campaign.id, grant)
+            budgets = {
+                "account": Budget.of(account_cps, self._cfg.pacing_guard_seconds),
+                f"campaign:{campaign.id}": Budget.of(
+                    campaign.calls_per_second, self._cfg.pacing_guard_seconds
+                ),
+            }
+            grants = await q.lock_budgets(
+                conn, list(budgets), max(b.window for b in budgets.values())
+            )
+            # Wait for a full batch (at most one second's worth): fewer, fuller
+            # requests, and never more than the budget in any one-second window.
+            need = min(size, room, *(b.calls for b in budgets.values()))
+            available, wait = pacing_room(grants, budgets, need)
+            if available < need:
+                self._note_pacing(wait)
+                return None, False
+            grant = min(size, room, available)
+            contacts = await q.claim_contacts(conn, campaign.id, size)
             if not contacts:
                 return None, False
-            ready, skipped = prepare(contacts, campaign)
+            now = datetime.now(UTC)
+            prepared = prepare(contacts, campaign, now, now + timedelta(seconds=queue_delay))
+            skipped, ready = prepared.skipped, prepared.ready
             numbers = [r.destination.number for r in ready if r.destination.number]
             blocked = await q.suppressed(conn, campaign.id, numbers)
             if blocked:
@@ -404,6 +538,8 @@ class Dispatcher:
                     else:
                         keep.append(r)
                 ready = keep
+            # Beyond the pacing grant, contacts stay pending for the next batch.
+            ready = ready[:grant]
             owners = await q.own_keys(
                 conn,
                 campaign.id,
@@ -415,13 +551,7 @@ class Dispatcher:
                 if r.contact.id in owners:
                     keep.append(r)
                 else:
-                    skipped.append(
-                        Skipped(
-                            r.contact.id,
-                            "duplicate",
-                            "same destination as another contact of this campaign",
-                        )
-                    )
+                    skipped.append(Skipped(r.contact.id, "duplicate", DUPLICATE_REASON))
             ready = keep
             await q.set_states(
                 conn,
@@ -435,6 +565,20 @@ class Dispatcher:
                     campaign_id=campaign.id,
                     contact_id=s.contact_id,
                     reason=s.reason,
+                )
+            if prepared.deferred:
+                deferred = prepared.deferred
+                await q.defer(
+                    conn,
+                    [d.contact_id for d in deferred],
+                    [d.until for d in deferred],
+                    [d.reason for d in deferred],
+                )
+                log.info(
+                    "contacts_deferred",
+                    campaign_id=campaign.id,
+                    contacts=len(deferred),
+                    earliest=min(d.until for d in deferred).isoformat(),
                 )
             if not ready:
                 return None, True
@@ -459,7 +603,7 @@ class Dispatcher:
                 lease_seconds=self._cfg.lease_seconds,
             )
             await q.mark_dispatching(conn, batch_id, ids)
-            await q.debit_buckets(conn, buckets, len(ready))
+            await q.record_grant(conn, list(budgets), len(ids))
         # Committed: from here on a crash loses nothing, the batch is re-sent by id.
         self.counters.claimed += len(ids)
         log.debug(

@@ -46,7 +46,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Decision:
-    state: Literal["completed", "failed", "pending"]
+    state: Literal["completed", "failed", "pending", "cancelled"]
     delay: float | None
     reason: str
 
@@ -158,6 +158,8 @@ async def record(
             decision = decide(
                 outcome.cause, contact.attempts, contact.max_attempts, contact.retry_delays
             )
+            if decision.state == "pending" and contact.campaign_state == "cancelled":
+                decision = Decision("cancelled", None, f"{outcome.cause}; campaign cancelled")
             reason = decision.reason
             if outcome.reason is not None:
                 reason = f"{reason} ({outcome.reason})"

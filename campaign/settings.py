@@ -88,6 +88,12 @@ class DispatcherSettings(Section):
     retry_initial_delay: float = Field(default=1.0, gt=0, le=600)
     retry_max_delay: float = Field(default=60.0, gt=0, le=3600)
     progress_interval: float = Field(default=5.0, gt=0, le=3600)
+    pacing_guard_seconds: float = Field(default=0.02, ge=0, le=1)
+    """Widens each one-second pacing window so request jitter never doubles a second."""
+    max_queue_seconds: float = Field(default=2.0, ge=0, le=3600)
+    """Submit nothing for a service whose Aculab queue is deeper than this many seconds."""
+    queue_check_interval: float = Field(default=1.0, gt=0, le=60)
+    """Seconds a queue length read from Aculab is reused."""
     shutdown_grace_seconds: float = Field(default=8.0, gt=0, le=60)
 
 

@@ -8,10 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from campaign.db import admin
-from campaign.db.admin import CONTACT_STATES, CampaignState, ContactState
+from campaign.db.admin import CONTACT_STATES, CallingWindow, CampaignState, ContactState
 
 MAX_PARKED_SHOWN = 20
 """Parked batches listed per campaign in the table (JSON lists them all)."""
+
+WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+"""ISO weekdays 1-7."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class CampaignStatus:
     name: str
     state: CampaignState
     state_reason: str | None
+    window: CallingWindow
     contacts: dict[ContactState, int]
     """Every contact state, zero included, in CONTACT_STATES order."""
     calls_started: int
@@ -63,6 +67,7 @@ async def gather_status(pool: admin.Pool, name: str | None = None) -> list[Campa
                 name=c.name,
                 state=c.state,
                 state_reason=c.state_reason,
+                window=c.window,
                 contacts={state: counts.get(state, 0) for state in CONTACT_STATES},
                 calls_started=snap.calls_started.get(c.id, 0),
                 batches_in_flight=snap.batches_in_flight.get(c.id, 0),
@@ -73,6 +78,51 @@ async def gather_status(pool: admin.Pool, name: str | None = None) -> list[Campa
             )
         )
     return result
+
+
+# --- calling windows ----------------------------------------------------------------------
+
+
+def format_days(days: tuple[int, ...]) -> str:
+    """ISO weekdays as text: (1, 2, 3, 4, 5) -> 'Mon-Fri', (1, 3, 6, 7) -> 'Mon, Wed, Sat-Sun'."""
+    wanted = sorted(set(days))
+    if wanted == list(range(1, 8)):
+        return "every day"
+    runs: list[list[int]] = []
+    for day in wanted:
+        if runs and day == runs[-1][-1] + 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    parts = []
+    for run in runs:
+        first, last = WEEKDAY_NAMES[run[0] - 1], WEEKDAY_NAMES[run[-1] - 1]
+        parts.append(first if len(run) == 1 else f"{first}-{last}")
+    return ", ".join(parts)
+
+
+def format_window(window: CallingWindow) -> str:
+    """'09:00-20:00 local time, Mon-Fri (default zone Europe/London)'."""
+    if window.start == "00:00" and window.end == "24:00" and len(set(window.days)) == 7:
+        text = "any time"
+    else:
+        hours = f"{window.start}-{window.end}"
+        if window.end != "24:00" and window.end < window.start:
+            hours += " (past midnight)"
+        text = f"{hours} local time, {format_days(window.days)}"
+    if window.default_timezone:
+        text += f" (default zone {window.default_timezone})"
+    return text
+
+
+def window_json(window: CallingWindow) -> dict[str, Any]:
+    return {
+        "start": window.start,
+        "end": window.end,
+        "days": list(window.days),
+        "default_timezone": window.default_timezone,
+        "text": format_window(window),
+    }
 
 
 # --- JSON -------------------------------------------------------------------------------
@@ -86,6 +136,7 @@ def to_json_document(statuses: list[CampaignStatus]) -> dict[str, Any]:
                 "name": s.name,
                 "state": s.state,
                 "state_reason": s.state_reason,
+                "window": window_json(s.window),
                 "contacts": dict(s.contacts),
                 "contacts_total": s.contacts_total,
                 "calls_started": s.calls_started,
@@ -135,7 +186,11 @@ def _one_line(text: str) -> str:
 
 def _block(s: CampaignStatus) -> list[str]:
     state = s.state + (f" ({_one_line(s.state_reason)})" if s.state_reason else "")
-    rows: list[tuple[str, str]] = [("state", state), ("contacts", f"{s.contacts_total:,}")]
+    rows: list[tuple[str, str]] = [
+        ("state", state),
+        ("window", format_window(s.window)),
+        ("contacts", f"{s.contacts_total:,}"),
+    ]
     rows += [(f"  {name}", f"{n:,}") for name, n in s.contacts.items()]
     rows += [("calls started", f"{s.calls_started:,}")]
     rows += [(f"  {cause}", f"{n:,}") for cause, n in s.outcomes.items()]
@@ -148,11 +203,12 @@ def _block(s: CampaignStatus) -> list[str]:
         ("parked batches", f"{len(s.parked):,}"),
     ]
     label_width = max(len(label) for label, _ in rows)
-    # Numbers right-aligned in one column; the state (text) is left as it is.
-    number_width = max(len(value) for label, value in rows if label != "state")
+    # Numbers right-aligned in one column; the state and window (text) are left as they are.
+    text_rows = ("state", "window")
+    number_width = max(len(value) for label, value in rows if label not in text_rows)
     lines = [f"campaign {s.name} (id {s.id})"]
     for label, value in rows:
-        shown = value if label == "state" else value.rjust(number_width)
+        shown = value if label in text_rows else value.rjust(number_width)
         lines.append(f"  {label.ljust(label_width)}  {shown}")
     for b in s.parked[:MAX_PARKED_SHOWN]:
         reason = _one_line(b.reason) if b.reason else "no reason recorded"

@@ -140,14 +140,6 @@ CREATE TABLE unmatched_outcomes (
     received_at    timestamptz NOT NULL DEFAULT now()
 );
 
--- Token buckets shared by every daemon: 'account' for the account's CPS and
--- 'campaign:<id>' per campaign. Rows are created on first use.
-CREATE TABLE rate_buckets (
-    key        text PRIMARY KEY,
-    tokens     double precision NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-
 -- Wake every daemon when there is new work or a campaign changes state.
 CREATE FUNCTION campaign_notify_wake() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

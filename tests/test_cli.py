@@ -10,10 +10,12 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,17 @@ import asyncpg
 import pytest
 import structlog
 
+from campaign.aculab import AculabClient, encode_rest_calls
 from campaign.cli import main
+from campaign.db.admin import Pool
 from campaign.db.pool import dsn_with_database
+from campaign.settings import load_settings
+from campaign.simulator import Simulator, SimulatorConfig
 from tests.fixtures_db import create_database, drop_database
+from tests.fixtures_sim import MakeSimulator, ManualClock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS = sorted(p.name for p in (REPO_ROOT / "migrations").glob("*.sql"))
 
 
 class Cli:
@@ -41,6 +49,14 @@ class Cli:
         out, err = self.capsys.readouterr()
         return status, out, err
 
+    async def run(self, *argv: str) -> tuple[int, str, str]:
+        """The same from an async test: in a thread, so the test's loop (and a simulator
+        served by it) keeps running while the command runs its own loop."""
+        self.capsys.readouterr()
+        status = await asyncio.to_thread(main, list(argv))
+        out, err = self.capsys.readouterr()
+        return status, out, err
+
     def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async def run() -> list[asyncpg.Record]:
             conn = await asyncpg.connect(self.dsn)
@@ -52,25 +68,37 @@ class Cli:
         return asyncio.run(run())
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
+@contextmanager
+def logging_restored() -> Iterator[None]:
     # The commands configure logging for the process; put it back for the next test.
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
 
 
-def _point_at(monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    with logging_restored():
+        yield
+
+
+def point_at(monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
+    """Settings for in-process commands: this database, nothing else from the environment."""
     monkeypatch.delenv("CAMPAIGN_CONFIG", raising=False)
+    for name in list(os.environ):
+        if name.startswith("CAMPAIGN_") and name != "CAMPAIGN_TEST_DSN":
+            monkeypatch.delenv(name)
     monkeypatch.setenv("CAMPAIGN_DATABASE__DSN", dsn)
 
 
 @pytest.fixture
 def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    _point_at(monkeypatch, db_dsn)
+    point_at(monkeypatch, db_dsn)
     return Cli(db_dsn, capsys)
 
 
@@ -89,7 +117,7 @@ async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
 def empty_cli(
     empty_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> Cli:
-    _point_at(monkeypatch, empty_dsn)
+    point_at(monkeypatch, empty_dsn)
     return Cli(empty_dsn, capsys)
 
 
@@ -166,7 +194,7 @@ def test_a_bad_file_fails_the_real_command_with_one_line_and_status_2(
 def test_migrate_applies_pending_migrations_then_reports_up_to_date(empty_cli: Cli) -> None:
     status, out, _ = empty_cli("migrate")
     assert status == 0
-    assert out.splitlines() == ["applied 0001_schema.sql"]
+    assert out.splitlines() == [f"applied {name}" for name in MIGRATIONS]
 
     assert empty_cli("migrate")[:2] == (0, "database is up to date\n")
 
@@ -178,6 +206,8 @@ def test_migrate_applies_pending_migrations_then_reports_up_to_date(empty_cli: C
         ("create", "spring", "--service", "Svc"),
         ("pause", "spring"),
         ("load", "spring", "/dev/null"),
+        ("why", "spring"),
+        ("suppress", "list"),
     ],
 )
 def test_commands_refuse_an_unmigrated_database(empty_cli: Cli, argv: tuple[str, ...]) -> None:
@@ -185,21 +215,32 @@ def test_commands_refuse_an_unmigrated_database(empty_cli: Cli, argv: tuple[str,
 
     assert (status, out) == (2, "")
     assert one_line(err) == (
-        f"campaign {argv[0]}: database is not migrated: run `campaign migrate` (1 pending)"
+        f"campaign {argv[0]}: database is not migrated: "
+        f"run `campaign migrate` ({len(MIGRATIONS)} pending)"
     )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("status",),
+        ("why", "spring"),
+        ("cancel", "spring"),
+        ("suppress", "add", "+441908273800"),
+        ("suppress", "list"),
+    ],
+)
 def test_an_unreachable_database_is_one_line_and_status_1(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]
 ) -> None:
-    _point_at(monkeypatch, "postgresql://bob:s3cret@127.0.0.1:1/campaigns")
+    point_at(monkeypatch, "postgresql://bob:s3cret@127.0.0.1:1/campaigns")
 
-    status = main(["status"])
+    status = main(list(argv))
 
     err = capsys.readouterr().err
     assert status == 1
     assert one_line(err).startswith(
-        "campaign status: cannot reach PostgreSQL at 127.0.0.1:1/campaigns"
+        f"campaign {argv[0]}: cannot reach PostgreSQL at 127.0.0.1:1/campaigns"
     )
     assert "s3cret" not in err
 
@@ -207,7 +248,7 @@ def test_an_unreachable_database_is_one_line_and_status_1(
 def test_run_starts_the_daemon_which_fails_cleanly_without_a_database(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _point_at(monkeypatch, "postgresql://bob@127.0.0.1:1/campaigns")
+    point_at(monkeypatch, "postgresql://bob@127.0.0.1:1/campaigns")
     assert main(["run"]) == 1
     assert "Traceback" not in capsys.readouterr().err
 
@@ -488,3 +529,297 @@ def test_status_prints_a_table_or_json_and_refuses_an_unknown_name(cli: Cli) -> 
     status, out, err = cli("status", "winter")
     assert (status, out) == (2, "")
     assert one_line(err) == "campaign status: no campaign named 'winter'"
+
+
+# --- calling window (create, status) -------------------------------------------------------------
+
+
+def window_of(cli: Cli, name: str) -> tuple[str, str, list[int]]:
+    (row,) = cli.query(
+        "SELECT to_char(window_start, 'HH24:MI') AS s, to_char(window_end, 'HH24:MI') AS e, "
+        "window_days FROM campaigns WHERE name = $1",
+        name,
+    )
+    return row["s"], row["e"], list(row["window_days"])
+
+
+def test_create_stores_the_calling_window_and_status_shows_it_on_its_own_line(cli: Cli) -> None:
+    status, _, err = cli(
+        "create", "spring", "--service", "Svc", "--window-start", "8:30",
+        "--window-end", "24:00", "--window-days", "mon-fri",
+    )  # fmt: skip
+
+    assert (status, err) == (0, "")
+    assert window_of(cli, "spring") == ("08:30", "24:00", [1, 2, 3, 4, 5])
+    _, table, _ = cli("status", "spring")
+    assert re.search(r"^  window +08:30-24:00 local time, Mon-Fri$", table, re.M)
+    _, doc, _ = cli("status", "spring", "--json")
+    (c,) = json.loads(doc)["campaigns"]
+    assert c["window"] == {
+        "start": "08:30",
+        "end": "24:00",
+        "days": [1, 2, 3, 4, 5],
+        "default_timezone": None,
+        "text": "08:30-24:00 local time, Mon-Fri",
+    }
+
+
+@pytest.mark.parametrize(
+    ("days", "stored", "shown"),
+    [
+        ("1,2,3", [1, 2, 3], "Mon-Wed"),
+        ("Mon,Wed,friday", [1, 3, 5], "Mon, Wed, Fri"),
+        ("fri-mon", [1, 5, 6, 7], "Mon, Fri-Sun"),
+        ("weekend", [6, 7], "Sat-Sun"),
+        ("all", [1, 2, 3, 4, 5, 6, 7], "every day"),
+    ],
+)
+def test_create_accepts_iso_weekdays_names_and_ranges(
+    cli: Cli, days: str, stored: list[int], shown: str
+) -> None:
+    args = (
+        "--window-start",
+        "22:00",
+        "--window-end",
+        "06:00",
+        "--default-timezone",
+        "Europe/Paris",
+    )
+    assert cli("create", "spring", "--service", "Svc", "--window-days", days, *args)[0] == 0
+
+    assert window_of(cli, "spring") == ("22:00", "06:00", stored)
+    _, table, _ = cli("status", "spring")
+    expected = f"22:00-06:00 (past midnight) local time, {shown} (default zone Europe/Paris)"
+    assert re.search(rf"^  window +{re.escape(expected)}$", table, re.M)
+
+
+def test_create_leaves_the_default_window_when_no_window_option_is_given(cli: Cli) -> None:
+    cli("create", "spring", "--service", "Svc")
+
+    assert window_of(cli, "spring") == ("09:00", "20:00", [1, 2, 3, 4, 5, 6, 7])
+    assert re.search(r"^  window +09:00-20:00 local time, every day$", cli("status")[1], re.M)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--window-start", "25:00"), "--window-start: '25:00' is not a time of day as HH:MM"),
+        (("--window-start", "24:00"), "--window-start: '24:00' is not a time of day as HH:MM"),
+        (("--window-end", "9"), "--window-end: '9' is not a time of day as HH:MM (00:00-24:00)"),
+        (("--window-end", "09:60"), "--window-end: '09:60' is not a time of day"),
+        (("--window-days", "funday"), "--window-days: 'funday' is not a weekday"),
+        (("--window-days", "0"), "--window-days: '0' is not a weekday"),
+        (("--window-days", "1,,2"), "--window-days: '1,,2' has an empty item"),
+        (
+            ("--window-start", "10:00", "--window-end", "10:00"),
+            "window_start and window_end are equal",
+        ),
+        # Only one end given: the other is the schema's default, and the schema says no.
+        (("--window-start", "20:00"), "invalid window_start '20:00': must satisfy"),
+    ],
+)
+def test_create_refuses_a_malformed_window_with_one_line(
+    cli: Cli, argv: tuple[str, ...], message: str
+) -> None:
+    status, out, err = cli("create", "spring", "--service", "Svc", *argv)
+
+    assert (status, out) == (2, "")
+    assert one_line(err).startswith(f"campaign create: {message}")
+    assert cli.query("SELECT * FROM campaigns") == []
+
+
+# --- cancel: Aculab's queue ----------------------------------------------------------------------
+
+SIM_SERVICE = "MyOutboundService"
+SIM_CALLER_ID = "441908273801"
+
+
+def aim_at_simulator(
+    monkeypatch: pytest.MonkeyPatch, sim: Simulator, api_access_key: str | None = None
+) -> None:
+    monkeypatch.setenv("CAMPAIGN_ACULAB__BASE_URL", sim.base_url)
+    monkeypatch.setenv("CAMPAIGN_ACULAB__CLOUD_ID", sim.config.cloud_id)
+    monkeypatch.setenv("CAMPAIGN_ACULAB__USERNAME", sim.config.username)
+    key = sim.config.api_access_key if api_access_key is None else api_access_key
+    monkeypatch.setenv("CAMPAIGN_ACULAB__API_ACCESS_KEY", key)
+    monkeypatch.setenv("CAMPAIGN_HTTP__CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("CAMPAIGN_HTTP__READ_TIMEOUT", "2")
+
+
+async def new_sim_campaign(pool: Pool, name: str, service: str = SIM_SERVICE) -> int:
+    campaign_id: int = await pool.fetchval(
+        "INSERT INTO campaigns (name, service_name, caller_id) VALUES ($1, $2, $3) RETURNING id",
+        name,
+        service,
+        SIM_CALLER_ID,
+    )
+    return campaign_id
+
+
+async def start_calls(pool: Pool, sim: Simulator, campaign_id: int, count: int) -> list[str]:
+    """Start `count` calls at the simulator as the dispatcher would, and record them."""
+    numbers = [f"4419082{i:05d}" for i in range(count)]
+    contact_ids = [
+        r["id"]
+        for r in await pool.fetch(
+            "INSERT INTO contacts (campaign_id, destination, state, attempts) "
+            "SELECT $1, d, 'dialing', 1 FROM unnest($2::text[]) AS d RETURNING id",
+            campaign_id,
+            numbers,
+        )
+    ]
+    rest_calls = encode_rest_calls(
+        [{"to": n, "from": SIM_CALLER_ID} for n in numbers], "production"
+    )
+    batch_id = await pool.fetchval(
+        "INSERT INTO batches (campaign_id, service_name, unique_id, rest_calls, contact_ids, state)"
+        " VALUES ($1, $2, gen_random_uuid()::text, $3, $4, 'submitted') RETURNING id",
+        campaign_id,
+        SIM_SERVICE,
+        rest_calls,
+        contact_ids,
+    )
+    settings = load_settings(
+        None,
+        aculab={
+            "base_url": sim.base_url,
+            "service_passwords": dict(sim.config.service_passwords),
+        },
+    )
+    async with AculabClient(settings.aculab, settings.http) as client:
+        references = await client.service_start(SIM_SERVICE, rest_calls)
+    await pool.execute(
+        "INSERT INTO calls (contact_id, campaign_id, batch_id, attempt, reference, next_poll_at) "
+        "SELECT c, $1, $2, 1, r, now() + interval '1 hour' "
+        "FROM unnest($3::bigint[], $4::text[]) AS t(c, r)",
+        campaign_id,
+        batch_id,
+        contact_ids,
+        references,
+    )
+    return references
+
+
+async def queued_simulator(make_simulator: MakeSimulator) -> Simulator:
+    # 0.5 starts per second on a clock that stands still: the first call starts, the
+    # others stay queued for as long as the test needs.
+    return await make_simulator(SimulatorConfig(calls_per_second=0.5), clock=ManualClock())
+
+
+async def test_cancel_purges_the_aculab_queue_of_a_service_no_other_campaign_uses(
+    cli: Cli, db_pool: Pool, make_simulator: MakeSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = await queued_simulator(make_simulator)
+    aim_at_simulator(monkeypatch, sim)
+    spring = await new_sim_campaign(db_pool, "spring")
+    # Campaigns that are finished do not count as users of the service.
+    await db_pool.execute(
+        "UPDATE campaigns SET state = 'cancelled' WHERE id = $1",
+        await new_sim_campaign(db_pool, "old"),
+    )
+    await start_calls(db_pool, sim, spring, 4)
+    assert sim.queue_length(SIM_SERVICE) == 3
+
+    status, out, err = await cli.run("cancel", "spring")
+
+    assert (status, err) == (0, "")
+    assert out.splitlines() == [
+        "campaign 'spring': active -> cancelled; 0 pending contacts cancelled",
+        f"purged 3 queued calls at Aculab for service {SIM_SERVICE}",
+    ]
+    assert sim.queue_length(SIM_SERVICE) == 0
+    # Every unfinished call is due for a poll, so the purged ones are recorded at once.
+    overdue = await db_pool.fetchval(
+        "SELECT count(*) FROM calls WHERE finished_at IS NULL AND next_poll_at <= now()"
+    )
+    assert overdue == 4
+
+
+async def test_cancel_leaves_the_aculab_queue_alone_when_another_campaign_shares_the_service(
+    cli: Cli, db_pool: Pool, make_simulator: MakeSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = await queued_simulator(make_simulator)
+    aim_at_simulator(monkeypatch, sim)
+    spring = await new_sim_campaign(db_pool, "spring")
+    summer = await new_sim_campaign(db_pool, "summer", service=SIM_SERVICE.lower())
+    await db_pool.execute("UPDATE campaigns SET state = 'paused' WHERE id = $1", summer)
+    await start_calls(db_pool, sim, spring, 3)
+
+    status, out, err = await cli.run("cancel", "spring")
+
+    assert (status, err) == (0, "")
+    assert out.splitlines()[1] == (
+        f"not purging Aculab's queue for service {SIM_SERVICE}: "
+        "also used by active or paused campaign 'summer'"
+    )
+    assert sim.queue_length(SIM_SERVICE) == 2
+    assert sim.request_count("queue_purge") == 0
+    polls = await db_pool.fetch("SELECT next_poll_at > now() AS later FROM calls")
+    assert all(r["later"] for r in polls)
+
+
+@pytest.mark.parametrize(
+    ("key", "base_url", "why"),
+    [
+        ("", None, "no API access key configured (set aculab.api_access_key)"),
+        ("wrong-key", None, "HTTP 401"),
+        (None, "http://127.0.0.1:1", "connection"),
+    ],
+    ids=["no-api-key", "refused", "unreachable"],
+)
+async def test_cancel_holds_with_a_warning_when_aculab_cannot_purge(
+    cli: Cli,
+    db_pool: Pool,
+    make_simulator: MakeSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str | None,
+    base_url: str | None,
+    why: str,
+) -> None:
+    sim = await queued_simulator(make_simulator)
+    spring = await new_sim_campaign(db_pool, "spring")
+    await start_calls(db_pool, sim, spring, 3)
+    aim_at_simulator(monkeypatch, sim, api_access_key=key)
+    if base_url is not None:
+        monkeypatch.setenv("CAMPAIGN_ACULAB__BASE_URL", base_url)
+
+    status, out, err = await cli.run("cancel", "spring")
+
+    assert (status, out) == (
+        0,
+        "campaign 'spring': active -> cancelled; 0 pending contacts cancelled\n",
+    )
+    warning = one_line(err)
+    assert warning.startswith(f"warning: Aculab's queue for service {SIM_SERVICE} was not purged (")
+    assert why in warning
+    assert "run `campaign cancel spring` again" in warning
+    assert sim.queue_length(SIM_SERVICE) == 2
+    assert await db_pool.fetchval("SELECT state FROM campaigns") == "cancelled"
+
+
+async def test_cancel_purges_the_queue_when_run_as_the_real_command(
+    db_dsn: str, db_pool: Pool, make_simulator: MakeSimulator
+) -> None:
+    sim = await queued_simulator(make_simulator)
+    spring = await new_sim_campaign(db_pool, "spring")
+    await start_calls(db_pool, sim, spring, 5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    env |= {
+        "CAMPAIGN_DATABASE__DSN": db_dsn,
+        "CAMPAIGN_ACULAB__BASE_URL": sim.base_url,
+        "CAMPAIGN_ACULAB__API_ACCESS_KEY": sim.config.api_access_key,
+    }
+
+    # Asynchronously, so that this loop keeps serving the simulator meanwhile.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "campaign", "cancel", "spring", "--reason", "client request",
+        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+
+    assert (proc.returncode, err.decode()) == (0, "")
+    assert out.decode().splitlines()[-1] == (
+        f"purged 4 queued calls at Aculab for service {SIM_SERVICE}"
+    )
+    assert sim.queue_length(SIM_SERVICE) == 0

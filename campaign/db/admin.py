@@ -1,4 +1,4 @@
-"""SQL of the operator commands (create, load, pause/resume/cancel, status).
+"""SQL of the operator commands (create, load, pause/resume/cancel, status, suppress, why).
 
 Named statements next to thin typed functions; every value travels as a parameter.
 The functions raise `CommandError` subclasses for what the operator got wrong (the
@@ -7,7 +7,7 @@ CLI prints the message as one line and exits 2) and let database failures throug
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -146,6 +146,12 @@ class NewCampaign:
     default_country: str | None = None
     default_timezone: str | None = None
     priority: int | None = None
+    window_start: str | None = None
+    """'HH:MM' local time; None keeps the schema's default."""
+    window_end: str | None = None
+    """'HH:MM' local time, '24:00' allowed; None keeps the schema's default."""
+    window_days: Sequence[int] | None = None
+    """ISO weekdays (1 = Monday) on which the window opens."""
     paused: bool = False
 
 
@@ -167,7 +173,10 @@ SET caller_id            = coalesce($2, caller_id),
     default_timezone     = coalesce($9, default_timezone),
     priority             = coalesce($10, priority),
     state                = CASE WHEN $11 THEN 'paused' ELSE state END,
-    state_reason         = CASE WHEN $11 THEN 'created paused' ELSE state_reason END
+    state_reason         = CASE WHEN $11 THEN 'created paused' ELSE state_reason END,
+    window_start         = coalesce($12::text::time, window_start),
+    window_end           = coalesce($13::text::time, window_end),
+    window_days          = coalesce($14::smallint[], window_days)
 WHERE id = $1
 """
 
@@ -200,6 +209,9 @@ async def create_campaign(pool: Pool, spec: NewCampaign) -> int:
                     spec.default_timezone,
                     spec.priority,
                     spec.paused,
+                    spec.window_start,
+                    spec.window_end,
+                    None if spec.window_days is None else list(spec.window_days),
                 )
         except asyncpg.UniqueViolationError:
             raise CampaignExists(spec.name) from None
@@ -222,6 +234,9 @@ def _campaign_values(spec: NewCampaign) -> dict[str, Any]:
         "default_country": spec.default_country,
         "default_timezone": spec.default_timezone,
         "priority": spec.priority,
+        "window_start": spec.window_start,
+        "window_end": spec.window_end,
+        "window_days": None if spec.window_days is None else list(spec.window_days),
     }
 
 
@@ -344,11 +359,40 @@ def _row_count(command_tag: str) -> int:
 
 
 @dataclass(frozen=True)
+class CallingWindow:
+    """A campaign's calling window, as stored (times as 'HH:MM'; '24:00' is midnight)."""
+
+    start: str
+    end: str
+    days: tuple[int, ...]
+    """ISO weekdays (1 = Monday ... 7 = Sunday) on which the window opens."""
+    default_timezone: str | None
+
+
+# time '24:00' has no Python equivalent: times travel as text.
+WINDOW_COLUMNS = """
+to_char(window_start, 'HH24:MI') AS window_start,
+to_char(window_end, 'HH24:MI') AS window_end,
+window_days, default_timezone
+"""
+
+
+def _window(row: asyncpg.Record) -> CallingWindow:
+    return CallingWindow(
+        start=row["window_start"],
+        end=row["window_end"],
+        days=tuple(sorted(row["window_days"])),
+        default_timezone=row["default_timezone"],
+    )
+
+
+@dataclass(frozen=True)
 class CampaignRow:
     id: int
     name: str
     state: CampaignState
     state_reason: str | None
+    window: CallingWindow
 
 
 @dataclass(frozen=True)
@@ -377,8 +421,8 @@ class StatusSnapshot:
     """Contacts per number of calls started for them."""
 
 
-STATUS_CAMPAIGNS = """
-SELECT id, name, state, state_reason
+STATUS_CAMPAIGNS = f"""
+SELECT id, name, state, state_reason, {WINDOW_COLUMNS}
 FROM campaigns
 WHERE $1::text IS NULL OR name = $1
 ORDER BY id
@@ -434,7 +478,7 @@ async def status_snapshot(pool: Pool, name: str | None = None) -> StatusSnapshot
     ):
         taken_at: datetime = await conn.fetchval(STATUS_NOW)
         campaigns = [
-            CampaignRow(r["id"], r["name"], r["state"], r["state_reason"])
+            CampaignRow(r["id"], r["name"], r["state"], r["state_reason"], _window(r))
             for r in await conn.fetch(STATUS_CAMPAIGNS, name)
         ]
         if name is not None and not campaigns:
@@ -465,3 +509,355 @@ async def status_snapshot(pool: Pool, name: str | None = None) -> StatusSnapshot
             for r in await conn.fetch(STATUS_PARKED_BATCHES, ids)
         ]
     return StatusSnapshot(taken_at, campaigns, counts, calls, in_flight, parked, outcomes, attempts)
+
+
+# --- cancel: Aculab's queue -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceUse:
+    service_name: str
+    others: list[str]
+    """Other campaigns, active or paused, on the same outbound service (by name)."""
+
+
+# Compared case-insensitively: whether Aculab tells service names apart by case is not
+# documented, and a false "shared" only costs a purge, a false "alone" purges another
+# campaign's calls.
+SERVICE_USE = """
+SELECT c.service_name,
+       coalesce(array_agg(o.name ORDER BY o.name) FILTER (WHERE o.id IS NOT NULL), '{}')
+           AS others
+FROM campaigns c
+LEFT JOIN campaigns o
+       ON lower(o.service_name) = lower(c.service_name)
+      AND o.id <> c.id
+      AND o.state IN ('active', 'paused')
+WHERE c.id = $1
+GROUP BY c.id, c.service_name
+"""
+
+# The purged starts come back from application_status as finished (with an `errs`
+# entry); polling them now records them within seconds instead of at their schedule.
+POLL_UNFINISHED_CALLS_NOW = """
+UPDATE calls SET next_poll_at = now() WHERE campaign_id = $1 AND finished_at IS NULL
+"""
+
+
+async def service_use(pool: Pool, campaign_id: int) -> ServiceUse:
+    row = await pool.fetchrow(SERVICE_USE, campaign_id)
+    if row is None:
+        raise CommandError(f"campaign {campaign_id} disappeared")
+    return ServiceUse(row["service_name"], list(row["others"]))
+
+
+async def poll_unfinished_calls_now(pool: Pool, campaign_id: int) -> int:
+    """Schedule every unfinished call of the campaign for an immediate poll; how many."""
+    return _row_count(await pool.execute(POLL_UNFINISHED_CALLS_NOW, campaign_id))
+
+
+# --- suppressions (do-not-call) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignCountry:
+    id: int
+    name: str
+    default_country: str | None
+
+
+CAMPAIGN_COUNTRY = """
+SELECT id, name, default_country FROM campaigns WHERE name = $1
+"""
+
+
+async def campaign_country(pool: Pool, name: str) -> CampaignCountry:
+    """The campaign's id and its country for national numbers. Raises CampaignNotFound."""
+    row = await pool.fetchrow(CAMPAIGN_COUNTRY, name)
+    if row is None:
+        raise CampaignNotFound(name)
+    return CampaignCountry(row["id"], row["name"], row["default_country"])
+
+
+@dataclass(frozen=True)
+class SuppressionRow:
+    destination: str
+    campaign: str | None
+    """None: every campaign."""
+    reason: str | None
+    created_at: datetime
+
+
+# ON CONFLICT names the unique index's expressions, so an entry already there (for the
+# same scope) is left as it is, reason included, and a repeat inside one batch is too.
+INSERT_SUPPRESSION = """
+INSERT INTO suppressions (destination, campaign_id, reason)
+VALUES ($1, $2, $3)
+ON CONFLICT (destination, (coalesce(campaign_id, 0))) DO NOTHING
+RETURNING id
+"""
+
+INSERT_SUPPRESSIONS = """
+INSERT INTO suppressions (destination, campaign_id, reason)
+SELECT d, $3, r FROM unnest($1::text[], $2::text[]) AS t(d, r)
+ON CONFLICT (destination, (coalesce(campaign_id, 0))) DO NOTHING
+"""
+
+SUPPRESSION_REASON = """
+SELECT reason FROM suppressions
+WHERE destination = $1 AND coalesce(campaign_id, 0) = coalesce($2::bigint, 0)
+"""
+
+DELETE_SUPPRESSION = """
+DELETE FROM suppressions
+WHERE destination = $1 AND coalesce(campaign_id, 0) = coalesce($2::bigint, 0)
+"""
+
+# Where else a number is suppressed: helps an operator who removed it from the wrong scope.
+SUPPRESSION_SCOPES = """
+SELECT c.name
+FROM suppressions s LEFT JOIN campaigns c ON c.id = s.campaign_id
+WHERE s.destination = $1
+ORDER BY c.name NULLS FIRST
+"""
+
+LIST_SUPPRESSIONS = """
+SELECT s.destination, c.name AS campaign, s.reason, s.created_at
+FROM suppressions s LEFT JOIN campaigns c ON c.id = s.campaign_id
+WHERE $1::bigint IS NULL OR s.campaign_id IS NULL OR s.campaign_id = $1
+ORDER BY s.destination, c.name NULLS FIRST
+"""
+
+
+@dataclass(frozen=True)
+class SuppressionAdded:
+    added: bool
+    """False: the number was already suppressed in that scope (nothing changed)."""
+    reason: str | None
+    """The reason on record (the existing one when it was already there)."""
+
+
+async def add_suppression(
+    pool: Pool, number: str, campaign_id: int | None, reason: str | None
+) -> SuppressionAdded:
+    async with pool.acquire() as conn:
+        if await conn.fetchval(INSERT_SUPPRESSION, number, campaign_id, reason) is not None:
+            return SuppressionAdded(True, reason)
+        existing: str | None = await conn.fetchval(SUPPRESSION_REASON, number, campaign_id)
+    return SuppressionAdded(False, existing)
+
+
+async def add_suppressions(
+    conn: Conn, numbers: Sequence[str], reasons: Sequence[str | None], campaign_id: int | None
+) -> int:
+    """Insert a chunk of suppressions; how many were new (repeats are skipped)."""
+    status = await conn.execute(INSERT_SUPPRESSIONS, list(numbers), list(reasons), campaign_id)
+    return _row_count(status)
+
+
+async def remove_suppression(pool: Pool, number: str, campaign_id: int | None) -> bool:
+    """Delete the number's suppression in that scope; False when there was none."""
+    return _row_count(await pool.execute(DELETE_SUPPRESSION, number, campaign_id)) > 0
+
+
+async def suppression_scopes(pool: Pool, number: str) -> list[str | None]:
+    """The campaigns the number is suppressed for (None: every campaign)."""
+    return [r["name"] for r in await pool.fetch(SUPPRESSION_SCOPES, number)]
+
+
+async def list_suppressions(
+    pool: Pool, campaign_id: int | None, *, prefetch: int = 1000
+) -> AsyncGenerator[SuppressionRow, None]:
+    """Every suppression (or those that apply to one campaign), streamed by a cursor."""
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        async for r in conn.cursor(LIST_SUPPRESSIONS, campaign_id, prefetch=prefetch):
+            yield SuppressionRow(r["destination"], r["campaign"], r["reason"], r["created_at"])
+
+
+# --- why --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WhyCampaign:
+    id: int
+    name: str
+    state: CampaignState
+    state_reason: str | None
+    service_name: str
+    calls_per_second: float
+    max_concurrent_calls: int
+    window: CallingWindow
+
+
+@dataclass(frozen=True)
+class PendingGroup:
+    hold: Literal["due", "not_before", "window", "retry"]
+    detail: str | None
+    """window: the dispatcher's last_error (names the opening); retry: last_result."""
+    contacts: int
+    earliest: datetime
+    """When the first of them becomes due."""
+
+
+@dataclass(frozen=True)
+class ParkedSummary:
+    count: int
+    contacts: int
+    first: list[ParkedBatchRow]
+
+
+@dataclass(frozen=True)
+class WhySnapshot:
+    """Everything `campaign why` looks at, read in one consistent snapshot."""
+
+    taken_at: datetime
+    campaign: WhyCampaign
+    contact_states: dict[str, int]
+    pending: list[PendingGroup]
+    open_calls: int
+    granted: dict[str, int]
+    """Calls granted per pacing budget key in the last `window_seconds`."""
+    window_seconds: float
+    in_flight_batches: int
+    in_flight_contacts: int
+    parked: ParkedSummary
+
+
+WHY_CAMPAIGN = f"""
+SELECT id, name, state, state_reason, service_name, calls_per_second, max_concurrent_calls,
+       {WINDOW_COLUMNS}
+FROM campaigns WHERE name = $1
+"""
+
+WHY_CONTACT_STATES = """
+SELECT state, count(*) AS n FROM contacts WHERE campaign_id = $1 GROUP BY state
+"""
+
+# Each pending contact in exactly one group, by what holds it longest: due now, a
+# not_before later than its next attempt, the calling window (the dispatcher deferred
+# it with last_result 'outside_window'), or a retry delay (per last_result).
+WHY_PENDING = """
+WITH pending AS (
+    SELECT greatest(next_attempt_at, coalesce(not_before, next_attempt_at)) AS due_at,
+           not_before, next_attempt_at, last_result, last_error
+    FROM contacts
+    WHERE campaign_id = $1 AND state = 'pending'
+), held AS (
+    SELECT due_at,
+           CASE
+               WHEN due_at <= now() THEN 'due'
+               WHEN not_before IS NOT NULL AND not_before >= next_attempt_at THEN 'not_before'
+               WHEN last_result = 'outside_window' THEN 'window'
+               ELSE 'retry'
+           END AS hold,
+           last_result, last_error
+    FROM pending
+)
+SELECT hold,
+       CASE hold
+           WHEN 'window' THEN coalesce(last_error, 'outside the calling window')
+           WHEN 'retry' THEN coalesce(last_result, 'scheduled')
+       END AS detail,
+       count(*) AS n,
+       min(due_at) AS earliest
+FROM held
+GROUP BY 1, 2
+ORDER BY 4, 2
+"""
+
+WHY_OPEN_CALLS = """
+SELECT count(*) FROM calls WHERE campaign_id = $1 AND finished_at IS NULL
+"""
+
+WHY_GRANTED = """
+SELECT key, sum(calls)::bigint AS calls
+FROM rate_grants
+WHERE key = ANY($1::text[]) AND granted_at > now() - make_interval(secs => $2)
+GROUP BY key
+"""
+
+WHY_BATCHES = """
+SELECT state, count(*) AS n, coalesce(sum(cardinality(contact_ids)), 0)::bigint AS contacts
+FROM batches
+WHERE campaign_id = $1 AND state IN ('pending', 'parked')
+GROUP BY state
+"""
+
+WHY_FIRST_PARKED = """
+SELECT id, campaign_id, created_at,
+       extract(epoch FROM now() - created_at)::float8 AS age_seconds,
+       last_error, cardinality(contact_ids) AS contacts
+FROM batches
+WHERE campaign_id = $1 AND state = 'parked'
+ORDER BY id
+LIMIT $2
+"""
+
+ACCOUNT_BUDGET: Final = "account"
+
+
+def campaign_budget(campaign_id: int) -> str:
+    """The pacing budget key of one campaign (rate_grants.key)."""
+    return f"campaign:{campaign_id}"
+
+
+async def why_snapshot(
+    pool: Pool, name: str, *, window_seconds: float = 10.0, parked_shown: int = 3
+) -> WhySnapshot:
+    """What holds a campaign's contacts back. Raises CampaignNotFound."""
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        taken_at: datetime = await conn.fetchval(STATUS_NOW)
+        row = await conn.fetchrow(WHY_CAMPAIGN, name)
+        if row is None:
+            raise CampaignNotFound(name)
+        campaign = WhyCampaign(
+            id=row["id"],
+            name=row["name"],
+            state=row["state"],
+            state_reason=row["state_reason"],
+            service_name=row["service_name"],
+            calls_per_second=row["calls_per_second"],
+            max_concurrent_calls=row["max_concurrent_calls"],
+            window=_window(row),
+        )
+        states = {r["state"]: r["n"] for r in await conn.fetch(WHY_CONTACT_STATES, campaign.id)}
+        pending = [
+            PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"])
+            for r in await conn.fetch(WHY_PENDING, campaign.id)
+        ]
+        open_calls: int = await conn.fetchval(WHY_OPEN_CALLS, campaign.id)
+        keys = [campaign_budget(campaign.id), ACCOUNT_BUDGET]
+        granted = dict.fromkeys(keys, 0)
+        for r in await conn.fetch(WHY_GRANTED, keys, window_seconds):
+            granted[r["key"]] = r["calls"]
+        batches = {
+            r["state"]: (r["n"], r["contacts"]) for r in await conn.fetch(WHY_BATCHES, campaign.id)
+        }
+        first_parked = [
+            ParkedBatchRow(
+                id=r["id"],
+                campaign_id=r["campaign_id"],
+                created_at=r["created_at"],
+                age_seconds=r["age_seconds"],
+                last_error=r["last_error"],
+                contacts=r["contacts"],
+            )
+            for r in await conn.fetch(WHY_FIRST_PARKED, campaign.id, parked_shown)
+        ]
+    in_flight = batches.get("pending", (0, 0))
+    parked = batches.get("parked", (0, 0))
+    return WhySnapshot(
+        taken_at=taken_at,
+        campaign=campaign,
+        contact_states=states,
+        pending=pending,
+        open_calls=open_calls,
+        granted=granted,
+        window_seconds=window_seconds,
+        in_flight_batches=in_flight[0],
+        in_flight_contacts=in_flight[1],
+        parked=ParkedSummary(parked[0], parked[1], first_parked),
+    )

@@ -18,8 +18,9 @@ async def recreate_database(conn: Conn, name: str) -> None:
 
 
 CREATE_DEMO_CAMPAIGN = """
-INSERT INTO campaigns (name, service_name, caller_id, calls_per_second, batch_size)
-VALUES ('demo', $1, $2, $3, 50)
+INSERT INTO campaigns (name, service_name, caller_id, calls_per_second, batch_size,
+                       window_start, window_end)
+VALUES ('demo', $1, $2, $3, 50, '00:00', '24:00')
 RETURNING id
 """
 

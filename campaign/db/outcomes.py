@@ -20,6 +20,7 @@ class FinishedCall:
 
 @dataclass(frozen=True)
 class LockedContact:
+    campaign_state: str
     state: str
     reference: str | None
     attempts: int
@@ -63,7 +64,8 @@ async def call_finished(conn: Conn, reference: str) -> bool | None:
 
 
 LOCK_CONTACT = """
-SELECT c.state, c.reference, c.attempts, k.max_attempts, k.retry_delays
+SELECT k.state AS campaign_state, c.state, c.reference, c.attempts, k.max_attempts,
+       k.retry_delays
 FROM contacts c JOIN campaigns k ON k.id = c.campaign_id
 WHERE c.id = $1
 FOR UPDATE OF c
@@ -76,7 +78,12 @@ async def lock_contact(conn: Conn, contact_id: int) -> LockedContact | None:
         return None
     delays = row["retry_delays"] if isinstance(row["retry_delays"], dict) else {}
     return LockedContact(
-        row["state"], row["reference"], row["attempts"], row["max_attempts"], delays
+        row["campaign_state"],
+        row["state"],
+        row["reference"],
+        row["attempts"],
+        row["max_attempts"],
+        delays,
     )
 
 

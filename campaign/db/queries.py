@@ -26,6 +26,12 @@ class CampaignRow:
     calls_per_second: float
     default_country: str | None
     priority: int
+    max_concurrent_calls: int = 100
+    default_timezone: str | None = None
+    window_start: str | None = None
+    """Local time as PostgreSQL prints it ('09:00:00', '24:00:00')."""
+    window_end: str | None = None
+    window_days: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class ContactRow:
     outbound_parameters: str | None
     extra_sip_headers: Any
     dispatch_count: int
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,10 @@ class BatchRow:
 
 
 _CAMPAIGN_COLUMNS = """
-    id, name, service_name, caller_id, batch_size, calls_per_second, default_country, priority
+    id, name, service_name, caller_id, batch_size, calls_per_second, default_country, priority,
+    max_concurrent_calls, default_timezone,
+    -- As text: asyncpg cannot decode time '24:00' (the end of the day) into datetime.time.
+    window_start::text AS window_start, window_end::text AS window_end, window_days
 """
 
 ACTIVE_CAMPAIGNS = f"""
@@ -85,6 +95,11 @@ def _campaign(row: asyncpg.Record) -> CampaignRow:
         calls_per_second=row["calls_per_second"],
         default_country=row["default_country"],
         priority=row["priority"],
+        max_concurrent_calls=row["max_concurrent_calls"],
+        default_timezone=row["default_timezone"],
+        window_start=row["window_start"],
+        window_end=row["window_end"],
+        window_days=tuple(row["window_days"]),
     )
 
 
@@ -97,68 +112,78 @@ async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | No
     return _campaign(row) if row is not None else None
 
 
-# --- pacing: token buckets shared by every daemon --------------------------------
+# --- pacing: a sliding one-second window shared by every daemon -------------------
 
-ENSURE_BUCKETS = """
-INSERT INTO rate_buckets (key, tokens, updated_at)
-SELECT k, 0, clock_timestamp() FROM unnest($1::text[]) AS k
-ON CONFLICT (key) DO NOTHING
+ENSURE_BUDGETS = """
+INSERT INTO rate_budgets (key) SELECT unnest($1::text[]) ON CONFLICT (key) DO NOTHING
 """
 
-# Row locks serialise the daemons on the shared budget; EvalPlanQual recomputes
-# `avail` from the latest row version after a lock wait.
-LOCK_BUCKETS = """
-SELECT b.key,
-       least(p.cap, b.tokens
-             + extract(epoch FROM clock_timestamp() - b.updated_at)::float8 * p.rate) AS avail,
-       p.rate
-FROM rate_buckets b
-JOIN unnest($1::text[], $2::float8[], $3::float8[]) AS p(key, rate, cap) USING (key)
-ORDER BY b.key
-FOR UPDATE OF b
+# The budget rows' locks serialise every daemon's claims on the same budgets;
+# the order by key keeps two claims from deadlocking.
+LOCK_BUDGETS = """
+SELECT key FROM rate_budgets WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE
 """
 
-DEBIT_BUCKETS = """
-UPDATE rate_buckets b
-SET tokens = p.avail - $3::float8, updated_at = clock_timestamp()
-FROM unnest($1::text[], $2::float8[]) AS p(key, avail)
-WHERE b.key = p.key
+RECENT_GRANTS = """
+SELECT key, extract(epoch FROM clock_timestamp() - granted_at)::float8 AS age, calls
+FROM rate_grants
+WHERE key = ANY($1::text[]) AND granted_at > clock_timestamp() - make_interval(secs => $2)
+ORDER BY granted_at
+"""
+
+RECORD_GRANT = """
+INSERT INTO rate_grants (key, granted_at, calls)
+SELECT k, clock_timestamp(), $2 FROM unnest($1::text[]) AS k
+"""
+
+FORGET_OLD_GRANTS = """
+DELETE FROM rate_grants WHERE granted_at < clock_timestamp() - make_interval(secs => $1)
 """
 
 
 @dataclass(frozen=True)
-class Bucket:
-    key: str
-    rate: float
-    capacity: float
+class Grant:
+    age: float
+    calls: int
 
 
-@dataclass(frozen=True)
-class BucketState:
-    key: str
-    available: float
-    rate: float
+async def lock_budgets(
+    conn: Conn, keys: Sequence[str], window_seconds: float
+) -> dict[str, list[Grant]]:
+    """Lock the budgets and return each one's grants inside the window, oldest first."""
+    await conn.execute(ENSURE_BUDGETS, list(keys))
+    await conn.execute(LOCK_BUDGETS, list(keys))
+    grants: dict[str, list[Grant]] = {k: [] for k in keys}
+    for r in await conn.fetch(RECENT_GRANTS, list(keys), window_seconds):
+        grants[r["key"]].append(Grant(r["age"], r["calls"]))
+    return grants
 
 
-async def lock_buckets(conn: Conn, buckets: Sequence[Bucket]) -> list[BucketState]:
-    keys = [b.key for b in buckets]
-    await conn.execute(ENSURE_BUCKETS, keys)
-    rows = await conn.fetch(
-        LOCK_BUCKETS, keys, [b.rate for b in buckets], [b.capacity for b in buckets]
-    )
-    return [BucketState(r["key"], r["avail"], r["rate"]) for r in rows]
+async def record_grant(conn: Conn, keys: Sequence[str], calls: int) -> None:
+    await conn.execute(RECORD_GRANT, list(keys), calls)
 
 
-async def debit_buckets(conn: Conn, states: Sequence[BucketState], used: int) -> None:
-    await conn.execute(
-        DEBIT_BUCKETS, [s.key for s in states], [s.available for s in states], float(used)
-    )
+async def forget_old_grants(conn: Conn, older_than_seconds: float) -> None:
+    await conn.execute(FORGET_OLD_GRANTS, older_than_seconds)
+
+
+OPEN_CALLS = """
+SELECT (SELECT count(*) FROM calls WHERE campaign_id = $1 AND finished_at IS NULL)
+     + (SELECT count(*) FROM contacts WHERE campaign_id = $1 AND state = 'dispatching')
+"""
+
+
+async def open_calls(conn: Conn, campaign_id: int) -> int:
+    """Calls started and not finished, plus those being started right now."""
+    n: int = await conn.fetchval(OPEN_CALLS, campaign_id)
+    return n
 
 
 # --- step 1: claim and persist --------------------------------------------------
 
 CLAIM_CONTACTS = """
-SELECT id, destination, caller_id, token, outbound_parameters, extra_sip_headers, dispatch_count
+SELECT id, destination, caller_id, token, outbound_parameters, extra_sip_headers, dispatch_count,
+       timezone
 FROM contacts
 WHERE campaign_id = $1
   AND state = 'pending'
@@ -181,6 +206,7 @@ async def claim_contacts(conn: Conn, campaign_id: int, limit: int) -> list[Conta
             outbound_parameters=r["outbound_parameters"],
             extra_sip_headers=r["extra_sip_headers"],
             dispatch_count=r["dispatch_count"],
+            timezone=r["timezone"],
         )
         for r in rows
     ]
@@ -242,6 +268,23 @@ async def set_states(
 ) -> None:
     if ids:
         await conn.execute(SET_OUTCOME_STATES, list(ids), list(states), list(reasons))
+
+
+DEFER_CONTACTS = """
+UPDATE contacts c
+SET next_attempt_at = t.until, last_result = 'outside_window', last_error = t.reason,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS t(id, until, reason)
+WHERE c.id = t.id
+"""
+
+
+async def defer(
+    conn: Conn, ids: Sequence[int], until: Sequence[datetime], reasons: Sequence[str]
+) -> None:
+    """Contacts outside their calling window wait for it; no attempt is used."""
+    if ids:
+        await conn.execute(DEFER_CONTACTS, list(ids), list(until), list(reasons))
 
 
 INSERT_BATCH = """
@@ -442,9 +485,13 @@ WITH due AS (
       AND next_send_at <= now()
       AND (owner = $1 OR owner IS NULL OR lease_until < now())
       AND NOT (id = ANY($4::bigint[]))
+      -- A paused or cancelled campaign's batch in doubt is not re-sent (that could
+      -- start calls after the pause); it is taken only to be parked once too old.
+      AND (EXISTS (SELECT 1 FROM campaigns k WHERE k.id = campaign_id AND k.state = 'active')
+           OR created_at < now() - make_interval(secs => $5))
     ORDER BY next_send_at
     LIMIT $3
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF batches SKIP LOCKED
 )
 UPDATE batches b
 SET owner = $1, lease_until = now() + make_interval(secs => $2)
@@ -458,9 +505,16 @@ RETURNING b.id, b.campaign_id, c.name AS campaign_name, b.service_name, b.unique
 
 
 async def take_due_batches(
-    conn: Conn, owner: str, lease_seconds: float, limit: int, busy: Sequence[int]
+    conn: Conn,
+    owner: str,
+    lease_seconds: float,
+    limit: int,
+    busy: Sequence[int],
+    park_after_seconds: float,
 ) -> list[BatchRow]:
-    rows = await conn.fetch(TAKE_DUE_BATCHES, owner, lease_seconds, limit, list(busy))
+    rows = await conn.fetch(
+        TAKE_DUE_BATCHES, owner, lease_seconds, limit, list(busy), park_after_seconds
+    )
     return [
         BatchRow(
             id=r["id"],

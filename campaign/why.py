@@ -1,0 +1,427 @@
+"""`campaign why NAME`: why a campaign's contacts are not being dialed right now.
+
+One snapshot of the database (admin.why_snapshot) is read into a report whose sections
+each name one thing that holds contacts back: the campaign's state, the calling window,
+retry delays, not_before, pacing, the concurrency cap, the do-not-call list, parked
+batches and batches still in flight. A section is shown only when it applies; the JSON
+document always carries every key (null when a section does not apply) and lists the
+ones that apply under "reasons", so scripts need not parse the text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, assert_never
+
+from campaign.db import admin
+from campaign.db.admin import ParkedSummary, PendingGroup, WhyCampaign
+from campaign.status import format_age, format_window, window_json
+
+PACING_WINDOW_SECONDS: Final = 10.0
+"""Pacing is measured over the grants of this many seconds."""
+AT_CAP_SHARE: Final = 0.9
+"""A budget achieving this share of its cap counts as the limit."""
+PARKED_SHOWN: Final = 3
+GROUPS_SHOWN: Final = 10
+"""Window openings and retry results listed in the text (JSON lists them all)."""
+
+Reason = Literal[
+    "campaign_not_active",
+    "calling_window",
+    "retry_wait",
+    "not_before",
+    "pacing",
+    "concurrency",
+    "suppressed",
+    "parked_batches",
+    "batches_in_flight",
+    "due_now",
+]
+HeldBy = Literal["campaign_not_active", "concurrency", "pacing"]
+
+
+@dataclass(frozen=True)
+class WaitGroup:
+    label: str
+    """The window's opening (the dispatcher's last_error) or the retried last_result."""
+    contacts: int
+    earliest: datetime
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Pending contacts not due yet for one reason; `earliest` is when the first is due."""
+
+    contacts: int
+    earliest: datetime
+    groups: list[WaitGroup]
+
+
+@dataclass(frozen=True)
+class Budget:
+    cap: float
+    """Calls per second allowed."""
+    granted: int
+    """Calls granted in the last `seconds`."""
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.granted / self.seconds
+
+    @property
+    def at_cap(self) -> bool:
+        return self.granted > 0 and self.rate >= AT_CAP_SHARE * self.cap
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    open_calls: int
+    """Calls started and not finished (calls.finished_at IS NULL)."""
+    dispatching: int
+    """Contacts in a batch not yet acknowledged by Aculab."""
+    cap: int
+
+    @property
+    def at_cap(self) -> bool:
+        return self.open_calls + self.dispatching >= self.cap
+
+
+@dataclass(frozen=True)
+class WhyReport:
+    campaign: WhyCampaign
+    as_of: datetime
+    contact_states: dict[str, int]
+    calling_window: Waiting | None
+    retry_wait: Waiting | None
+    not_before: Waiting | None
+    due: int
+    """Pending contacts whose time has come."""
+    campaign_pacing: Budget
+    account_pacing: Budget
+    concurrency: Concurrency
+    parked: ParkedSummary
+    in_flight_batches: int
+    in_flight_contacts: int
+
+    @property
+    def active(self) -> bool:
+        return self.campaign.state == "active"
+
+    @property
+    def pending(self) -> int:
+        return self.contact_states.get("pending", 0)
+
+    @property
+    def suppressed(self) -> int:
+        return self.contact_states.get("suppressed", 0)
+
+    @property
+    def pacing_at_cap(self) -> bool:
+        return self.campaign_pacing.at_cap or self.account_pacing.at_cap
+
+    @property
+    def due_held_by(self) -> HeldBy | None:
+        """What keeps due contacts from going out at once (None: nothing)."""
+        if not self.active:
+            return "campaign_not_active"
+        if self.concurrency.at_cap:
+            return "concurrency"
+        if self.pacing_at_cap:
+            return "pacing"
+        return None
+
+    @property
+    def reasons(self) -> list[Reason]:
+        """The sections that apply, in the order they are shown."""
+        found: list[Reason] = []
+        if not self.active:
+            found.append("campaign_not_active")
+        if self.calling_window is not None:
+            found.append("calling_window")
+        if self.retry_wait is not None:
+            found.append("retry_wait")
+        if self.not_before is not None:
+            found.append("not_before")
+        held = self.due_held_by if self.due else None
+        if held == "pacing":
+            found.append("pacing")
+        if held == "concurrency":
+            found.append("concurrency")
+        if self.suppressed:
+            found.append("suppressed")
+        if self.parked.count:
+            found.append("parked_batches")
+        if self.in_flight_batches:
+            found.append("batches_in_flight")
+        if self.due and held is None:
+            found.append("due_now")
+        return found
+
+
+def _waiting(groups: list[PendingGroup], hold: str) -> Waiting | None:
+    mine = [g for g in groups if g.hold == hold]
+    if not mine:
+        return None
+    mine.sort(key=lambda g: (g.earliest, g.detail or ""))
+    return Waiting(
+        contacts=sum(g.contacts for g in mine),
+        earliest=mine[0].earliest,
+        groups=[WaitGroup(g.detail or "", g.contacts, g.earliest) for g in mine],
+    )
+
+
+async def gather_why(pool: admin.Pool, name: str, account_calls_per_second: float) -> WhyReport:
+    """The report for one campaign. Raises CampaignNotFound.
+
+    `account_calls_per_second` is the account's CPS from the settings (aculab.calls_per_second).
+    """
+    snap = await admin.why_snapshot(
+        pool, name, window_seconds=PACING_WINDOW_SECONDS, parked_shown=PARKED_SHOWN
+    )
+    c = snap.campaign
+    return WhyReport(
+        campaign=c,
+        as_of=snap.taken_at,
+        contact_states=snap.contact_states,
+        calling_window=_waiting(snap.pending, "window"),
+        retry_wait=_waiting(snap.pending, "retry"),
+        not_before=_waiting(snap.pending, "not_before"),
+        due=sum(g.contacts for g in snap.pending if g.hold == "due"),
+        campaign_pacing=Budget(
+            c.calls_per_second, snap.granted[admin.campaign_budget(c.id)], snap.window_seconds
+        ),
+        account_pacing=Budget(
+            account_calls_per_second, snap.granted[admin.ACCOUNT_BUDGET], snap.window_seconds
+        ),
+        concurrency=Concurrency(
+            snap.open_calls, snap.contact_states.get("dispatching", 0), c.max_concurrent_calls
+        ),
+        parked=snap.parked,
+        in_flight_batches=snap.in_flight_batches,
+        in_flight_contacts=snap.in_flight_contacts,
+    )
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def _waiting_json(w: Waiting | None, key: str) -> dict[str, Any] | None:
+    if w is None:
+        return None
+    return {
+        "contacts": w.contacts,
+        "earliest": _iso(w.earliest),
+        "groups": [
+            {key: g.label, "contacts": g.contacts, "earliest": _iso(g.earliest)} for g in w.groups
+        ],
+    }
+
+
+def _budget_json(b: Budget) -> dict[str, Any]:
+    return {
+        "cap": b.cap,
+        "granted": b.granted,
+        "rate": round(b.rate, 3),
+        "at_cap": b.at_cap,
+    }
+
+
+def to_json_document(r: WhyReport) -> dict[str, Any]:
+    c = r.campaign
+    return {
+        "campaign": {
+            "id": c.id,
+            "name": c.name,
+            "state": c.state,
+            "state_reason": c.state_reason,
+            "service_name": c.service_name,
+        },
+        "as_of": _iso(r.as_of),
+        "window": window_json(c.window),
+        "reasons": list(r.reasons),
+        "contacts": {
+            "total": sum(r.contact_states.values()),
+            "pending": r.pending,
+            "due": r.due,
+            "dispatching": r.contact_states.get("dispatching", 0),
+            "dialing": r.contact_states.get("dialing", 0),
+            "suppressed": r.suppressed,
+        },
+        "campaign_not_active": (
+            None if r.active else {"state": c.state, "state_reason": c.state_reason}
+        ),
+        "calling_window": _waiting_json(r.calling_window, "reason"),
+        "retry_wait": _waiting_json(r.retry_wait, "last_result"),
+        "not_before": None
+        if r.not_before is None
+        else {"contacts": r.not_before.contacts, "earliest": _iso(r.not_before.earliest)},
+        "pacing": {
+            "window_seconds": r.campaign_pacing.seconds,
+            "campaign": _budget_json(r.campaign_pacing),
+            "account": _budget_json(r.account_pacing),
+        },
+        "concurrency": {
+            "open_calls": r.concurrency.open_calls,
+            "dispatching": r.concurrency.dispatching,
+            "cap": r.concurrency.cap,
+            "at_cap": r.concurrency.at_cap,
+        },
+        "suppressed": {"contacts": r.suppressed} if r.suppressed else None,
+        "parked_batches": None
+        if not r.parked.count
+        else {
+            "count": r.parked.count,
+            "contacts": r.parked.contacts,
+            "first": [
+                {
+                    "id": b.id,
+                    "age_seconds": round(b.age_seconds, 3),
+                    "contacts": b.contacts,
+                    "reason": b.last_error,
+                }
+                for b in r.parked.first
+            ],
+        },
+        "batches_in_flight": None
+        if not r.in_flight_batches
+        else {"count": r.in_flight_batches, "contacts": r.in_flight_contacts},
+        "due": None if not r.due else {"contacts": r.due, "held_by": r.due_held_by},
+    }
+
+
+def render_json(report: WhyReport) -> str:
+    return json.dumps(to_json_document(report), indent=2, ensure_ascii=False)
+
+
+# --- text -------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _when(moment: datetime, now: datetime) -> str:
+    shown = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    ahead = (moment - now).total_seconds()
+    return f"{shown} (in {format_age(ahead)})" if ahead > 0 else shown
+
+
+OUTSIDE_WINDOW_PREFIX: Final = "outside the calling window; "
+"""How the dispatcher's last_error for a deferred contact starts; the rest names the opening."""
+
+
+def _group_label(g: WaitGroup, now: datetime) -> str:
+    label = _one_line(g.label)
+    if label.startswith(OUTSIDE_WINDOW_PREFIX) and "opens " in label:
+        return label.removeprefix(OUTSIDE_WINDOW_PREFIX)
+    return f"{label}, first due {_when(g.earliest, now)}"
+
+
+def _waiting_lines(title: str, w: Waiting, now: datetime) -> list[str]:
+    lines = [f"  {title}: {_plural(w.contacts, 'contact')}, first due {_when(w.earliest, now)}"]
+    if len(w.groups) > 1 or (w.groups and w.groups[0].label):
+        width = max(len(f"{g.contacts:,}") for g in w.groups[:GROUPS_SHOWN])
+        for g in w.groups[:GROUPS_SHOWN]:
+            lines.append(f"    {g.contacts:>{width},}  {_group_label(g, now)}")
+        if len(w.groups) > GROUPS_SHOWN:
+            lines.append(f"    ... and {len(w.groups) - GROUPS_SHOWN} more (see --json)")
+    return lines
+
+
+def _budget_text(who: str, b: Budget) -> str:
+    text = f"{who} cap {b.cap:g}/s, achieved {b.rate:.2f}/s ({b.granted:,} granted)"
+    return text + (" - at the cap" if b.at_cap else "")
+
+
+def render_text(r: WhyReport) -> str:
+    c = r.campaign
+    now = r.as_of
+    lines = [
+        f"campaign {c.name} (id {c.id}), {c.state}, as of {_when(now, now)}",
+        f"  calling window: {format_window(c.window)}",
+    ]
+    if not r.active:
+        reason = f" ({_one_line(c.state_reason)})" if c.state_reason else ""
+        lines.append(f"  campaign is {c.state}{reason}: nothing is dialed")
+        if c.state == "paused":
+            lines.append(f"    `campaign resume {c.name}` dials it again")
+    if r.calling_window is not None:
+        lines += _waiting_lines("waiting for the calling window", r.calling_window, now)
+    if r.retry_wait is not None:
+        lines += _waiting_lines("waiting for a retry", r.retry_wait, now)
+    if r.not_before is not None:
+        lines.append(
+            f"  not before a set time (not_before): {_plural(r.not_before.contacts, 'contact')}, "
+            f"first due {_when(r.not_before.earliest, now)}"
+        )
+    if r.due or r.campaign_pacing.granted or r.account_pacing.granted:
+        lines.append(
+            f"  pacing over the last {r.campaign_pacing.seconds:g} s: "
+            f"{_budget_text('campaign', r.campaign_pacing)}; "
+            f"{_budget_text('account', r.account_pacing)}"
+        )
+    cc = r.concurrency
+    if cc.open_calls or cc.dispatching:
+        parked = f" ({r.parked.contacts:,} in parked batches)" if r.parked.contacts else ""
+        lines.append(
+            f"  concurrency: {_plural(cc.open_calls, 'call')} in progress, "
+            f"{cc.dispatching:,} dispatching{parked}, cap {cc.cap:,}"
+            + (" - at the cap" if cc.at_cap else "")
+        )
+    if r.suppressed:
+        lines.append(
+            f"  suppressed (do-not-call list): {_plural(r.suppressed, 'contact')}, not dialed"
+        )
+    if r.parked.count:
+        lines.append(
+            f"  parked batches: {r.parked.count:,} holding {_plural(r.parked.contacts, 'contact')}"
+            " - an operator must decide (README: dispatch protocol, step 4)"
+        )
+        for b in r.parked.first:
+            reason = _one_line(b.last_error) if b.last_error else "no reason recorded"
+            lines.append(f"    batch {b.id}: age {format_age(b.age_seconds)}: {reason}")
+        if r.parked.count > len(r.parked.first):
+            lines.append(f"    ... and {r.parked.count - len(r.parked.first):,} more")
+    if r.in_flight_batches:
+        lines.append(
+            f"  batches in flight: {r.in_flight_batches:,} "
+            f"({_plural(r.in_flight_contacts, 'contact')}) awaiting Aculab's answer"
+        )
+    if r.due:
+        lines.append(_due_line(r))
+    if r.pending == 0 and len(lines) == 2:
+        total = sum(r.contact_states.values())
+        lines.append(
+            f"  no pending contacts ({_plural(total, 'contact')} in all; "
+            f"`campaign status {c.name}` shows where they are)"
+        )
+    return "\n".join(lines)
+
+
+def _due_line(r: WhyReport) -> str:
+    due = _plural(r.due, "contact")
+    held = r.due_held_by
+    if held is None:
+        return f"  due now: {due} (a running daemon will pick them up)"
+    if held == "campaign_not_active":
+        return f"  due: {due}, held while the campaign is {r.campaign.state}"
+    if held == "concurrency":
+        return f"  due: {due}, waiting for calls in progress to finish (concurrency cap)"
+    if held == "pacing":
+        rate = min(r.campaign_pacing.cap, r.account_pacing.cap)
+        return (
+            f"  due: {due}, going out at the pacing cap "
+            f"(about {format_age(r.due / rate)} at {rate:g}/s)"
+        )
+    assert_never(held)

@@ -1,0 +1,160 @@
+"""Pacing shared by every daemon, the concurrency cap, and pause taking effect."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from campaign.simulator import Simulator, SimulatorConfig
+from tests.engine import (
+    add_contacts,
+    create_campaign,
+    engine_settings,
+    run_engine,
+    states,
+    uk_numbers,
+)
+from tests.test_daemon import daemon_env, sim_config, start_daemon, stop
+
+MakeSim = Callable[[SimulatorConfig], Awaitable[Simulator]]
+
+
+def worst_window(times: list[float], seconds: float = 1.0) -> int:
+    """The most submissions inside any half-open window of `seconds`."""
+    times = sorted(times)
+    worst, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - seconds:
+            lo += 1
+        worst = max(worst, hi - lo + 1)
+    return worst
+
+
+@pytest.mark.slow
+async def test_three_daemons_share_the_account_cps_budget(
+    db_pool: asyncpg.Pool, db_dsn: str, make_simulator: MakeSim, tmp_path: Path
+) -> None:
+    budget = 20
+    sim = await make_simulator(sim_config())
+    cid = await create_campaign(db_pool, batch_size=5, calls_per_second=1000)
+    await add_contacts(db_pool, cid, uk_numbers(2000))
+    env = daemon_env(sim, db_dsn, CAMPAIGN_ACULAB__CALLS_PER_SECOND=str(budget))
+    procs = [await start_daemon(env, tmp_path / f"d{i}.log") for i in range(3)]
+    await asyncio.sleep(14)
+    for p in procs:
+        await stop(p)
+    # What the daemons granted themselves through PostgreSQL, to the microsecond.
+    grants: list[float] = []
+    for r in await db_pool.fetch(
+        "SELECT extract(epoch FROM granted_at)::float8 AS at, calls FROM rate_grants"
+        " WHERE key = 'account'"
+    ):
+        grants.extend([r["at"]] * r["calls"])
+    # What reached "Aculab": the steady state, after the first second (daemons
+    # opening their first connections send one batch later than granted).
+    arrivals = sorted(c.submitted_at for c in sim.calls)
+    begin = arrivals[0] + 1.0
+    steady = [t for t in arrivals if begin <= t < begin + 10.0]
+    # From the first arrival of the steady state to the first one after it: whole
+    # pacing windows, so the batch boundaries do not skew the figure.
+    first = steady[0]
+    end = next(t for t in arrivals if t >= begin + 10.0)
+    rate = sum(1 for t in arrivals if first <= t < end) / (end - first)
+    print(
+        f"pacing: 3 daemons, budget {budget}/s, achieved {rate:.2f}/s, worst 1-s window "
+        f"{worst_window(steady)} at the simulator, {worst_window(grants)} granted"
+    )
+    assert abs(rate - budget) / budget <= 0.05
+    assert worst_window(grants) <= budget
+    assert worst_window(steady) <= budget
+    owners = await db_pool.fetchval("SELECT count(*) FROM batches")
+    assert owners > 3
+
+
+async def test_concurrency_cap_is_never_exceeded(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(
+        SimulatorConfig(cause_weights={"completed": 1.0}, answered_seconds=(0.3, 0.6))
+    )
+    settings = engine_settings(sim)
+    cid = await create_campaign(db_pool, batch_size=10, max_concurrent_calls=7)
+    await add_contacts(db_pool, cid, uk_numbers(40))
+    peak = 0
+
+    async def done() -> bool:
+        nonlocal peak
+        now = time.time()
+        running = sum(1 for c in sim.calls if c.submitted_at <= now < c.finish_at)
+        peak = max(peak, running)
+        return await states(db_pool, cid) == {"completed": 40}
+
+    await run_engine(db_pool, settings, done, timeout=60)
+    batches = await db_pool.fetch("SELECT cardinality(contact_ids) AS n FROM batches")
+    assert max(b["n"] for b in batches) <= 7
+    assert 0 < peak <= 7
+
+
+@pytest.mark.slow
+async def test_pause_stops_every_daemon_within_two_seconds(
+    db_pool: asyncpg.Pool, db_dsn: str, make_simulator: MakeSim, tmp_path: Path
+) -> None:
+    sim = await make_simulator(sim_config())
+    cid = await create_campaign(db_pool, batch_size=5, calls_per_second=100)
+    await add_contacts(db_pool, cid, uk_numbers(3000))
+    env = daemon_env(sim, db_dsn, CAMPAIGN_DISPATCHER__POLL_INTERVAL="5")
+    procs = [await start_daemon(env, tmp_path / f"d{i}.log") for i in range(3)]
+    while sim.started_count() < 100:
+        await asyncio.sleep(0.1)
+    await db_pool.execute("UPDATE campaigns SET state = 'paused' WHERE id = $1", cid)
+    paused_at = time.time()
+    await asyncio.sleep(3)
+    last = max(c.submitted_at for c in sim.calls)
+    latency = max(0.0, last - paused_at)
+    print(f"pause latency: {latency * 1000:.0f} ms")
+    assert latency <= 2.0
+    before = sim.started_count()
+    await asyncio.sleep(1)
+    assert sim.started_count() == before
+    # Resume: the rest is dialed, nothing twice.
+    await db_pool.execute("UPDATE campaigns SET state = 'active' WHERE id = $1", cid)
+
+    async def all_dialing() -> bool:
+        return (await states(db_pool, cid)).get("dialing", 0) == 3000
+
+    deadline = time.monotonic() + 60
+    while not await all_dialing():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    for p in procs:
+        await stop(p)
+    assert sim.started_count() == 3000
+    assert all(sim.calls_to(n) == 1 for n in uk_numbers(3000))
+
+
+async def test_deep_aculab_queue_holds_submissions_back(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    # The service starts 1 call/s at Aculab although the account allows 5/s.
+    sim = await make_simulator(SimulatorConfig(calls_per_second=1))
+    settings = engine_settings(
+        sim,
+        aculab={"calls_per_second": 5},
+        dispatcher={"max_queue_seconds": 1.0, "queue_check_interval": 0.1},
+    )
+    cid = await create_campaign(db_pool, batch_size=5)
+    await add_contacts(db_pool, cid, uk_numbers(40))
+
+    async def a_while() -> bool:
+        await asyncio.sleep(4)
+        return True
+
+    await run_engine(db_pool, settings, a_while, timeout=30)
+    # Without the check 5/s for 4 s would be ~20 submitted, ~16 of them queued.
+    assert sim.queue_length("MyOutboundService") <= 5 + 5
+    assert sim.started_count() <= 15

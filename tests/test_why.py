@@ -1,0 +1,420 @@
+"""`campaign why NAME`: what holds a campaign's contacts back, on a real PostgreSQL.
+
+The database is set up as the dispatcher, the pacing log and the tracker leave it
+(contacts deferred to their window, waiting for a retry, batches parked, calls open),
+then the report is read through `gather_why`, its renderers and the command.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from campaign.db.admin import Pool
+from campaign.why import WhyReport, gather_why, render_json, render_text, to_json_document
+from tests.test_cli import Cli, logging_restored, one_line, point_at, run_campaign
+
+LONDON_OPENING = "outside the calling window; opens 2026-11-28T09:00:00+00:00 (09:00 Europe/London)"
+NEW_YORK_OPENING = (
+    "outside the calling window; opens 2026-11-28T14:00:00+00:00 (09:00 America/New_York)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    with logging_restored():
+        yield
+
+
+@pytest.fixture
+def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    point_at(monkeypatch, db_dsn)
+    return Cli(db_dsn, capsys)
+
+
+async def new_campaign(pool: Pool, name: str = "spring", **columns: Any) -> int:
+    cols = {"name": name, "service_name": "Svc", **columns}
+    names = ", ".join(cols)
+    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    campaign_id: int = await pool.fetchval(
+        f"INSERT INTO campaigns ({names}) VALUES ({params}) RETURNING id", *cols.values()
+    )
+    return campaign_id
+
+
+async def add_contacts(
+    pool: Pool,
+    campaign_id: int,
+    count: int,
+    *,
+    state: str = "pending",
+    due_in: str = "-1 second",
+    not_before_in: str | None = None,
+    last_result: str | None = None,
+    last_error: str | None = None,
+) -> list[int]:
+    rows = await pool.fetch(
+        "INSERT INTO contacts (campaign_id, destination, state, next_attempt_at, not_before, "
+        "                      last_result, last_error) "
+        "SELECT $1, '+4419082' || lpad(g::text, 5, '0'), $2, now() + $3::text::interval, "
+        "       now() + $4::text::interval, $5, $6 "
+        "FROM generate_series(1, $7) g RETURNING id",
+        campaign_id,
+        state,
+        due_in,
+        not_before_in,
+        last_result,
+        last_error,
+        count,
+    )
+    return [r["id"] for r in rows]
+
+
+async def add_batch(
+    pool: Pool, campaign_id: int, contact_ids: list[int], state: str, error: str | None = None
+) -> int:
+    batch_id: int = await pool.fetchval(
+        "INSERT INTO batches (campaign_id, service_name, unique_id, rest_calls, contact_ids, "
+        "                     state, last_error) "
+        "VALUES ($1, 'Svc', gen_random_uuid()::text, '[]', $2, $3, $4) RETURNING id",
+        campaign_id,
+        contact_ids,
+        state,
+        error,
+    )
+    return batch_id
+
+
+async def add_calls(
+    pool: Pool, campaign_id: int, contact_ids: list[int], *, finished: bool
+) -> None:
+    batch = await add_batch(pool, campaign_id, contact_ids, "submitted")
+    await pool.execute(
+        "INSERT INTO calls (contact_id, campaign_id, batch_id, attempt, reference, finished_at) "
+        "SELECT c, $1, $2, 1, gen_random_uuid()::text, CASE WHEN $4 THEN now() END "
+        "FROM unnest($3::bigint[]) AS c",
+        campaign_id,
+        batch,
+        contact_ids,
+        finished,
+    )
+
+
+async def grant(pool: Pool, key: str, calls: int, ago: str = "1 second") -> None:
+    await pool.execute(
+        "INSERT INTO rate_grants (key, granted_at, calls) "
+        "VALUES ($1, now() - $2::text::interval, $3)",
+        key,
+        ago,
+        calls,
+    )
+
+
+async def busy_campaign(pool: Pool) -> int:
+    """A campaign with something in every section."""
+    cid = await new_campaign(
+        pool, calls_per_second=2.0, max_concurrent_calls=10, default_timezone="Europe/London"
+    )
+    await pool.execute(
+        "UPDATE campaigns SET window_start = '08:00', window_end = '21:00', "
+        "window_days = '{1,2,3,4,5}' WHERE id = $1",
+        cid,
+    )
+    # Pending: 3 due, 4 + 2 waiting for their window, 1 + 2 for a retry, 1 for not_before.
+    await add_contacts(pool, cid, 3)
+    await add_contacts(
+        pool, cid, 4, due_in="3 hours", last_result="outside_window", last_error=LONDON_OPENING
+    )
+    await add_contacts(
+        pool, cid, 2, due_in="8 hours", last_result="outside_window", last_error=NEW_YORK_OPENING
+    )
+    await add_contacts(pool, cid, 1, due_in="10 minutes", last_result="busy")
+    await add_contacts(pool, cid, 2, due_in="30 minutes", last_result="no_answer")
+    # not_before later than the retry: not_before holds it.
+    await add_contacts(pool, cid, 1, due_in="5 minutes", not_before_in="1 day", last_result="busy")
+    await add_contacts(pool, cid, 2, state="suppressed")
+    dispatching = await add_contacts(pool, cid, 3, state="dispatching")
+    await add_batch(pool, cid, dispatching, "pending")
+    parked = await add_contacts(pool, cid, 5, state="dispatching")
+    await add_batch(pool, cid, parked[:2], "parked", "beyond the idempotency window:\nresend")
+    await add_batch(pool, cid, parked[2:], "parked", "HTTP 503")
+    dialing = await add_contacts(pool, cid, 2, state="dialing")
+    await add_calls(pool, cid, dialing, finished=False)
+    await add_calls(pool, cid, await add_contacts(pool, cid, 1, state="completed"), finished=True)
+    # Pacing: 15 calls for this campaign and 40 for the account in the last 10 s.
+    await grant(pool, f"campaign:{cid}", 10)
+    await grant(pool, f"campaign:{cid}", 5, ago="9 seconds")
+    await grant(pool, f"campaign:{cid}", 100, ago="30 seconds")
+    await grant(pool, "account", 40)
+    await grant(pool, f"campaign:{cid + 1}", 7)
+    return cid
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+async def test_every_pending_contact_is_counted_once_under_what_holds_it(db_pool: Pool) -> None:
+    await busy_campaign(db_pool)
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=5.0)
+
+    assert r.pending == 3 + 4 + 2 + 1 + 2 + 1
+    assert r.due == 3
+    assert r.calling_window is not None and r.calling_window.contacts == 6
+    assert r.retry_wait is not None and r.retry_wait.contacts == 3
+    assert r.not_before is not None and r.not_before.contacts == 1
+    assert r.not_before.earliest - r.as_of > timedelta(hours=23)
+
+
+async def test_window_waits_are_grouped_by_opening_and_retries_by_result_earliest_first(
+    db_pool: Pool,
+) -> None:
+    await busy_campaign(db_pool)
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=5.0)
+
+    assert r.calling_window is not None and r.retry_wait is not None
+    assert [(g.label, g.contacts) for g in r.calling_window.groups] == [
+        (LONDON_OPENING, 4),
+        (NEW_YORK_OPENING, 2),
+    ]
+    assert r.calling_window.earliest == r.calling_window.groups[0].earliest
+    assert timedelta(hours=2.9) < r.calling_window.earliest - r.as_of < timedelta(hours=3.1)
+    assert [(g.label, g.contacts) for g in r.retry_wait.groups] == [("busy", 1), ("no_answer", 2)]
+    assert timedelta(minutes=9) < r.retry_wait.earliest - r.as_of < timedelta(minutes=11)
+
+
+async def test_pacing_compares_the_grants_of_the_last_ten_seconds_with_both_caps(
+    db_pool: Pool,
+) -> None:
+    await busy_campaign(db_pool)
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=5.0)
+
+    assert (r.campaign_pacing.cap, r.campaign_pacing.granted) == (2.0, 15)
+    assert r.campaign_pacing.rate == 1.5
+    assert not r.campaign_pacing.at_cap
+    assert (r.account_pacing.cap, r.account_pacing.granted, r.account_pacing.rate) == (5.0, 40, 4.0)
+    assert not r.account_pacing.at_cap
+    await db_pool.execute("UPDATE campaigns SET max_concurrent_calls = 100")
+    at_cap = await gather_why(db_pool, "spring", account_calls_per_second=4.0)
+    assert at_cap.account_pacing.at_cap
+    assert "pacing" in at_cap.reasons
+    assert "due_now" not in at_cap.reasons
+    assert "  due: 3 contacts, going out at the pacing cap (about 1s at 2/s)" in (
+        render_text(at_cap).splitlines()
+    )
+
+
+async def test_concurrency_counts_open_calls_and_dispatching_contacts_against_the_cap(
+    db_pool: Pool,
+) -> None:
+    cid = await busy_campaign(db_pool)
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=100.0)
+    assert (r.concurrency.open_calls, r.concurrency.dispatching, r.concurrency.cap) == (2, 8, 10)
+    assert r.concurrency.at_cap
+    assert r.due_held_by == "concurrency"
+    assert "  due: 3 contacts, waiting for calls in progress to finish (concurrency cap)" in (
+        render_text(r).splitlines()
+    )
+
+    await db_pool.execute("UPDATE campaigns SET max_concurrent_calls = 11 WHERE id = $1", cid)
+    r = await gather_why(db_pool, "spring", account_calls_per_second=100.0)
+    assert not r.concurrency.at_cap
+    assert r.due_held_by is None
+    assert r.reasons[-1] == "due_now"
+
+
+async def test_the_report_lists_suppressed_parked_and_in_flight_work(db_pool: Pool) -> None:
+    await busy_campaign(db_pool)
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=100.0)
+
+    assert r.suppressed == 2
+    assert (r.parked.count, r.parked.contacts) == (2, 5)
+    assert [b.last_error for b in r.parked.first] == [
+        "beyond the idempotency window:\nresend",
+        "HTTP 503",
+    ]
+    assert (r.in_flight_batches, r.in_flight_contacts) == (1, 3)
+    assert r.reasons == [
+        "calling_window",
+        "retry_wait",
+        "not_before",
+        "concurrency",
+        "suppressed",
+        "parked_batches",
+        "batches_in_flight",
+    ]
+
+
+async def test_a_paused_campaign_says_so_and_holds_its_due_contacts(db_pool: Pool) -> None:
+    cid = await new_campaign(db_pool, state="paused", state_reason="authentication failed")
+    await add_contacts(db_pool, cid, 2)
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
+
+    assert r.reasons == ["campaign_not_active"]
+    lines = render_text(r).splitlines()
+    assert "  campaign is paused (authentication failed): nothing is dialed" in lines
+    assert "    `campaign resume spring` dials it again" in lines
+    assert "  due: 2 contacts, held while the campaign is paused" in lines
+    assert not any(line.startswith("  due now") for line in lines)
+
+
+async def test_due_contacts_with_nothing_in_the_way_are_due_now(db_pool: Pool) -> None:
+    cid = await new_campaign(db_pool)
+    await add_contacts(db_pool, cid, 7)
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
+
+    assert r.reasons == ["due_now"]
+    assert render_text(r).splitlines()[-2:] == [
+        "  pacing over the last 10 s: campaign cap 1/s, achieved 0.00/s (0 granted); "
+        "account cap 1/s, achieved 0.00/s (0 granted)",
+        "  due now: 7 contacts (a running daemon will pick them up)",
+    ]
+
+
+async def test_a_campaign_with_nothing_pending_says_so(db_pool: Pool) -> None:
+    cid = await new_campaign(db_pool)
+    await add_contacts(db_pool, cid, 3, state="completed")
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
+
+    assert r.reasons == []
+    assert render_text(r).splitlines()[1:] == [
+        "  calling window: 09:00-20:00 local time, every day",
+        "  no pending contacts (3 contacts in all; `campaign status spring` shows where they are)",
+    ]
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+async def busy_report(pool: Pool) -> WhyReport:
+    await busy_campaign(pool)
+    return await gather_why(pool, "spring", account_calls_per_second=5.0)
+
+
+async def test_the_text_has_one_readable_section_per_reason(db_pool: Pool) -> None:
+    text = render_text(await busy_report(db_pool))
+
+    lines = text.splitlines()
+    assert re.fullmatch(r"campaign spring \(id \d+\), active, as of \d{4}-.* UTC", lines[0])
+    assert lines[1] == (
+        "  calling window: 08:00-21:00 local time, Mon-Fri (default zone Europe/London)"
+    )
+    assert re.match(
+        r"  waiting for the calling window: 6 contacts, first due .* UTC \(in 2h5\dm\)$", lines[2]
+    )
+    assert lines[3] == "    4  opens 2026-11-28T09:00:00+00:00 (09:00 Europe/London)"
+    assert lines[4] == "    2  opens 2026-11-28T14:00:00+00:00 (09:00 America/New_York)"
+    assert re.match(r"  waiting for a retry: 3 contacts, first due .*\(in \d+m\d\ds\)$", lines[5])
+    assert lines[6].startswith("    1  busy, first due ")
+    assert lines[7].startswith("    2  no_answer, first due ")
+    assert lines[8].startswith("  not before a set time (not_before): 1 contact, first due ")
+    assert lines[9:] == [
+        "  pacing over the last 10 s: campaign cap 2/s, achieved 1.50/s (15 granted); "
+        "account cap 5/s, achieved 4.00/s (40 granted)",
+        "  concurrency: 2 calls in progress, 8 dispatching (5 in parked batches), cap 10 "
+        "- at the cap",
+        "  suppressed (do-not-call list): 2 contacts, not dialed",
+        "  parked batches: 2 holding 5 contacts - an operator must decide "
+        "(README: dispatch protocol, step 4)",
+        lines[13],
+        lines[14],
+        "  batches in flight: 1 (3 contacts) awaiting Aculab's answer",
+        "  due: 3 contacts, waiting for calls in progress to finish (concurrency cap)",
+    ]
+    assert re.fullmatch(
+        r"    batch \d+: age \d+s: beyond the idempotency window: resend", lines[13]
+    )
+    assert re.fullmatch(r"    batch \d+: age \d+s: HTTP 503", lines[14])
+
+
+async def test_the_json_document_always_carries_every_key(db_pool: Pool) -> None:
+    doc = json.loads(render_json(await busy_report(db_pool)))
+
+    assert doc["reasons"] == [
+        "calling_window",
+        "retry_wait",
+        "not_before",
+        "concurrency",
+        "suppressed",
+        "parked_batches",
+        "batches_in_flight",
+    ]
+    assert doc["window"]["days"] == [1, 2, 3, 4, 5]
+    assert doc["contacts"] == {
+        "total": 26,
+        "pending": 13,
+        "due": 3,
+        "dispatching": 8,
+        "dialing": 2,
+        "suppressed": 2,
+    }
+    assert doc["campaign_not_active"] is None
+    assert [(g["reason"], g["contacts"]) for g in doc["calling_window"]["groups"]] == [
+        (LONDON_OPENING, 4),
+        (NEW_YORK_OPENING, 2),
+    ]
+    assert [g["last_result"] for g in doc["retry_wait"]["groups"]] == ["busy", "no_answer"]
+    assert doc["not_before"]["contacts"] == 1
+    assert doc["pacing"] == {
+        "window_seconds": 10.0,
+        "campaign": {"cap": 2.0, "granted": 15, "rate": 1.5, "at_cap": False},
+        "account": {"cap": 5.0, "granted": 40, "rate": 4.0, "at_cap": False},
+    }
+    assert doc["concurrency"] == {"open_calls": 2, "dispatching": 8, "cap": 10, "at_cap": True}
+    assert doc["suppressed"] == {"contacts": 2}
+    assert (doc["parked_batches"]["count"], len(doc["parked_batches"]["first"])) == (2, 2)
+    assert doc["batches_in_flight"] == {"count": 1, "contacts": 3}
+    assert doc["due"] == {"contacts": 3, "held_by": "concurrency"}
+    await new_campaign(db_pool, "quiet")
+    quiet = to_json_document(await gather_why(db_pool, "quiet", 1.0))
+    assert set(quiet) == set(doc)
+    assert quiet["reasons"] == []
+    assert quiet["calling_window"] is quiet["due"] is quiet["parked_batches"] is None
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def test_why_prints_text_or_json_with_the_accounts_cps_from_the_settings(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("create", "spring", "--service", "Svc", "--paused")
+    monkeypatch.setenv("CAMPAIGN_ACULAB__CALLS_PER_SECOND", "7.5")
+
+    status, out, err = cli("why", "spring")
+    assert (status, err) == (0, "")
+    assert "  campaign is paused (created paused): nothing is dialed" in out.splitlines()
+
+    status, out, _ = cli("why", "spring", "--json")
+    assert status == 0
+    doc = json.loads(out)
+    assert doc["reasons"] == ["campaign_not_active"]
+    assert doc["pacing"]["account"]["cap"] == 7.5
+
+
+def test_why_refuses_an_unknown_campaign_with_status_2(cli: Cli) -> None:
+    status, out, err = cli("why", "nope")
+
+    assert (status, out) == (2, "")
+    assert one_line(err) == "campaign why: no campaign named 'nope'"
+
+
+def test_why_runs_as_the_real_command(db_dsn: str) -> None:
+    assert run_campaign(db_dsn, "create", "spring", "--service", "Svc").returncode == 0
+
+    proc = run_campaign(db_dsn, "why", "spring", "--json")
+
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert json.loads(proc.stdout)["campaign"]["name"] == "spring"
