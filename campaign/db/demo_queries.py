@@ -19,8 +19,9 @@ async def recreate_database(conn: Conn, name: str) -> None:
 
 CREATE_DEMO_CAMPAIGN = """
 INSERT INTO campaigns (name, service_name, caller_id, calls_per_second, batch_size,
-                       window_start, window_end)
-VALUES ('demo', $1, $2, $3, 50, '00:00', '24:00')
+                       window_start, window_end, max_concurrent_calls, retry_delays)
+VALUES ('demo', $1, $2, $3, 50, '00:00', '24:00', 10000,
+        '{"busy": 2, "no_answer": 2, "failed": 2, "dropped": 2, "unknown": 2}')
 RETURNING id
 """
 
@@ -64,3 +65,51 @@ GROUP BY last_error
 
 async def reasons(conn: Conn, campaign_id: int) -> dict[str, int]:
     return {r["last_error"]: r["n"] for r in await conn.fetch(REASONS, campaign_id)}
+
+
+CAMPAIGN_STATE = "SELECT state FROM campaigns WHERE id = $1"
+
+
+async def campaign_state(conn: Conn, campaign_id: int) -> str:
+    state: str = await conn.fetchval(CAMPAIGN_STATE, campaign_id)
+    return state
+
+
+OUTCOMES = """
+SELECT coalesce(call_cause, 'awaiting') AS cause, count(*)::bigint AS n
+FROM calls WHERE campaign_id = $1 GROUP BY 1
+"""
+
+
+async def outcomes(conn: Conn, campaign_id: int) -> dict[str, int]:
+    return {r["cause"]: r["n"] for r in await conn.fetch(OUTCOMES, campaign_id)}
+
+
+SOURCES = """
+SELECT outcome_source, count(*)::bigint AS n
+FROM calls WHERE campaign_id = $1 AND outcome_source IS NOT NULL GROUP BY 1
+"""
+
+
+async def sources(conn: Conn, campaign_id: int) -> dict[str, int]:
+    return {r["outcome_source"]: r["n"] for r in await conn.fetch(SOURCES, campaign_id)}
+
+
+ATTEMPTS = """
+SELECT attempts, count(*)::bigint AS n FROM contacts WHERE campaign_id = $1 GROUP BY 1
+"""
+
+
+async def attempts(conn: Conn, campaign_id: int) -> dict[int, int]:
+    return {r["attempts"]: r["n"] for r in await conn.fetch(ATTEMPTS, campaign_id)}
+
+
+ATTEMPTS_BY_DESTINATION = """
+SELECT destination, attempts FROM contacts
+WHERE campaign_id = $1 AND state NOT IN ('duplicate')
+"""
+
+
+async def attempts_by_destination(conn: Conn, campaign_id: int) -> list[tuple[str, int]]:
+    rows = await conn.fetch(ATTEMPTS_BY_DESTINATION, campaign_id)
+    return [(r["destination"], r["attempts"]) for r in rows]
