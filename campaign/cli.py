@@ -825,7 +825,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--caller-id", help="`from` for telephone numbers")
     create.add_argument("--batch-size", type=int, metavar="N", help="contacts per request")
     create.add_argument(
-        "--calls-per-second", type=float, metavar="R", help="this campaign's cap (1-10000)"
+        "--calls-per-second",
+        type=float,
+        metavar="R",
+        help="this campaign's calls per second (> 0, at most 100000), under the account's",
     )
     create.add_argument("--max-concurrent-calls", type=int, metavar="N")
     create.add_argument("--max-attempts", type=int, metavar="N", help="attempts per contact")
