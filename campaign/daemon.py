@@ -20,32 +20,23 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
+from aiohttp import web
 
 from campaign.aculab import AculabClient
 from campaign.db import queries as q
+from campaign.db.admin import CONTACT_STATES
 from campaign.db.migrate import MigrationError, migrate, pending
 from campaign.db.pool import DatabaseUnavailable, connect, database_dsn, open_pool
 from campaign.dispatch import DB_ERRORS, Dispatcher, sleep_until_woken
 from campaign.metrics import Metrics, new_metrics
 from campaign.poller import Poller
 from campaign.server import build_app, serve
-from campaign.settings import Settings
+from campaign.settings import ListenerSettings, Settings
 
 log = structlog.get_logger("campaign.daemon")
 
 WAKE_CHANNEL = "campaign_wake"
 GRANT_HISTORY_SECONDS = 120.0
-CONTACT_STATES = (
-    "pending",
-    "dispatching",
-    "dialing",
-    "completed",
-    "failed",
-    "invalid",
-    "suppressed",
-    "duplicate",
-    "cancelled",
-)
 
 
 def daemon_id() -> str:
@@ -120,6 +111,23 @@ async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> 
                         await conn.close()
                 except Exception:  # closing a dead connection: cut it
                     conn.terminate()
+
+
+async def _listen_http(
+    app: web.Application, listener: ListenerSettings, stop: asyncio.Event
+) -> None:
+    try:
+        await serve(app, listener, stop)
+    except OSError as exc:
+        raise ListenerFailed(
+            f"cannot listen on {listener.host}:{listener.port} ({exc.strerror or exc}): "
+            "give each daemon on a host its own listener.port (0 picks a free one), "
+            "or set listener.enabled = false"
+        ) from exc
+
+
+class ListenerFailed(Exception):
+    """The HTTP listener could not start; the message says what to change."""
 
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
@@ -214,7 +222,10 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
         return 1
     except ExceptionGroup as group:
         for failure in group.exceptions:
-            log.error("daemon_crashed", error=repr(failure), exc_info=failure)
+            if isinstance(failure, ListenerFailed):
+                log.error("listener_failed", reason=str(failure))
+            else:
+                log.error("daemon_crashed", error=repr(failure), exc_info=failure)
         return 1
 
 
@@ -250,8 +261,15 @@ async def _run(settings: Settings, stop: asyncio.Event, owner: str) -> int:
                 running["progress"] = tasks.create_task(progress.run(stop))
                 # The outcome tracker: poll (with reconciliation and completion) and push.
                 running["poller"] = tasks.create_task(poller.run(stop))
+                if settings.poller.enabled and not poller.polling:
+                    log.warning(
+                        "polling_disabled",
+                        reason="no aculab.api_access_key: outcomes are learned by push only",
+                    )
                 if settings.listener.enabled:
                     app = build_app(pool, settings.listener, metrics, health)
-                    running["listener"] = tasks.create_task(serve(app, settings.listener, stop))
+                    running["listener"] = tasks.create_task(
+                        _listen_http(app, settings.listener, stop)
+                    )
     log.info("daemon_stopped", owner=owner, submitted=dispatcher.counters.submitted)
     return 0

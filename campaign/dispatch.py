@@ -214,21 +214,6 @@ def prepare(
 
 
 @dataclass(frozen=True)
-class Batch:
-    """A persisted batch being sent by this daemon."""
-
-    id: int
-    campaign_id: int
-    campaign_name: str
-    service_name: str
-    unique_id: str
-    rest_calls: str
-    contact_ids: list[int]
-    sends: int
-    age_seconds: float
-
-
-@dataclass(frozen=True)
 class Budget:
     """A calls-per-second budget as whole calls per sliding window."""
 
@@ -363,19 +348,7 @@ class Dispatcher:
                     previous_owner=row.previous_owner,
                     unique_id=row.unique_id,
                 )
-            self._spawn(
-                Batch(
-                    id=row.id,
-                    campaign_id=row.campaign_id,
-                    campaign_name=row.campaign_name,
-                    service_name=row.service_name,
-                    unique_id=row.unique_id,
-                    rest_calls=row.rest_calls,
-                    contact_ids=row.contact_ids,
-                    sends=row.sends,
-                    age_seconds=row.age_seconds,
-                )
-            )
+            self._spawn(row)
         free -= len(due)
         worked = bool(due)
         async with self.pool.acquire() as conn:
@@ -439,7 +412,7 @@ class Dispatcher:
         async with self.pool.acquire() as conn:
             return await q.nothing_to_do(conn)
 
-    def _spawn(self, batch: Batch) -> None:
+    def _spawn(self, batch: q.BatchRow) -> None:
         task = asyncio.create_task(self._send(batch), name=f"batch-{batch.id}")
         self._inflight[batch.id] = task
         task.add_done_callback(functools.partial(self._finished, batch.id))
@@ -484,7 +457,7 @@ class Dispatcher:
 
     async def claim(
         self, campaign: q.CampaignRow, queue_delay: float = 0.0
-    ) -> tuple[Batch | None, bool]:
+    ) -> tuple[q.BatchRow | None, bool]:
         """Claim up to one batch for `campaign`; returns (batch, whether anything changed).
 
         `queue_delay` is how long Aculab is expected to hold a new start in its
@@ -613,7 +586,7 @@ class Dispatcher:
             unique_id=unique_id,
             calls=len(ids),
         )
-        batch = Batch(
+        batch = q.BatchRow(
             id=batch_id,
             campaign_id=campaign.id,
             campaign_name=campaign.name,
@@ -634,7 +607,7 @@ class Dispatcher:
 
     # --- step 2: send ---------------------------------------------------------------
 
-    async def _send(self, batch: Batch) -> None:
+    async def _send(self, batch: q.BatchRow) -> None:
         with structlog.contextvars.bound_contextvars(
             campaign_id=batch.campaign_id, batch_id=batch.id, unique_id=batch.unique_id
         ):
@@ -686,7 +659,7 @@ class Dispatcher:
 
     # --- step 3: acknowledge ---------------------------------------------------------
 
-    async def _acknowledge(self, batch: Batch, references: list[str]) -> None:
+    async def _acknowledge(self, batch: q.BatchRow, references: list[str]) -> None:
         if len(references) != len(batch.contact_ids):
             await self._park(
                 batch,
@@ -727,7 +700,7 @@ class Dispatcher:
             delay = max(delay, retry_after)
         return delay
 
-    async def _retry_later(self, batch: Batch, exc: TransientError) -> None:
+    async def _retry_later(self, batch: q.BatchRow, exc: TransientError) -> None:
         delay = self.backoff(batch.sends, exc.retry_after)
         window = self._cfg.idempotency_window_seconds
         margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
@@ -748,7 +721,7 @@ class Dispatcher:
             lease_kept=kept,
         )
 
-    async def _park(self, batch: Batch, reason: str) -> None:
+    async def _park(self, batch: q.BatchRow, reason: str) -> None:
         async with self.pool.acquire() as conn:
             await q.park(conn, batch.id, reason)
         self.counters.parked += 1
@@ -762,30 +735,25 @@ class Dispatcher:
 
     # --- step 5: permanent failure ---------------------------------------------------
 
-    async def _pause_for_auth(self, batch: Batch, exc: AuthenticationError) -> None:
+    async def _pause_for_auth(self, batch: q.BatchRow, exc: AuthenticationError) -> None:
         reason = f"Aculab refused the credentials for service {batch.service_name!r}: {exc.reason}"
+        await self._pause_service(batch, reason)
+
+    async def _pause_service(self, batch: q.BatchRow, reason: str) -> None:
+        """Nothing was started: pause the service's campaigns; the contacts wait for resume."""
         self._count_batch("rejected")
         async with self.pool.acquire() as conn, conn.transaction():
             if await q.close_batch(conn, batch.id, "rejected", reason) is None:
                 return
-            # Nothing was started: the contacts wait for the campaign to be resumed.
             await q.return_to_pending(conn, batch.id, reason)
             paused = await q.pause_service(conn, batch.service_name, reason)
         log.error("campaign_paused", service=batch.service_name, campaigns=paused, reason=reason)
 
-    async def _rejected(self, batch: Batch, exc: PermanentError) -> None:
+    async def _rejected(self, batch: q.BatchRow, exc: PermanentError) -> None:
         if exc.status not in REJECTED_STATUSES:
             # Not about a call object (404, 405, ...): likely configuration; pause, lose nothing.
             reason = f"service_start refused for service {batch.service_name!r}: {exc.reason}"
-            self._count_batch("rejected")
-            async with self.pool.acquire() as conn, conn.transaction():
-                if await q.close_batch(conn, batch.id, "rejected", reason) is None:
-                    return
-                await q.return_to_pending(conn, batch.id, reason)
-                paused = await q.pause_service(conn, batch.service_name, reason)
-            log.error(
-                "campaign_paused", service=batch.service_name, campaigns=paused, reason=reason
-            )
+            await self._pause_service(batch, reason)
             return
         if len(batch.contact_ids) == 1:
             state = "invalid" if exc.code in VALIDATION_CODES else "failed"
@@ -799,7 +767,7 @@ class Dispatcher:
             return
         await self._split(batch, exc)
 
-    async def _split(self, batch: Batch, exc: PermanentError) -> None:
+    async def _split(self, batch: q.BatchRow, exc: PermanentError) -> None:
         """Split a rejected list: named bad indices alone, else halves."""
         calls = json.loads(batch.rest_calls)
         n = len(batch.contact_ids)
@@ -861,4 +829,4 @@ async def sleep_until_woken(stop: asyncio.Event, wake: asyncio.Event, seconds: f
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
-__all__ = ["AculabError", "Batch", "Dispatcher", "prepare", "unique_id_for"]
+__all__ = ["AculabError", "Dispatcher", "prepare", "unique_id_for"]

@@ -56,6 +56,14 @@ class Poller:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.poller.concurrency)
         self._failed_rounds = 0
+        self._refused: str | None = None
+
+    @property
+    def polling(self) -> bool:
+        """Polling needs the account's API access key; without it only push is used."""
+        return self.settings.poller.enabled and bool(
+            self.settings.aculab.api_access_key.get_secret_value()
+        )
 
     def wake(self) -> None:
         self._wake.set()
@@ -82,7 +90,7 @@ class Poller:
         """One pass: stashed pushes, completed campaigns, due polls. True if polls were due."""
         await self.reconcile_pushes()
         await self.complete_campaigns()
-        if not self.settings.poller.enabled:
+        if not self.polling:
             return False
         cfg = self.settings.poller
         async with self.pool.acquire() as conn:
@@ -90,8 +98,12 @@ class Poller:
         if not due:
             self._failed_rounds = 0
             return False
+        self._refused = None
         results = await asyncio.gather(*(self._poll(call) for call in due))
         failed = results.count(False)
+        if self._refused is not None:
+            # Once per round, not once per call: the operator has one thing to fix.
+            log.error("poll_refused", reason=self._refused, calls=len(due))
         if failed:
             self._failed_rounds += 1
             log.warning(
@@ -129,7 +141,7 @@ class Poller:
                 return True
             except AuthenticationError as exc:
                 self._observe(began, "permanent")
-                log.error("poll_refused", reason=exc.reason)
+                self._refused = exc.reason
                 return False
             except TransientError as exc:
                 self._observe(began, "transient")

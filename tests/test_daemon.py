@@ -266,3 +266,34 @@ async def test_unreachable_database_is_one_clear_line_and_exit_1(
     assert "secret-pw" not in text
     assert "database_unavailable" in text
     assert "Traceback" not in text
+
+
+async def test_listener_port_in_use_is_one_clear_line_and_exit_1(
+    db_dsn: str, simulator: Simulator, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = daemon_env(simulator, db_dsn, CAMPAIGN_LISTENER__PORT=str(port))
+        proc = await start_daemon(env, tmp_path / "d.log")
+        code = await asyncio.wait_for(proc.wait(), 30)
+    events = [json.loads(line) for line in (tmp_path / "d.log").read_text().splitlines()]
+    assert code == 1
+    failed = [e for e in events if e["event"] == "listener_failed"]
+    assert len(failed) == 1
+    assert "listener.port" in failed[0]["reason"]
+
+
+async def test_without_an_api_key_the_daemon_says_once_that_it_will_not_poll(
+    db_dsn: str, simulator: Simulator, tmp_path: Path
+) -> None:
+    env = daemon_env(simulator, db_dsn, CAMPAIGN_ACULAB__API_ACCESS_KEY="")
+    proc = await start_daemon(env, tmp_path / "d.log")
+    await asyncio.sleep(2.5)
+    assert (await stop(proc))[0] == 0
+    events = [json.loads(line) for line in (tmp_path / "d.log").read_text().splitlines()]
+    assert [e["event"] for e in events].count("polling_disabled") == 1
+    assert not any(e["event"] == "poll_refused" for e in events)

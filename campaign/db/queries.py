@@ -48,6 +48,8 @@ class ContactRow:
 
 @dataclass(frozen=True)
 class BatchRow:
+    """A persisted batch, as a daemon sends it."""
+
     id: int
     campaign_id: int
     campaign_name: str
@@ -56,9 +58,8 @@ class BatchRow:
     rest_calls: str
     contact_ids: list[int]
     sends: int
-    created_at: datetime
     age_seconds: float
-    previous_owner: str | None
+    previous_owner: str | None = None
 
 
 _CAMPAIGN_COLUMNS = """
@@ -498,7 +499,7 @@ SET owner = $1, lease_until = now() + make_interval(secs => $2)
 FROM due, campaigns c
 WHERE b.id = due.id AND c.id = b.campaign_id
 RETURNING b.id, b.campaign_id, c.name AS campaign_name, b.service_name, b.unique_id,
-          b.rest_calls, b.contact_ids, b.sends, b.created_at,
+          b.rest_calls, b.contact_ids, b.sends,
           extract(epoch FROM now() - b.created_at)::float8 AS age_seconds,
           due.previous_owner
 """
@@ -525,7 +526,6 @@ async def take_due_batches(
             rest_calls=r["rest_calls"],
             contact_ids=list(r["contact_ids"]),
             sends=r["sends"],
-            created_at=r["created_at"],
             age_seconds=r["age_seconds"],
             previous_owner=r["previous_owner"],
         )
