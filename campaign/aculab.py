@@ -24,7 +24,6 @@ from campaign.settings import AccountType, AculabSettings, HttpSettings
 
 MAX_TOKEN_LENGTH = 5000  # [doc] service_start: token of up to 5000 characters
 CALL_FIELDS = frozenset({"to", "from", "token", "outbound_parameters", "extra_sip_headers"})
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 class AculabError(Exception):
@@ -228,7 +227,8 @@ class AculabClient:
     async def __aenter__(self) -> Self:
         url = self._aculab.base_url
         tls: ssl.SSLContext | bool
-        if url.scheme == "http" and url.host in _LOOPBACK:
+        if url.scheme == "http":
+            # Settings allow plain http only on loopback or with allow_plain_http.
             tls = False
         else:
             tls = ssl.create_default_context()

@@ -54,6 +54,8 @@ class AculabSettings(Section):
     account_type: AccountType = "production"
     calls_per_second: float = Field(default=1.0, gt=0, le=100_000)
     service_passwords: dict[str, SecretStr] = Field(default_factory=dict)
+    allow_plain_http: bool = False
+    """Allow an http:// base_url off loopback (a simulator in docker-compose; never Aculab)."""
 
     def service_password(self, service: str) -> SecretStr | None:
         found = self.service_passwords.get(service)
@@ -158,8 +160,12 @@ class Settings(BaseSettings):
     @classmethod
     def _loopback_http_only(cls, value: AculabSettings) -> AculabSettings:
         url = value.base_url
-        if url.scheme == "http" and url.host not in {"127.0.0.1", "localhost", "::1", "[::1]"}:
-            raise ValueError("plain http:// is only allowed on loopback; Aculab requires TLS")
+        loopback = url.host in {"127.0.0.1", "localhost", "::1", "[::1]"}
+        if url.scheme == "http" and not (loopback or value.allow_plain_http):
+            raise ValueError(
+                "plain http:// is only allowed on loopback (or with allow_plain_http for a "
+                "simulator); Aculab requires TLS"
+            )
         return value
 
 

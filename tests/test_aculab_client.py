@@ -307,3 +307,5 @@ def test_plain_http_is_refused_except_on_loopback() -> None:
     assert any("aculab" in p for p in err.value.problems)
     client_settings("https://ws-1-2-0.aculabcloud.net")
     client_settings("http://127.0.0.1:8700")
+    # A simulator in docker-compose is reached by name, explicitly allowed.
+    client_settings("http://simulator:8700", allow_plain_http=True)
