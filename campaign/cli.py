@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import csv
 import json
-import signal
 import sys
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
@@ -128,14 +127,7 @@ async def _migrate_async(settings: Settings) -> int:
     return 0
 
 
-def _stop_before_start(signum: int, frame: object) -> None:
-    # SIGTERM while still importing and connecting: nothing is claimed yet, so
-    # stopping is clean. The daemon installs its own handlers once running.
-    raise SystemExit(0)
-
-
 def _run(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _stop_before_start)
     from campaign.daemon import run_daemon
     from campaign.logs import configure_logging
 

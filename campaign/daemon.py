@@ -158,8 +158,9 @@ class Progress:
                 return
             try:
                 await self.report()
-            except DB_ERRORS as exc:
-                log.warning("progress_failed", error=str(exc))
+            except Exception as exc:
+                # Progress lines are a convenience: never a reason to stop dialing.
+                log.warning("progress_failed", error=repr(exc))
 
     async def report(self) -> None:
         async with self.pool.acquire() as conn:

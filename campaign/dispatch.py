@@ -56,6 +56,9 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
+    # asyncpg leaves a connection the server dropped while idle in a state that refuses
+    # the next statement with InternalClientError (MagicStack/asyncpg#784, #1069).
+    asyncpg.exceptions.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -611,41 +614,47 @@ class Dispatcher:
         with structlog.contextvars.bound_contextvars(
             campaign_id=batch.campaign_id, batch_id=batch.id, unique_id=batch.unique_id
         ):
-            margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
-            window = self._cfg.idempotency_window_seconds
-            if batch.age_seconds + margin >= window:
-                await self._park(batch, _beyond_window(batch.age_seconds, window))
-                return
-            if batch.sends > 0:
-                self.counters.resends += 1
-                self._count_batch("resent")
-                log.info(
-                    "batch_resending", sends=batch.sends, age_seconds=round(batch.age_seconds, 1)
-                )
-            began = self._clock()
             try:
-                references = await self.client.service_start(
-                    batch.service_name, batch.rest_calls, batch.unique_id
-                )
-            except TransientError as exc:
-                self._observe(began, "transient")
-                await self._shielded(self._retry_later(batch, exc))
-                return
-            except AuthenticationError as exc:
-                self._observe(began, "permanent")
-                await self._shielded(self._pause_for_auth(batch, exc))
-                return
-            except PermanentError as exc:
-                self._observe(began, "permanent")
-                await self._shielded(self._rejected(batch, exc))
-                return
-            except Exception as exc:
-                # A bug of ours must not turn into a tight loop: back off as for a timeout.
-                log.exception("batch_send_crashed", error=repr(exc))
-                await self._shielded(self._retry_later(batch, TransientError(repr(exc))))
-                return
-            self._observe(began, "ok")
-            await self._shielded(self._acknowledge(batch, references))
+                await self._send_and_record(batch)
+            except DB_ERRORS as exc:
+                # Recording the result failed (the database went away): the batch
+                # stays pending under our lease and is re-sent by its unique_id.
+                log.warning("batch_record_failed", error=repr(exc))
+
+    async def _send_and_record(self, batch: q.BatchRow) -> None:
+        margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
+        window = self._cfg.idempotency_window_seconds
+        if batch.age_seconds + margin >= window:
+            await self._park(batch, _beyond_window(batch.age_seconds, window))
+            return
+        if batch.sends > 0:
+            self.counters.resends += 1
+            self._count_batch("resent")
+            log.info("batch_resending", sends=batch.sends, age_seconds=round(batch.age_seconds, 1))
+        began = self._clock()
+        try:
+            references = await self.client.service_start(
+                batch.service_name, batch.rest_calls, batch.unique_id
+            )
+        except TransientError as exc:
+            self._observe(began, "transient")
+            await self._shielded(self._retry_later(batch, exc))
+            return
+        except AuthenticationError as exc:
+            self._observe(began, "permanent")
+            await self._shielded(self._pause_for_auth(batch, exc))
+            return
+        except PermanentError as exc:
+            self._observe(began, "permanent")
+            await self._shielded(self._rejected(batch, exc))
+            return
+        except Exception as exc:
+            # A bug of ours must not turn into a tight loop: back off as for a timeout.
+            log.exception("batch_send_crashed", error=repr(exc))
+            await self._shielded(self._retry_later(batch, TransientError(repr(exc))))
+            return
+        self._observe(began, "ok")
+        await self._shielded(self._acknowledge(batch, references))
 
     def _observe(self, began: float, result: str) -> None:
         if self.metrics is not None:

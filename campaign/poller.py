@@ -57,6 +57,7 @@ class Poller:
         self._slots = asyncio.Semaphore(settings.poller.concurrency)
         self._failed_rounds = 0
         self._refused: str | None = None
+        self._critical: set[asyncio.Task[outcomes.Recorded]] = set()
 
     @property
     def polling(self) -> bool:
@@ -77,9 +78,16 @@ class Poller:
                 log.error("database_unavailable", error=str(exc), task="poller")
                 busy = False
                 self._failed_rounds += 1
+            except Exception as exc:
+                # Outcomes must keep flowing: a bug here is logged and retried, backing off.
+                log.exception("poller_failed", error=repr(exc))
+                busy = False
+                self._failed_rounds += 1
             if busy and not self._failed_rounds:
                 continue
             await sleep_until_woken(stop, self._wake, self._pause(round_seconds))
+        if self._critical:
+            await asyncio.wait(list(self._critical), timeout=5)
 
     def _pause(self, round_seconds: float) -> float:
         if self._failed_rounds:
@@ -104,7 +112,8 @@ class Poller:
         if self._refused is not None:
             # Once per round, not once per call: the operator has one thing to fix.
             log.error("poll_refused", reason=self._refused, calls=len(due))
-        if failed:
+        if failed == len(due):
+            # Nothing got through: Aculab is down or refusing; back the whole poller off.
             self._failed_rounds += 1
             log.warning(
                 "poll_round_failed",
@@ -113,7 +122,11 @@ class Poller:
                 backoff_s=round(self._pause(1.0), 1),
             )
         else:
+            # Calls whose poll failed are already rescheduled (next_poll_at); slowing
+            # every other call down would stall the campaign behind the cap.
             self._failed_rounds = 0
+            if failed:
+                log.info("poll_round_partly_failed", failed=failed, polled=len(due))
         return len(due) >= cfg.batch
 
     async def _poll(self, call: oq.DueCall) -> bool:
@@ -160,7 +173,12 @@ class Poller:
             ).observe(time.monotonic() - began)
 
     async def _record(self, outcome: outcomes.Outcome, source: outcomes.Source) -> None:
-        result = await asyncio.shield(outcomes.record(self.pool, outcome, source, self.metrics))
+        # Shielded: a stop must not cut an outcome's transaction in half; the task is
+        # kept so that shutdown waits for it and its failure is seen.
+        task = asyncio.create_task(outcomes.record(self.pool, outcome, source, self.metrics))
+        self._critical.add(task)
+        task.add_done_callback(self._critical.discard)
+        result = await asyncio.shield(task)
         if result == "recorded":
             self.stats.recorded += 1
 

@@ -297,3 +297,13 @@ async def test_without_an_api_key_the_daemon_says_once_that_it_will_not_poll(
     events = [json.loads(line) for line in (tmp_path / "d.log").read_text().splitlines()]
     assert [e["event"] for e in events].count("polling_disabled") == 1
     assert not any(e["event"] == "poll_refused" for e in events)
+
+
+async def test_sigterm_while_the_daemon_is_still_starting_exits_0(
+    db_dsn: str, simulator: Simulator, tmp_path: Path
+) -> None:
+    proc = await start_daemon(daemon_env(simulator, db_dsn), tmp_path / "d.log")
+    await asyncio.sleep(0.15)
+    code, took = await stop(proc)
+    assert code == 0
+    assert took < 10

@@ -1,0 +1,397 @@
+"""docker-compose.yml and the Dockerfile, checked against the code (no Docker engine here).
+
+The compose file is parsed and its `${VAR:-default}` interpolation resolved as Compose
+would with an empty environment; then the services, their `campaign` commands (through
+the real argument parser), the environment (through the real settings model), the
+start-up order, the published ports and the image build are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, get_origin
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from campaign.cli import build_parser
+from campaign.db import migrate as migrate_module
+from campaign.db.migrate import MIGRATIONS_DIR
+from campaign.settings import CONFIG_ENV, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+
+SERVICES = {"postgres", "simulator", "migrate", "campaign"}
+ENGINE_SERVICES = ("simulator", "migrate", "campaign")
+SIMULATOR_PORT = 8700
+
+_VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's variable interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}."""
+
+    def one(m: re.Match[str]) -> str:
+        if m["escaped"]:
+            return "$"
+        name = m["braced"] or m["bare"]
+        value = env.get(name)
+        op, arg = m["op"], m["arg"] or ""
+        if op in (":-", "-"):
+            unset = value is None or (op == ":-" and value == "")
+            return arg if unset else str(value)
+        if op in (":?", "?"):
+            if value is None or (op == ":?" and value == ""):
+                raise AssertionError(f"compose would stop: ${{{name}}} is required ({arg})")
+            return value
+        if op in (":+", "+"):
+            return arg if value else ""
+        if value is None:
+            raise AssertionError(f"${{{name}}} has no default: `compose up` would warn and use ''")
+        return value
+
+    return _VARIABLE.sub(one, text)
+
+
+def resolve(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [resolve(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: resolve(value, env) for key, value in node.items()}
+    return node
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The compose file as Compose sees it when no variable is set (every default used)."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(raw, dict)
+    resolved = resolve(raw, {})
+    assert isinstance(resolved, dict)
+    return resolved
+
+
+def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    found = compose["services"][name]
+    assert isinstance(found, dict)
+    return found
+
+
+def command_of(compose: dict[str, Any], name: str) -> list[str]:
+    command = service(compose, name)["command"]
+    words = shlex.split(command) if isinstance(command, str) else command
+    assert all(isinstance(w, str) for w in words), f"{name}: every word must be a string"
+    return list(words)
+
+
+def environment_of(compose: dict[str, Any], name: str) -> dict[str, str]:
+    env = service(compose, name).get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    for key, value in env.items():
+        # Compose refuses booleans here, and YAML turns a bare true/10 into non-strings.
+        assert isinstance(value, str), f"{name}: {key} must be quoted, got {value!r}"
+    return dict(env)
+
+
+def settings_from(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in [k for k in os.environ if k.upper().startswith("CAMPAIGN_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings(None)
+
+
+def published(compose: dict[str, Any], name: str) -> dict[int, str]:
+    """Container port -> host address it is published on."""
+    out: dict[int, str] = {}
+    for entry in service(compose, name).get("ports", []):
+        if isinstance(entry, dict):
+            out[int(entry["target"])] = str(entry.get("host_ip", "0.0.0.0"))
+            continue
+        spec = str(entry).split("/")[0]
+        parts = spec.rsplit(":", 2)
+        host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+        out[int(parts[-1])] = host_ip
+    return out
+
+
+def setting_paths(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from setting_paths(annotation, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def names_a_setting(variable: str) -> bool:
+    """CAMPAIGN_<SECTION>__<KEY> names an existing key (case-insensitive, like the settings)."""
+    if variable.upper() == CONFIG_ENV:
+        return True
+    if not variable.upper().startswith("CAMPAIGN_"):
+        return False
+    parts = [p.lower() for p in variable[len("CAMPAIGN_") :].split("__")]
+    model: type[BaseModel] = Settings
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        # A leaf; one more part is allowed only into a dict (service_passwords__NAME).
+        rest = parts[i + 1 :]
+        return not rest or (get_origin(annotation) is dict and len(rest) == 1)
+    return False  # a whole section is not a key
+
+
+# --- services and commands ------------------------------------------------------------
+
+
+def test_compose_defines_postgres_the_simulator_migrate_and_the_daemon(
+    compose: dict[str, Any],
+) -> None:
+    assert set(compose["services"]) == SERVICES
+
+
+def test_postgres_is_the_official_16_image_on_a_named_volume_with_a_pg_isready_healthcheck(
+    compose: dict[str, Any],
+) -> None:
+    pg = service(compose, "postgres")
+    assert pg["image"] in {"postgres:16", "docker.io/library/postgres:16"} or pg[
+        "image"
+    ].startswith("postgres:16-")
+    volumes = pg["volumes"]
+    assert any(
+        isinstance(v, str)
+        and v.split(":")[0] in compose["volumes"]
+        and ":/var/lib/postgresql/data" in v
+        for v in volumes
+    ), volumes
+    test = pg["healthcheck"]["test"]
+    assert "pg_isready" in (test if isinstance(test, str) else " ".join(test))
+
+
+def test_engine_services_are_built_from_this_repository(compose: dict[str, Any]) -> None:
+    for name in ENGINE_SERVICES:
+        build = service(compose, name)["build"]
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile = (
+            "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        )
+        assert (COMPOSE_FILE.parent / context / dockerfile).resolve() == DOCKERFILE
+
+
+@pytest.mark.parametrize(
+    ("name", "subcommand"),
+    [("simulator", "simulator"), ("migrate", "migrate"), ("campaign", "run")],
+)
+def test_each_engine_service_runs_a_documented_campaign_command(
+    compose: dict[str, Any], name: str, subcommand: str
+) -> None:
+    words = command_of(compose, name)
+    assert words[0] == "campaign"
+    # The real parser: an unknown option or a malformed value exits with status 2.
+    args = build_parser().parse_args(words[1:])
+    assert args.command == subcommand
+
+
+def test_the_simulator_listens_on_every_interface_of_its_container(
+    compose: dict[str, Any],
+) -> None:
+    args = build_parser().parse_args(command_of(compose, "simulator")[1:])
+    assert (args.host, args.port) == ("0.0.0.0", SIMULATOR_PORT)
+    assert [name for name, _ in args.service] == ["MyOutboundService"]
+
+
+# --- environment ------------------------------------------------------------------------
+
+
+def test_every_campaign_variable_names_a_real_setting(compose: dict[str, Any]) -> None:
+    known = ["CAMPAIGN_" + "__".join(p).upper() for p in setting_paths(Settings)]
+    for name in ENGINE_SERVICES:
+        for variable in environment_of(compose, name):
+            if variable.upper().startswith("CAMPAIGN_"):
+                assert names_a_setting(variable), f"{name}: {variable} is not one of {known}"
+
+
+def test_the_setting_name_check_refuses_misspelt_variables() -> None:
+    assert names_a_setting("CAMPAIGN_DATABASE__DSN")
+    assert names_a_setting("campaign_listener__host")
+    assert names_a_setting("CAMPAIGN_ACULAB__SERVICE_PASSWORDS__MyOutboundService")
+    for wrong in (
+        "CAMPAIGN_DATABASE_DSN",
+        "CAMPAIGN_DATABASE__URL",
+        "CAMPAIGN_ACULAB",
+        "CAMPAIGN_ACULAB__BASE_URL__X",
+        "CAMPAIGN_LISTENER__HOST__PORT",
+        "CAMPAIGN_WEB__PORT",
+    ):
+        assert not names_a_setting(wrong), wrong
+
+
+@pytest.mark.parametrize("name", ["migrate", "campaign"])
+def test_the_daemon_environment_loads_as_valid_settings_for_the_compose_network(
+    compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from(environment_of(compose, name), monkeypatch)
+
+    dsn = settings.database.dsn.get_secret_value()
+    assert re.fullmatch(r"postgres(ql)?://campaign:[^@]+@postgres:5432/campaign", dsn), dsn
+    assert settings.aculab.base_url.host == "simulator"
+    assert settings.aculab.base_url.port == SIMULATOR_PORT
+    assert settings.aculab.allow_plain_http
+    assert settings.listener.host == "0.0.0.0"
+
+
+def test_the_daemon_and_migrate_share_one_database(compose: dict[str, Any]) -> None:
+    pg = environment_of(compose, "postgres")
+    expected = (
+        f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/"
+        f"{pg['POSTGRES_DB']}"
+    )
+    for name in ("migrate", "campaign"):
+        assert environment_of(compose, name)["CAMPAIGN_DATABASE__DSN"] == expected
+
+
+def test_the_daemon_uses_the_credentials_the_simulator_accepts(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from(environment_of(compose, "campaign"), monkeypatch)
+    sim = build_parser().parse_args(command_of(compose, "simulator")[1:])
+    aculab = settings.aculab
+
+    assert (aculab.cloud_id, aculab.username) == (sim.cloud_id, sim.username)
+    assert aculab.api_access_key.get_secret_value() == sim.api_key
+    assert aculab.account_type == sim.account_type
+    assert aculab.calls_per_second <= sim.cps
+    for service_name, password in sim.service:
+        configured = aculab.service_password(service_name)
+        assert configured is not None and configured.get_secret_value() == password
+
+
+def test_the_simulator_pushes_outcomes_to_the_daemons_final_page(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from(environment_of(compose, "campaign"), monkeypatch)
+    sim = build_parser().parse_args(command_of(compose, "simulator")[1:])
+    secret = settings.listener.webhook_secret.get_secret_value()
+
+    assert secret
+    assert sim.final_page_url == f"http://campaign:{settings.listener.port}/final/{secret}"
+
+
+# --- start-up order, restarts, ports ----------------------------------------------------------
+
+
+def depends_on(compose: dict[str, Any], name: str) -> dict[str, str]:
+    deps = service(compose, name).get("depends_on", {})
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {dep: spec.get("condition", "service_started") for dep, spec in deps.items()}
+
+
+def test_migrate_waits_for_a_healthy_postgres(compose: dict[str, Any]) -> None:
+    assert depends_on(compose, "migrate") == {"postgres": "service_healthy"}
+    assert service(compose, "migrate").get("restart", "no") == "no"
+
+
+def test_the_daemon_starts_after_migrate_succeeded_and_the_simulator_is_up(
+    compose: dict[str, Any],
+) -> None:
+    deps = depends_on(compose, "campaign")
+    assert deps["migrate"] == "service_completed_successfully"
+    assert deps["simulator"] in {"service_started", "service_healthy"}
+    for dep, condition in deps.items():
+        if condition == "service_healthy":
+            assert "healthcheck" in service(compose, dep), f"{dep} has no healthcheck"
+
+
+def test_the_daemon_is_restarted_and_given_time_to_drain_on_stop(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = service(compose, "campaign")
+    settings = settings_from(environment_of(compose, "campaign"), monkeypatch)
+    grace = daemon.get("stop_grace_period", "10s")
+    match = re.fullmatch(r"(\d+)s", grace)
+    assert match is not None, grace
+
+    assert daemon["restart"] in {"unless-stopped", "always", "on-failure"}
+    assert int(match[1]) > settings.dispatcher.shutdown_grace_seconds
+
+
+def test_the_simulator_and_the_daemons_listener_are_published(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from(environment_of(compose, "campaign"), monkeypatch)
+
+    assert SIMULATOR_PORT in published(compose, "simulator")
+    assert settings.listener.port in published(compose, "campaign")
+
+
+# --- the image ----------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_the_image_is_python_311_slim_with_the_package_installed_editable_beside_migrations() -> (
+    None
+):
+    steps = dockerfile_instructions()
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    workdir = PurePosixPath(next(rest for word, rest in steps if word == "WORKDIR"))
+    copied = {
+        (workdir / dest.rstrip("/")).as_posix() if not dest.startswith("/") else dest.rstrip("/")
+        for word, rest in steps
+        if word == "COPY"
+        for *_, dest in [rest.split()]
+    }
+    installs = [rest for word, rest in steps if word == "RUN" and "pip install" in rest]
+
+    # What campaign/db/migrate.py computes once installed editable from WORKDIR.
+    # Installed editable, the package runs from WORKDIR; migrate.py then looks for
+    # the SQL files where MIGRATIONS_DIR says, relative to its own location.
+    here = Path(migrate_module.__file__).resolve()
+    up = list(here.parents).index(MIGRATIONS_DIR.parent)
+    in_image = (workdir / here.relative_to(REPO)).parents[up] / MIGRATIONS_DIR.name
+    assert in_image.as_posix() in copied
+    assert (workdir / "campaign").as_posix() in copied
+    assert any(re.search(r"pip install (--\S+ )*-e \.( |$)", cmd) for cmd in installs), installs
+
+
+def test_the_build_context_leaves_out_local_state_but_keeps_what_the_image_needs() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for excluded in (".git", ".venv", ".env"):
+        assert excluded in patterns
+    for needed in ("campaign", "migrations", "pyproject.toml", "README.md"):
+        assert not any(Path(needed).match(p) or p.rstrip("/") == needed for p in patterns)
