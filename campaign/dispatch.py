@@ -131,6 +131,19 @@ class Prepared:
     deferred: list[Deferred] = field(default_factory=list)
 
 
+_UNREADABLE = object()
+
+
+def _decode_json(value: Any) -> Any:
+    """A jsonb column read as text; _UNREADABLE when Python cannot decode it."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return _UNREADABLE
+
+
 def window_verdict(
     zones: Sequence[str], window: windows.Window, now: datetime, start_by: datetime
 ) -> Deferred | Skipped | None:
@@ -192,7 +205,13 @@ def prepare(
         if contact.outbound_parameters is not None:
             call["outbound_parameters"] = contact.outbound_parameters
         if contact.extra_sip_headers is not None:
-            call["extra_sip_headers"] = contact.extra_sip_headers
+            headers = _decode_json(contact.extra_sip_headers)
+            if headers is _UNREADABLE:
+                out.skipped.append(
+                    Skipped(contact.id, "invalid", "extra_sip_headers is not readable JSON")
+                )
+                continue
+            call["extra_sip_headers"] = headers
         problem = call_problem(call)
         if problem is not None:
             out.skipped.append(Skipped(contact.id, "invalid", problem))

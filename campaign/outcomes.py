@@ -30,6 +30,7 @@ CALL_CAUSES = frozenset(
 # Our own cause for a call whose outcome never arrived (given up) or could not
 # be read: it has its own retry delay ("unknown") in campaigns.retry_delays.
 UNKNOWN = "unknown"
+MAX_RETRY_DELAY_SECONDS = 365 * 86400.0
 
 Source = Literal["push", "poll", "give_up"]
 Recorded = Literal["recorded", "duplicate", "unknown_reference"]
@@ -65,7 +66,8 @@ def decide(
         return Decision(
             "failed", None, f"{cause} on attempt {attempts} of {max_attempts}: no attempts left"
         )
-    delay = max(0.0, float(delay))
+    # The database refuses delays beyond a year; the cap also guards older rows.
+    delay = min(max(0.0, float(delay)), MAX_RETRY_DELAY_SECONDS)
     return Decision(
         "pending", delay, f"{cause} on attempt {attempts} of {max_attempts}: retry in {delay:g}s"
     )

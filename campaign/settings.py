@@ -52,7 +52,7 @@ class AculabSettings(Section):
     username: str = Field(default="bob@example.com", min_length=1)
     api_access_key: SecretStr = SecretStr("")
     account_type: AccountType = "production"
-    calls_per_second: float = Field(default=1.0, gt=0, le=100_000)
+    calls_per_second: float = Field(default=1.0, ge=0.001, le=100_000)
     service_passwords: dict[str, SecretStr] = Field(default_factory=dict)
     allow_plain_http: bool = False
     """Allow an http:// base_url off loopback (a simulator in docker-compose; never Aculab)."""

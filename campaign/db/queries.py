@@ -183,8 +183,10 @@ async def open_calls(conn: Conn, campaign_id: int) -> int:
 # --- step 1: claim and persist --------------------------------------------------
 
 CLAIM_CONTACTS = """
-SELECT id, destination, caller_id, token, outbound_parameters, extra_sip_headers, dispatch_count,
-       timezone
+SELECT id, destination, caller_id, token, outbound_parameters,
+       -- As text, decoded per contact by the dispatcher: one hostile value (JSON
+       -- nested too deep to decode) must make one contact invalid, not fail the claim.
+       extra_sip_headers::text AS extra_sip_headers, dispatch_count, timezone
 FROM contacts
 WHERE campaign_id = $1
   AND state = 'pending'
