@@ -23,7 +23,7 @@ from campaign.destinations import classify
 from campaign.settings import AccountType, AculabSettings, HttpSettings
 
 MAX_TOKEN_LENGTH = 5000  # [doc] service_start: token of up to 5000 characters
-CALL_FIELDS = frozenset({"to", "from", "token", "outbound_parameters", "extra_sip_headers"})
+CALL_FIELDS = assumptions.CALL_OBJECT_KEYS
 
 
 class AculabError(Exception):
