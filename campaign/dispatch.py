@@ -493,7 +493,9 @@ class Dispatcher:
                 return None, False
             campaign = locked
             size = 1 if trial else campaign.batch_size
-            room = campaign.max_concurrent_calls - await q.open_calls(conn, campaign.id)
+            room = campaign.max_concurrent_calls - await q.open_calls(
+                conn, campaign.id, campaign.max_concurrent_calls
+            )
             if room <= 0:
                 # At the concurrency cap: outcomes free room (the poller wakes us).
                 self._note_pacing(self._cfg.poll_interval)
