@@ -31,10 +31,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+from scratch import create_scratch, drop_scratch
 
 from campaign.aculab import AculabClient
 from campaign.db.migrate import migrate
-from campaign.db.pool import connect, database_dsn, dsn_with_database, open_pool
+from campaign.db.pool import connect, database_dsn, open_pool
 from campaign.dispatch import Dispatcher
 from campaign.logs import configure_logging
 from campaign.settings import LoggingSettings, load_settings
@@ -377,11 +378,7 @@ async def main() -> None:
     name = f"bench_ceiling_{os.getpid()}"
     try:
         async with database_dsn(base.database) as admin_dsn:
-            conn = await connect(admin_dsn)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            await conn.close()
-            dsn = dsn_with_database(admin_dsn, name)
+            dsn = await create_scratch(admin_dsn, name)
             try:
                 engine, cid = await engine_run(dsn, base_url, args.contacts, name)
                 print(
@@ -396,9 +393,7 @@ async def main() -> None:
                 )
                 pg = await pgbench_ceiling(dsn, cid, args.pgbench_seconds, args.pgbench_rows)
             finally:
-                conn = await connect(admin_dsn)
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                await conn.close()
+                await drop_scratch(admin_dsn, name)
         sim_r = await simulator_ceiling(base_url, args.sim_seconds, args.sim_concurrency)
     finally:
         await stop(sim)

@@ -21,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from scratch import create_scratch, drop_scratch
+
 from campaign.aculab import AculabClient
 from campaign.db.migrate import migrate
-from campaign.db.pool import connect, database_dsn, dsn_with_database, open_pool
+from campaign.db.pool import database_dsn, open_pool
 from campaign.dispatch import Dispatcher
 from campaign.logs import configure_logging
 from campaign.settings import LoggingSettings, load_settings
@@ -67,11 +69,7 @@ async def one_run(
     admin_dsn: str, base_url: str, contacts: int, batch_size: int
 ) -> dict[str, float]:
     name = f"bench_{batch_size}_{os.getpid()}"
-    conn = await connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    dsn = dsn_with_database(admin_dsn, name)
+    dsn = await create_scratch(admin_dsn, name)
     settings = load_settings(
         None,
         database={"dsn": dsn},
@@ -89,8 +87,9 @@ async def one_run(
             cid = await c.fetchval(
                 "INSERT INTO campaigns"
                 " (name, service_name, caller_id, batch_size, calls_per_second,"
-                " window_start, window_end)"
-                " VALUES ('bench', $1, '441908273801', $2, 100000, '00:00', '24:00')"
+                " window_start, window_end, max_concurrent_calls)"
+                # No outcomes arrive here: the cap must not stop the run (100,000 at most).
+                " VALUES ('bench', $1, '441908273801', $2, 100000, '00:00', '24:00', 100000)"
                 " RETURNING id",
                 SERVICE,
                 batch_size,
@@ -108,9 +107,7 @@ async def one_run(
             wall = time.perf_counter() - t0
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         dialing = await pool.fetchval("SELECT count(*) FROM contacts WHERE state = 'dialing'")
-    conn = await connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    await drop_scratch(admin_dsn, name)
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     assert dialing == contacts, f"only {dialing} of {contacts} dispatched"
     return {

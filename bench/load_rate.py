@@ -19,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from scratch import create_scratch
+
 from campaign.db.migrate import migrate
-from campaign.db.pool import connect, database_dsn, dsn_with_database
+from campaign.db.pool import connect, database_dsn
 from campaign.settings import load_settings
 
 
@@ -41,11 +43,7 @@ def write_csv(path: Path, rows: int, wide: bool) -> None:
 
 
 async def fresh_database(admin_dsn: str, name: str) -> str:
-    conn = await connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    dsn = dsn_with_database(admin_dsn, name)
+    dsn = await create_scratch(admin_dsn, name)
     conn = await connect(dsn, command_timeout=None)
     await migrate(conn)
     await conn.execute(

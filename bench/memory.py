@@ -22,8 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from scratch import create_scratch, drop_scratch
+
 from campaign.db.migrate import migrate
-from campaign.db.pool import connect, database_dsn, dsn_with_database
+from campaign.db.pool import connect, database_dsn
 from campaign.logs import configure_logging
 from campaign.settings import LoggingSettings, load_settings
 
@@ -133,11 +135,7 @@ async def run(args: argparse.Namespace) -> int:
     dialing = 0
     try:
         async with database_dsn(base.database) as admin_dsn:
-            conn = await connect(admin_dsn)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            await conn.close()
-            dsn = dsn_with_database(admin_dsn, name)
+            dsn = await create_scratch(admin_dsn, name)
             try:
                 await prepare(dsn, args.contacts, args.list_size)
                 env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
@@ -196,9 +194,7 @@ async def run(args: argparse.Namespace) -> int:
                     + (" (it exited by itself: see " + str(log) + ")" if exited_early else "")
                 )
             finally:
-                conn = await connect(admin_dsn)
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                await conn.close()
+                await drop_scratch(admin_dsn, name)
     finally:
         await stop(sim)
     if not samples:

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+from scratch import create_scratch, drop_scratch
 
 from campaign.aculab import AculabClient
 from campaign.db.migrate import migrate
-from campaign.db.pool import connect, database_dsn, dsn_with_database, open_pool
+from campaign.db.pool import database_dsn, open_pool
 from campaign.dispatch import Dispatcher
 from campaign.logs import configure_logging
 from campaign.metrics import new_metrics
@@ -41,11 +42,7 @@ def quantile(values: list[float], q: float) -> float:
 
 async def one_mode(admin_dsn: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     name = f"bench_outcomes_{mode}"
-    conn = await connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    dsn = dsn_with_database(admin_dsn, name)
+    dsn = await create_scratch(admin_dsn, name)
     async with open_pool(dsn, min_size=2, max_size=8) as pool:
         async with pool.acquire() as c:
             await migrate(c)
@@ -116,9 +113,7 @@ async def one_mode(admin_dsn: str, mode: str, args: argparse.Namespace) -> dict[
             for r in rows:
                 sources[r["outcome_source"]] = sources.get(r["outcome_source"], 0) + 1
         await server.stop()
-    conn = await connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    await drop_scratch(admin_dsn, name)
     return {
         "mode": mode,
         "finished": len(rows),

@@ -19,8 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from scratch import create_scratch, drop_scratch
+
 from campaign.db.migrate import migrate
-from campaign.db.pool import connect, database_dsn, dsn_with_database, open_pool
+from campaign.db.pool import database_dsn, open_pool
 from campaign.settings import load_settings
 from campaign.simulator import Simulator, SimulatorConfig
 
@@ -40,11 +42,7 @@ def worst_window(times: list[float], seconds: float = 1.0) -> int:
 
 async def run(admin_dsn: str, daemons: int, args: argparse.Namespace) -> dict[str, float]:
     name = f"bench_pacing_{daemons}"
-    conn = await connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    dsn = dsn_with_database(admin_dsn, name)
+    dsn = await create_scratch(admin_dsn, name)
     config = SimulatorConfig(service_passwords={SERVICE: PASSWORD}, calls_per_second=100_000)
     async with open_pool(dsn) as pool, Simulator(config) as sim:
         async with pool.acquire() as c:
@@ -94,9 +92,7 @@ async def run(admin_dsn: str, daemons: int, args: argparse.Namespace) -> dict[st
         ):
             grants.extend([r["at"]] * r["calls"])
         arrivals = sorted(c.submitted_at for c in sim.calls)
-    conn = await connect(admin_dsn)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    await drop_scratch(admin_dsn, name)
     begin = arrivals[0] + 1.0
     steady = [t for t in arrivals if begin <= t < begin + args.seconds]
     end = next((t for t in arrivals if t >= begin + args.seconds), arrivals[-1])

@@ -113,3 +113,7 @@ WHERE campaign_id = $1 AND state NOT IN ('duplicate')
 async def attempts_by_destination(conn: Conn, campaign_id: int) -> list[tuple[str, int]]:
     rows = await conn.fetch(ATTEMPTS_BY_DESTINATION, campaign_id)
     return [(r["destination"], r["attempts"]) for r in rows]
+
+
+async def drop_database(conn: Conn, name: str) -> None:
+    await conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
