@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal
@@ -97,9 +97,6 @@ class Destination:
     # Telephone only: IANA zones phonenumbers gives for the number; empty when
     # unknown (the calling-window check then fails closed).
     timezones: tuple[str, ...] = ()
-    # Telephone only: ISO 3166 alpha-2 code of the number's country, None for
-    # non-geographic ranges such as +800.
-    region: str | None = None
 
     @property
     def key(self) -> str:
@@ -117,6 +114,18 @@ class Destination:
             user, at, host = address.rpartition("@")
             return f"sip:{user}{at}{host.casefold()}"
         return self.to
+
+    @property
+    def region(self) -> str | None:
+        """Telephone only: ISO 3166 alpha-2 code of the number's country.
+
+        None for non-geographic ranges such as +800 and for other kinds. Worked
+        out on demand: the engine itself never needs it on the claim path.
+        """
+        if self.number is None:
+            return None
+        parsed = phonenumbers.parse("+" + self.number, None)
+        return _iso_region(phonenumbers.region_code_for_number(parsed))
 
     @property
     def is_telephone(self) -> bool:
@@ -260,7 +269,11 @@ def _is_ipv4(value: str) -> bool:
 
 
 def _zones(parsed: phonenumbers.PhoneNumber) -> tuple[str, ...]:
-    return tuple(z for z in pn_timezone.time_zones_for_number(parsed) if z != _UNKNOWN_ZONE)
+    return _zones_of(pn_timezone.time_zones_for_number(parsed))
+
+
+def _zones_of(found: Iterable[str]) -> tuple[str, ...]:
+    return tuple(z for z in found if z != _UNKNOWN_ZONE)
 
 
 def _parse_telephone(value: str, region: str | None, *, tel_prefix: bool) -> Destination | Rejected:
@@ -276,13 +289,12 @@ def _parse_telephone(value: str, region: str | None, *, tel_prefix: bool) -> Des
     # Separators carry no meaning once the shape is checked, so only the digits
     # are handed to phonenumbers; with '+' it also drops a "(0)" trunk prefix.
     international = value.startswith("+") or not digits.startswith("0")
-    hint = ("+" if international else "") + mask(digits)
     if international:
         text, parse_region = "+" + digits, None
     elif region is None:
         # Covers "00" as well: which international prefix applies depends on
         # the country the list was written in.
-        return Rejected(f"{NATIONAL_NEEDS_REGION}: {hint}")
+        return Rejected(f"{NATIONAL_NEEDS_REGION}: {_hint(digits, international)}")
     else:
         text, parse_region = digits, region
 
@@ -290,33 +302,63 @@ def _parse_telephone(value: str, region: str | None, *, tel_prefix: bool) -> Des
         parsed = phonenumbers.parse(text, parse_region)
     except phonenumbers.NumberParseException as exc:
         why = _PARSE_ERROR_TEXT.get(exc.error_type, "not a number")
-        return Rejected(f"not a possible telephone number ({why}): {hint}")
+        return Rejected(f"not a possible telephone number ({why}): {_hint(digits, international)}")
 
     possible = phonenumbers.is_possible_number_with_reason(parsed)
     if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
         why = _NOT_POSSIBLE_TEXT.get(possible, "invalid")
-        return Rejected(f"not a possible telephone number ({why}): {hint}")
+        return Rejected(f"not a possible telephone number ({why}): {_hint(digits, international)}")
 
     number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
-    hint = "+" + mask(number)
-    if not phonenumbers.is_valid_number(parsed):
+    # This is the hot path of every claim, so phonenumbers classifies the number
+    # once: a valid number is exactly one whose type is known (is_valid_number,
+    # number_type and time_zones_for_number would each classify it again;
+    # tests/test_destinations.py holds the equivalence over generated numbers).
+    number_type = phonenumbers.number_type(parsed)
+    if number_type == phonenumbers.PhoneNumberType.UNKNOWN:
         code = parsed.country_code
         country = (
             None if code is None else _iso_region(phonenumbers.region_code_for_country_code(code))
         )
-        return Rejected(f"not a valid telephone number for {country or 'any region'}: {hint}")
+        return Rejected(
+            f"not a valid telephone number for {country or 'any region'}: +{mask(number)}"
+        )
     # Aculab's outbound provider refuses these (§4); rejecting at load time
     # keeps them out of the dial queue and out of the CPS budget.
-    if phonenumbers.number_type(parsed) == phonenumbers.PhoneNumberType.PREMIUM_RATE:
-        return Rejected(f"premium-rate numbers cannot be called: {hint}")
+    if number_type == phonenumbers.PhoneNumberType.PREMIUM_RATE:
+        return Rejected(f"premium-rate numbers cannot be called: +{mask(number)}")
 
     return Destination(
         kind="tel",
         to=("tel:" + number) if tel_prefix else number,
         number=number,
-        timezones=_zones(parsed),
-        region=_iso_region(phonenumbers.region_code_for_number(parsed)),
+        timezones=_zones_of_valid(parsed, number_type),
     )
+
+
+def _hint(digits: str, international: bool) -> str:
+    return ("+" if international else "") + mask(digits)
+
+
+def _zones_of_valid(parsed: phonenumbers.PhoneNumber, number_type: int) -> tuple[str, ...]:
+    """time_zones_for_number for a number already known valid, of type `number_type`."""
+    code = parsed.country_code
+    if code is None:  # parse() always sets it; this keeps the types honest
+        return _zones(parsed)
+    if phonenumbers.is_number_type_geographical(number_type, code):
+        return _zones_of(pn_timezone.time_zones_for_geographical_number(parsed))
+    # phonenumbers gives mobile and other non-geographic numbers their country's
+    # zones, which depend on the country code alone: looked up once per code.
+    zones = _COUNTRY_ZONES.get(code)
+    if zones is None:
+        zones = _COUNTRY_ZONES.setdefault(code, _zones(parsed))
+    return zones
+
+
+# A memo of phonenumbers' static data (country code -> zones), not state: every
+# entry is what time_zones_for_number answers for any non-geographic number of
+# that country.
+_COUNTRY_ZONES: dict[int, tuple[str, ...]] = {}
 
 
 def _iso_region(region: str | None) -> str | None:

@@ -430,3 +430,45 @@ def test_mask_never_shows_the_middle_of_a_twelve_digit_number(number: str) -> No
     assert masked[4:10] == "******"
     assert number[4:10] not in masked
     assert sum(c.isdigit() for c in masked) <= 6
+
+
+# --- one classification per number, same answers as phonenumbers' own calls --------------
+
+# Numbers built from every country code with plausible lengths, so that valid,
+# invalid, geographic, mobile and non-geographic ranges all turn up.
+COUNTRY_CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+INTERNATIONAL = st.builds(
+    lambda code, rest: f"+{code}{rest}",
+    st.sampled_from(COUNTRY_CODES),
+    st.from_regex(r"[0-9]{4,12}", fullmatch=True),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(raw=INTERNATIONAL)
+def test_single_classification_agrees_with_phonenumbers_validity_type_and_zones(raw: str) -> None:
+    result = parse_destination(raw)
+    parsed = phonenumbers.parse(raw, None)
+    valid = phonenumbers.is_valid_number(parsed) and phonenumbers.is_possible_number(parsed)
+    premium = phonenumbers.number_type(parsed) == phonenumbers.PhoneNumberType.PREMIUM_RATE
+    assert isinstance(result, Destination) == (valid and not premium)
+    if isinstance(result, Destination):
+        expected = tuple(
+            z for z in phonenumbers.timezone.time_zones_for_number(parsed) if z != "Etc/Unknown"
+        )
+        assert result.timezones == expected
+        region = phonenumbers.region_code_for_number(parsed)
+        assert result.region == (None if region in ("ZZ", "001") else region)
+
+
+@pytest.mark.parametrize("region", sorted(phonenumbers.SUPPORTED_REGIONS))
+def test_every_country_example_number_keeps_phonenumbers_zones(region: str) -> None:
+    for kind in phonenumbers.PhoneNumberType.values():
+        example = phonenumbers.example_number_for_type(region, kind)
+        if example is None:
+            continue
+        text = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+        result = parse_destination(text)
+        if isinstance(result, Destination):
+            found = phonenumbers.timezone.time_zones_for_number(example)
+            assert result.timezones == tuple(z for z in found if z != "Etc/Unknown")
