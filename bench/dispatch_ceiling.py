@@ -10,7 +10,11 @@
 3. Ceiling (b): the simulator's own capacity, driven by a bare aiohttp client
    sending lists of 100 fresh numbers with unique ids, no database.
 
-Prints the engine's rate as a fraction of the lower ceiling (target >= 0.6).
+Prints the engine's rate as a fraction of the lower ceiling (target >= 0.6), and
+where the machine's CPU went in each part: the engine, PostgreSQL (postmaster and
+every backend) and the simulator, in CPU seconds per 1,000 contacts. Their sum
+bounds what any engine could reach on this machine with the simulator and the
+database beside it: cores / (CPU seconds per contact, all three together).
 
     .venv/bin/python bench/dispatch_ceiling.py [--contacts 200000] [--pgbench-seconds 10]
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+import psutil
 from scratch import create_scratch, drop_scratch
 
 from campaign.aculab import AculabClient
@@ -165,7 +170,58 @@ async def load_contacts(conn: object, cid: int, n: int) -> None:
     await conn.execute("ANALYZE contacts")  # type: ignore[attr-defined]
 
 
-async def engine_run(dsn: str, base_url: str, contacts: int, name: str) -> tuple[dict, int]:
+class CpuMeter:
+    """CPU seconds used so far by this process, the PostgreSQL server and the simulator.
+
+    PostgreSQL's figure is the postmaster's own time, its live backends' and that of
+    every backend it has reaped, so connections opened and closed between two
+    readings are counted.
+    """
+
+    def __init__(self, postmaster: psutil.Process, simulator: psutil.Process) -> None:
+        self.postmaster = postmaster
+        self.simulator = simulator
+
+    @classmethod
+    async def attach(cls, dsn: str, simulator_pid: int) -> CpuMeter:
+        conn = await connect(dsn)
+        try:
+            backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
+            postmaster = backend.parent()
+        finally:
+            await conn.close()
+        if postmaster is None:
+            raise SystemExit("cannot find the PostgreSQL postmaster (is the server local?)")
+        return cls(postmaster, psutil.Process(simulator_pid))
+
+    def read(self) -> dict[str, float]:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pm = self.postmaster.cpu_times()
+        pg = pm.user + pm.system + pm.children_user + pm.children_system
+        for backend in self.postmaster.children():
+            try:
+                t = backend.cpu_times()
+            except psutil.NoSuchProcess:
+                continue  # ended between the listing and the reading: counted as reaped later
+            pg += t.user + t.system
+        sim = self.simulator.cpu_times()
+        return {
+            "engine": me.ru_utime + me.ru_stime,
+            # pgbench runs as a child of this process: its time shows here once reaped.
+            "children": children.ru_utime + children.ru_stime,
+            "postgres": pg,
+            "simulator": sim.user + sim.system,
+        }
+
+
+def per_1000(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {k: (after[k] - before[k]) / max(n, 1) * 1000 for k in before}
+
+
+async def engine_run(
+    dsn: str, base_url: str, contacts: int, name: str, meter: CpuMeter
+) -> tuple[dict, int]:
     settings = load_settings(
         None,
         database={"dsn": dsn},
@@ -200,13 +256,13 @@ async def engine_run(dsn: str, base_url: str, contacts: int, name: str) -> tuple
             await load_contacts(c, cid, contacts)
         async with AculabClient(settings.aculab, settings.http) as client:
             d = Dispatcher(pool, client, settings, "bench")
-            cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu0 = meter.read()
             t0 = time.perf_counter()
             await d.run(asyncio.Event(), until_idle=True)
             wall = time.perf_counter() - t0
-            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu1 = meter.read()
         dialing = await pool.fetchval("SELECT count(*) FROM contacts WHERE state = 'dialing'")
-    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    cpu = per_1000(cpu0, cpu1, dialing)
     if dialing != contacts:
         print(f"WARNING: only {dialing} of {contacts} contacts dialing after the run")
     return {
@@ -215,11 +271,15 @@ async def engine_run(dsn: str, base_url: str, contacts: int, name: str) -> tuple
         "seconds": wall,
         "calls_per_s": dialing / wall,
         "requests": d.counters.batches_submitted,
-        "cpu_s_per_1000": cpu / max(dialing, 1) * 1000,
+        "cpu_s_per_1000": cpu["engine"],
+        "postgres_cpu_s_per_1000": cpu["postgres"],
+        "simulator_cpu_s_per_1000": cpu["simulator"],
     }, cid
 
 
-async def pgbench_ceiling(dsn: str, cid: int, seconds: int, rows: int) -> list[dict]:
+async def pgbench_ceiling(
+    dsn: str, cid: int, seconds: int, rows: int, meter: CpuMeter
+) -> list[dict]:
     if not PGBENCH.exists():
         found = shutil.which("pgbench")
         if found is None:
@@ -238,6 +298,7 @@ async def pgbench_ceiling(dsn: str, cid: int, seconds: int, rows: int) -> list[d
             await conn.execute("VACUUM ANALYZE contacts")
         finally:
             await conn.close()
+        cpu0 = meter.read()
         proc = await asyncio.create_subprocess_exec(
             binary,
             "-n",
@@ -258,6 +319,9 @@ async def pgbench_ceiling(dsn: str, cid: int, seconds: int, rows: int) -> list[d
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), seconds + 60)
+        # pgbench's backends are counted once the postmaster has reaped them.
+        await asyncio.sleep(1)
+        cpu1 = meter.read()
         text = out.decode()
         m = re.search(r"tps = ([\d.]+)", text)
         conn = await connect(dsn)
@@ -281,16 +345,22 @@ async def pgbench_ceiling(dsn: str, cid: int, seconds: int, rows: int) -> list[d
             "contacts_per_s": dialing / seconds if not exhausted else dialing / float(span),
             "exhausted": exhausted,
         }
+        cpu = per_1000(cpu0, cpu1, dialing)
+        r["postgres_cpu_s_per_1000"] = cpu["postgres"]
+        r["pgbench_cpu_s_per_1000"] = cpu["children"]
         results.append(r)
         print(
             f"  pgbench {clients} client(s): {tps:8.1f} batches/s = {tps * LIST:9.0f} contacts/s"
             f" (by tps); {dialing} contacts dialing after {seconds} s"
-            f" = {r['contacts_per_s']:.0f}/s{' (table exhausted)' if exhausted else ''}"
+            f" = {r['contacts_per_s']:.0f}/s{' (table exhausted)' if exhausted else ''};"
+            f" CPU s per 1,000: PostgreSQL {cpu['postgres']:.3f}, pgbench {cpu['children']:.3f}"
         )
     return results
 
 
-async def simulator_ceiling(base_url: str, seconds: float, concurrency: int) -> dict:
+async def simulator_ceiling(
+    base_url: str, seconds: float, concurrency: int, meter: CpuMeter
+) -> dict:
     headers = {
         "Authorization": aiohttp.encode_basic_auth(f"1-2-0/bob@example.com/{SERVICE}", PASSWORD),
         "Accept": "application/json",
@@ -311,6 +381,7 @@ async def simulator_ceiling(base_url: str, seconds: float, concurrency: int) -> 
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
+        cpu0 = meter.read()
         t0 = time.monotonic()
         deadline = t0 + seconds
 
@@ -335,7 +406,10 @@ async def simulator_ceiling(base_url: str, seconds: float, concurrency: int) -> 
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.monotonic() - t0
+        cpu = per_1000(cpu0, meter.read(), calls_started)
     return {
+        "simulator_cpu_s_per_1000": cpu["simulator"],
+        "client_cpu_s_per_1000": cpu["engine"],
         "requests_ok": ok,
         "other_statuses": other,
         "errors": errors,
@@ -379,22 +453,25 @@ async def main() -> None:
     try:
         async with database_dsn(base.database) as admin_dsn:
             dsn = await create_scratch(admin_dsn, name)
+            meter = await CpuMeter.attach(dsn, sim.pid)
             try:
-                engine, cid = await engine_run(dsn, base_url, args.contacts, name)
+                engine, cid = await engine_run(dsn, base_url, args.contacts, name, meter)
                 print(
                     f"engine: {engine['calls_per_s']:,.0f} calls started/s"
                     f" ({engine['dialing']:,} in {engine['seconds']:.1f} s,"
-                    f" {engine['requests']} requests); dispatcher CPU"
-                    f" {engine['cpu_s_per_1000']:.3f} s per 1,000 contacts"
+                    f" {engine['requests']} requests); CPU s per 1,000 contacts: dispatcher"
+                    f" {engine['cpu_s_per_1000']:.3f}, PostgreSQL"
+                    f" {engine['postgres_cpu_s_per_1000']:.3f}, simulator"
+                    f" {engine['simulator_cpu_s_per_1000']:.3f}"
                 )
                 print(
                     f"ceiling (a) pgbench, same database, {args.pgbench_seconds} s per client"
                     f" count, {args.pgbench_rows:,} fresh contacts each:"
                 )
-                pg = await pgbench_ceiling(dsn, cid, args.pgbench_seconds, args.pgbench_rows)
+                pg = await pgbench_ceiling(dsn, cid, args.pgbench_seconds, args.pgbench_rows, meter)
             finally:
                 await drop_scratch(admin_dsn, name)
-        sim_r = await simulator_ceiling(base_url, args.sim_seconds, args.sim_concurrency)
+        sim_r = await simulator_ceiling(base_url, args.sim_seconds, args.sim_concurrency, meter)
     finally:
         await stop(sim)
     print(
@@ -402,7 +479,8 @@ async def main() -> None:
         f" {sim_r['seconds']:.1f} s: {sim_r['calls_per_s']:,.0f} calls/s"
         f" ({sim_r['requests_ok']} requests ok, other {sim_r['other_statuses']},"
         f" errors {sim_r['errors']}; {sim_r['fresh_calls']:,} of {sim_r['calls']:,} to unseen"
-        " numbers)"
+        f" numbers); CPU s per 1,000 calls: simulator {sim_r['simulator_cpu_s_per_1000']:.3f},"
+        f" client {sim_r['client_cpu_s_per_1000']:.3f}"
     )
     best_pg = max(pg, key=lambda r: r["contacts_per_s"]) if pg else None
     ceilings = {"simulator": sim_r["calls_per_s"]}
@@ -412,6 +490,20 @@ async def main() -> None:
             f"best pgbench: {best_pg['contacts_per_s']:,.0f} contacts/s at"
             f" {best_pg['clients']} client(s) (tps x 100 = {best_pg['contacts_per_s_tps']:,.0f})"
         )
+    # The engine shares this machine with PostgreSQL and the simulator, which the
+    # ceilings each had (nearly) to themselves: the CPU all three spend per
+    # contact bounds the engine's rate whatever it does.
+    spent = (
+        engine["cpu_s_per_1000"]
+        + engine["postgres_cpu_s_per_1000"]
+        + engine["simulator_cpu_s_per_1000"]
+    ) / 1000
+    cpu_bound = (nproc or 1) / spent if spent > 0 else float("inf")
+    print(
+        f"CPU: dispatcher + PostgreSQL + simulator spent {spent * 1e6:,.0f} us per contact;"
+        f" {nproc} cores at 100 % would allow {cpu_bound:,.0f} contacts/s; the engine used"
+        f" {engine['calls_per_s'] / cpu_bound:.0%} of that"
+    )
     lower_name = min(ceilings, key=lambda k: ceilings[k])
     lower = ceilings[lower_name]
     ratio = engine["calls_per_s"] / lower
@@ -425,7 +517,14 @@ async def main() -> None:
         print(f"NOTE: measured at {args.contacts:,} contacts, not the 200,000 of issue 6")
     print(
         json.dumps(
-            {"engine": engine, "pgbench": pg, "simulator": sim_r, "ratio": ratio, "seconds": total}
+            {
+                "engine": engine,
+                "pgbench": pg,
+                "simulator": sim_r,
+                "ratio": ratio,
+                "cpu_bound": cpu_bound,
+                "seconds": total,
+            }
         )
     )
 

@@ -375,7 +375,8 @@ class Dispatcher:
         worked = bool(due)
         async with self.pool.acquire() as conn:
             campaigns = await q.active_campaigns(conn)
-        for campaign in self._fair_order(campaigns):
+        order = self._fair_order(campaigns)
+        for i, campaign in enumerate(order):
             if free <= 0:
                 break
             queue_delay = await self.queue_delay(campaign.service_name)
@@ -384,11 +385,13 @@ class Dispatcher:
                 # would wait where pause, cancel and windows cannot reach it.
                 self._note_pacing(min(1.0, queue_delay - self._cfg.max_queue_seconds))
                 continue
-            batch, did = await self.claim(campaign, queue_delay)
+            # The free send slots are shared out among the campaigns still to go.
+            share = max(1, free // (len(order) - i))
+            claimed, did = await self.claim(campaign, queue_delay, share)
             worked = worked or did
-            if batch is not None:
+            for batch in claimed:
                 self._spawn(batch)
-                free -= 1
+            free -= len(claimed)
         return worked
 
     async def queue_delay(self, service: str) -> float:
@@ -478,28 +481,28 @@ class Dispatcher:
     # --- step 1: claim and persist ------------------------------------------------
 
     async def claim(
-        self, campaign: q.CampaignRow, queue_delay: float = 0.0
-    ) -> tuple[q.BatchRow | None, bool]:
-        """Claim up to one batch for `campaign`; returns (batch, whether anything changed).
+        self, campaign: q.CampaignRow, queue_delay: float = 0.0, batches: int = 1
+    ) -> tuple[list[q.BatchRow], bool]:
+        """Claim up to `batches` batches for `campaign`: (the batches, whether anything changed).
 
         `queue_delay` is how long Aculab is expected to hold a new start in its
-        queue: the calling window must still be open then.
+        queue: the calling window must still be open then. Several batches in
+        one claim share its fixed cost (campaign and budget locks, suppression
+        and duplicate checks, commit) when the sender has room for them.
         """
         account_cps = self.settings.aculab.calls_per_second
         trial = self.settings.aculab.account_type == "trial"
         async with self.pool.acquire() as conn, conn.transaction():
             locked = await q.lock_active_campaign(conn, campaign.id)
             if locked is None:
-                return None, False
-            campaign = locked
+                return [], False
+            campaign, open_calls = locked
             size = 1 if trial else campaign.batch_size
-            room = campaign.max_concurrent_calls - await q.open_calls(
-                conn, campaign.id, campaign.max_concurrent_calls
-            )
+            room = campaign.max_concurrent_calls - open_calls
             if room <= 0:
                 # At the concurrency cap: outcomes free room (the poller wakes us).
                 self._note_pacing(self._cfg.poll_interval)
-                return None, False
+                return [], False
             budgets = {
                 "account": Budget.of(account_cps, self._cfg.pacing_guard_seconds),
                 f"campaign:{campaign.id}": Budget.of(
@@ -515,11 +518,13 @@ class Dispatcher:
             available, wait = pacing_room(grants, budgets, need)
             if available < need:
                 self._note_pacing(wait)
-                return None, False
-            grant = min(size, room, available)
-            contacts = await q.claim_contacts(conn, campaign.id, size)
+                return [], False
+            grant = min(size * max(1, batches), room, available)
+            # Whole batches are claimed even when the grant is smaller, so that
+            # contacts skipped below (invalid, duplicate...) do not leave it short.
+            contacts = await q.claim_contacts(conn, campaign.id, size * -(-grant // size))
             if not contacts:
-                return None, False
+                return [], False
             now = datetime.now(UTC)
             prepared = prepare(contacts, campaign, now, now + timedelta(seconds=queue_delay))
             skipped, ready = prepared.skipped, prepared.ready
@@ -578,39 +583,45 @@ class Dispatcher:
                     earliest=min(d.until for d in deferred).isoformat(),
                 )
             if not ready:
-                return None, True
-            ids = [r.contact.id for r in ready]
-            unique_id = unique_id_for(
-                self._cfg.namespace,
-                campaign.id,
-                [(r.contact.id, r.contact.dispatch_count + 1) for r in ready],
-            )
-            rest_calls = encode_rest_calls(
-                [r.call for r in ready], self.settings.aculab.account_type
-            )
-            batch_id = await q.insert_batch(
-                conn,
+                return [], True
+            claimed = []
+            for start in range(0, len(ready), size):
+                claimed.append(await self._persist(conn, campaign, ready[start : start + size]))
+            await q.record_grant(conn, list(budgets), len(ready))
+        # Committed: from here on a crash loses nothing, each batch is re-sent by id.
+        self.counters.claimed += len(ready)
+        for batch in claimed:
+            log.debug(
+                "batch_persisted",
                 campaign_id=campaign.id,
-                parent_id=None,
-                service_name=campaign.service_name,
-                unique_id=unique_id,
-                rest_calls=rest_calls,
-                contact_ids=ids,
-                owner=self.owner,
-                lease_seconds=self._cfg.lease_seconds,
+                batch_id=batch.id,
+                unique_id=batch.unique_id,
+                calls=len(batch.contact_ids),
             )
-            await q.mark_dispatching(conn, batch_id, ids)
-            await q.record_grant(conn, list(budgets), len(ids))
-        # Committed: from here on a crash loses nothing, the batch is re-sent by id.
-        self.counters.claimed += len(ids)
-        log.debug(
-            "batch_persisted",
-            campaign_id=campaign.id,
-            batch_id=batch_id,
-            unique_id=unique_id,
-            calls=len(ids),
+        return claimed, True
+
+    async def _persist(
+        self, conn: q.Conn, campaign: q.CampaignRow, ready: Sequence[Ready]
+    ) -> q.BatchRow:
+        """Store one batch with its exact request and id; its contacts become dispatching."""
+        ids = [r.contact.id for r in ready]
+        unique_id = unique_id_for(
+            self._cfg.namespace,
+            campaign.id,
+            [(r.contact.id, r.contact.dispatch_count + 1) for r in ready],
         )
-        batch = q.BatchRow(
+        rest_calls = encode_rest_calls([r.call for r in ready], self.settings.aculab.account_type)
+        batch_id = await q.insert_dispatching_batch(
+            conn,
+            campaign_id=campaign.id,
+            service_name=campaign.service_name,
+            unique_id=unique_id,
+            rest_calls=rest_calls,
+            contact_ids=ids,
+            owner=self.owner,
+            lease_seconds=self._cfg.lease_seconds,
+        )
+        return q.BatchRow(
             id=batch_id,
             campaign_id=campaign.id,
             campaign_name=campaign.name,
@@ -621,7 +632,6 @@ class Dispatcher:
             sends=0,
             age_seconds=0.0,
         )
-        return batch, True
 
     def _note_pacing(self, seconds: float) -> None:
         seconds = max(0.005, seconds)
@@ -698,7 +708,7 @@ class Dispatcher:
                 "the contacts by hand",
             )
             return
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
             done = await q.acknowledge(
                 conn, batch.id, references, self.settings.poller.first_poll_delay
             )

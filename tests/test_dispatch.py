@@ -73,7 +73,7 @@ async def test_batch_payload_is_stored_before_sending_and_sent_byte_for_byte(
     )
     async with dispatcher(db_pool, settings) as d:
         campaign = (await _active(db_pool))[0]
-        batch, _ = await d.claim(campaign)
+        [batch], _ = await d.claim(campaign)
         assert batch is not None
         stored = await db_pool.fetchrow(
             "SELECT rest_calls, unique_id, state FROM batches WHERE id = $1", batch.id
@@ -231,7 +231,7 @@ async def test_batch_older_than_the_idempotency_window_is_parked_not_resent(
     cid = await create_campaign(db_pool)
     await add_contacts(db_pool, cid, uk_numbers(3))
     async with dispatcher(db_pool, settings) as d:
-        batch, _ = await d.claim((await _active(db_pool))[0])
+        [batch], _ = await d.claim((await _active(db_pool))[0])
         assert batch is not None
     # The daemon died after sending; nobody came back within the window.
     await db_pool.execute(
@@ -279,7 +279,7 @@ async def test_batch_of_a_dead_daemon_is_taken_over_and_resent_with_its_stored_i
     numbers = uk_numbers(4)
     await add_contacts(db_pool, cid, numbers)
     async with dispatcher(db_pool, settings, owner="dead-daemon") as d:
-        batch, _ = await d.claim((await _active(db_pool))[0])
+        [batch], _ = await d.claim((await _active(db_pool))[0])
         assert batch is not None
         # It sent the request, then died before acknowledging.
         original = await d.client.service_start(SERVICE, batch.rest_calls, batch.unique_id)
@@ -300,7 +300,7 @@ async def test_live_lease_of_another_daemon_is_not_taken_over(
     cid = await create_campaign(db_pool)
     await add_contacts(db_pool, cid, uk_numbers(2))
     async with dispatcher(db_pool, settings, owner="busy-daemon") as d:
-        batch, _ = await d.claim((await _active(db_pool))[0])
+        [batch], _ = await d.claim((await _active(db_pool))[0])
         assert batch is not None
     async with dispatcher(db_pool, settings, owner="other") as other:
         assert await other.tick() is False

@@ -78,11 +78,22 @@ ORDER BY priority DESC, id
 
 # FOR SHARE: a concurrent pause/cancel waits for this claim to commit, and a
 # claim that starts after the pause committed sees the campaign inactive.
+# open_calls is what counts against max_concurrent_calls: calls started and not
+# finished plus contacts being started now, each counted only up to the cap,
+# because the claim needs "how much room is left" and an uncapped count grows
+# with the campaign (seen at 150,000 calls).
 LOCK_ACTIVE_CAMPAIGN = f"""
-SELECT {_CAMPAIGN_COLUMNS}
-FROM campaigns
+SELECT {_CAMPAIGN_COLUMNS},
+       (SELECT count(*) FROM (
+            SELECT 1 FROM calls
+            WHERE campaign_id = c.id AND finished_at IS NULL LIMIT c.max_concurrent_calls) AS o)
+     + (SELECT count(*) FROM (
+            SELECT 1 FROM contacts
+            WHERE campaign_id = c.id AND state = 'dispatching' LIMIT c.max_concurrent_calls) AS d)
+       AS open_calls
+FROM campaigns c
 WHERE id = $1 AND state = 'active'
-FOR SHARE
+FOR SHARE OF c
 """
 
 
@@ -108,21 +119,22 @@ async def active_campaigns(conn: Conn) -> list[CampaignRow]:
     return [_campaign(r) for r in await conn.fetch(ACTIVE_CAMPAIGNS)]
 
 
-async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | None:
+async def lock_active_campaign(conn: Conn, campaign_id: int) -> tuple[CampaignRow, int] | None:
+    """The campaign, locked FOR SHARE, and its open calls (at most 2 x cap); None if inactive."""
     row = await conn.fetchrow(LOCK_ACTIVE_CAMPAIGN, campaign_id)
-    return _campaign(row) if row is not None else None
+    return (_campaign(row), row["open_calls"]) if row is not None else None
 
 
 # --- pacing: a sliding one-second window shared by every daemon -------------------
 
-ENSURE_BUDGETS = """
-INSERT INTO rate_budgets (key) SELECT unnest($1::text[]) ON CONFLICT (key) DO NOTHING
-"""
-
-# The budget rows' locks serialise every daemon's claims on the same budgets;
-# the order by key keeps two claims from deadlocking.
+# The budget rows' locks serialise every daemon's claims on the same budgets.
+# One upsert creates a budget on first use and locks it either way (DO UPDATE
+# takes the row lock, as FOR UPDATE would); rows are taken in key order so two
+# claims cannot deadlock.
 LOCK_BUDGETS = """
-SELECT key FROM rate_budgets WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE
+INSERT INTO rate_budgets (key)
+SELECT k FROM unnest($1::text[]) AS k ORDER BY k
+ON CONFLICT (key) DO UPDATE SET key = excluded.key
 """
 
 RECENT_GRANTS = """
@@ -151,8 +163,11 @@ class Grant:
 async def lock_budgets(
     conn: Conn, keys: Sequence[str], window_seconds: float
 ) -> dict[str, list[Grant]]:
-    """Lock the budgets and return each one's grants inside the window, oldest first."""
-    await conn.execute(ENSURE_BUDGETS, list(keys))
+    """Lock the budgets and return each one's grants inside the window, oldest first.
+
+    The grants are read by a statement after the lock, so they include every
+    grant committed by a claim that held the lock before us.
+    """
     await conn.execute(LOCK_BUDGETS, list(keys))
     grants: dict[str, list[Grant]] = {k: [] for k in keys}
     for r in await conn.fetch(RECENT_GRANTS, list(keys), window_seconds):
@@ -166,22 +181,6 @@ async def record_grant(conn: Conn, keys: Sequence[str], calls: int) -> None:
 
 async def forget_old_grants(conn: Conn, older_than_seconds: float) -> None:
     await conn.execute(FORGET_OLD_GRANTS, older_than_seconds)
-
-
-# Counted only up to the cap: the claim needs "how much room is left", and an
-# uncapped count of open calls grows with the campaign (seen at 150,000 calls).
-OPEN_CALLS = """
-SELECT (SELECT count(*) FROM (
-            SELECT 1 FROM calls WHERE campaign_id = $1 AND finished_at IS NULL LIMIT $2) AS c)
-     + (SELECT count(*) FROM (
-            SELECT 1 FROM contacts WHERE campaign_id = $1 AND state = 'dispatching' LIMIT $2) AS d)
-"""
-
-
-async def open_calls(conn: Conn, campaign_id: int, cap: int) -> int:
-    """Calls started and not finished, plus those being started now (at most 2 x cap)."""
-    n: int = await conn.fetchval(OPEN_CALLS, campaign_id, cap)
-    return n
 
 
 # --- step 1: claim and persist --------------------------------------------------
@@ -301,11 +300,22 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
 RETURNING id
 """
 
-MARK_DISPATCHING = """
-UPDATE contacts
-SET state = 'dispatching', dispatch_count = dispatch_count + 1, batch_id = $1,
-    last_error = NULL, updated_at = now()
-WHERE id = ANY($2::bigint[])
+# A new batch and its contacts, in one statement: the contacts become
+# `dispatching` and name the batch; each one's dispatch count rises, so a later
+# batch of the same contact gets a new unique_id.
+INSERT_DISPATCHING_BATCH = """
+WITH b AS (
+    INSERT INTO batches (campaign_id, parent_id, service_name, unique_id, rest_calls,
+                         contact_ids, owner, lease_until)
+    VALUES ($1, NULL, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+    RETURNING id
+), marked AS (
+    UPDATE contacts
+    SET state = 'dispatching', dispatch_count = dispatch_count + 1,
+        batch_id = (SELECT id FROM b), last_error = NULL, updated_at = now()
+    WHERE id = ANY($5::bigint[])
+)
+SELECT id FROM b
 """
 
 
@@ -335,25 +345,49 @@ async def insert_batch(
     return batch_id
 
 
-async def mark_dispatching(conn: Conn, batch_id: int, contact_ids: Sequence[int]) -> None:
-    await conn.execute(MARK_DISPATCHING, batch_id, list(contact_ids))
+async def insert_dispatching_batch(
+    conn: Conn,
+    *,
+    campaign_id: int,
+    service_name: str,
+    unique_id: str,
+    rest_calls: str,
+    contact_ids: Sequence[int],
+    owner: str,
+    lease_seconds: float,
+) -> int:
+    """Store a new batch under our lease and mark its contacts `dispatching`."""
+    batch_id: int = await conn.fetchval(
+        INSERT_DISPATCHING_BATCH,
+        campaign_id,
+        service_name,
+        unique_id,
+        rest_calls,
+        list(contact_ids),
+        owner,
+        lease_seconds,
+    )
+    return batch_id
 
 
 # --- step 3: acknowledge ---------------------------------------------------------
 
-ACK_BATCH = """
-UPDATE batches
-SET state = 'submitted', references_ = $2::text[], sends = sends + 1, finished_at = now(),
-    last_error = NULL, owner = NULL, lease_until = NULL
-WHERE id = $1 AND state = 'pending'
-RETURNING contact_ids
-"""
-
+# One statement, so it is atomic without a transaction: the batch becomes
+# `submitted` with its references, each contact gets its reference (in request
+# order) and a `calls` row for the poller. Only a pending batch is acknowledged;
+# a batch another daemon already acknowledged returns no row and changes nothing.
 # A contact that was cancelled while its batch was in flight keeps its state,
 # but its call is still recorded: it was started.
-ACK_CONTACTS = """
-WITH t AS (
-    SELECT * FROM unnest($2::bigint[], $3::text[]) AS t(contact_id, reference)
+ACKNOWLEDGE = """
+WITH b AS (
+    UPDATE batches
+    SET state = 'submitted', references_ = $2::text[], sends = sends + 1, finished_at = now(),
+        last_error = NULL, owner = NULL, lease_until = NULL
+    WHERE id = $1 AND state = 'pending'
+    RETURNING contact_ids
+), t AS (
+    SELECT t.contact_id, t.reference
+    FROM b, unnest(b.contact_ids, $2::text[]) AS t(contact_id, reference)
 ), u AS (
     UPDATE contacts c
     SET state = CASE WHEN c.state = 'dispatching' THEN 'dialing' ELSE c.state END,
@@ -361,10 +395,12 @@ WITH t AS (
     FROM t
     WHERE c.id = t.contact_id AND c.batch_id = $1
     RETURNING c.id, c.campaign_id, c.attempts, c.reference
+), recorded AS (
+    INSERT INTO calls (contact_id, campaign_id, batch_id, attempt, reference, next_poll_at)
+    SELECT id, campaign_id, $1, attempts, reference, now() + make_interval(secs => $3::float8)
+    FROM u
 )
-INSERT INTO calls (contact_id, campaign_id, batch_id, attempt, reference, next_poll_at)
-SELECT id, campaign_id, $1, attempts, reference, now() + make_interval(secs => $4::float8)
-FROM u
+SELECT contact_ids FROM b
 """
 
 
@@ -374,14 +410,13 @@ async def acknowledge(
     """Store the references against the contacts in request order.
 
     Returns the contact ids, or None when the batch was already acknowledged
-    (by a daemon that took it over): then nothing changes.
+    (by a daemon that took it over): then nothing changes. The caller must
+    have checked that there is one reference per contact (it parks the batch
+    otherwise).
     """
-    contact_ids: list[int] | None = await conn.fetchval(ACK_BATCH, batch_id, list(references))
-    if contact_ids is None:
-        return None
-    if len(contact_ids) != len(references):
-        raise ValueError(f"{len(references)} references for {len(contact_ids)} contacts")
-    await conn.execute(ACK_CONTACTS, batch_id, contact_ids, list(references), first_poll_delay)
+    contact_ids: list[int] | None = await conn.fetchval(
+        ACKNOWLEDGE, batch_id, list(references), first_poll_delay
+    )
     return contact_ids
 
 
