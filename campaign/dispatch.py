@@ -67,6 +67,11 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 # to find the bad call objects. Other 4xx point at configuration, not contacts.
 DUPLICATE_REASON = "same destination as another contact of this campaign"
 
+# Slack between this daemon's clock and the database's when deciding which
+# grants came after an open-calls count: counting a grant twice only makes the
+# bound safer.
+OPEN_COUNT_MARGIN = 0.1
+
 REJECTED_STATUSES = frozenset({400, 413, 422})
 VALIDATION_CODES = frozenset({"0001", "0002", "0003", "0004"})
 
@@ -310,6 +315,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._pacing_wait: float | None = None
         self._queue_cache: dict[str, tuple[float, float]] = {}
+        # campaign id -> (when, open calls counted then), see _open_calls.
+        self._open_counts: dict[int, tuple[float, int]] = {}
         self._rotation = 0
 
     @property
@@ -496,22 +503,24 @@ class Dispatcher:
             locked = await q.lock_active_campaign(conn, campaign.id)
             if locked is None:
                 return [], False
-            campaign, open_calls = locked
+            campaign = locked
             size = 1 if trial else campaign.batch_size
-            room = campaign.max_concurrent_calls - open_calls
+            campaign_key = f"campaign:{campaign.id}"
+            budgets = {
+                "account": Budget.of(account_cps, self._cfg.pacing_guard_seconds),
+                campaign_key: Budget.of(campaign.calls_per_second, self._cfg.pacing_guard_seconds),
+            }
+            grants_window = max(b.window for b in budgets.values())
+            grants = await q.lock_budgets(conn, list(budgets), grants_window)
+            # Counted under the account budget's lock, which every claim of every
+            # daemon holds until it commits: two claims cannot both use the same room.
+            room = campaign.max_concurrent_calls - await self._open_calls(
+                conn, campaign, grants[campaign_key], grants_window, size * max(1, batches)
+            )
             if room <= 0:
                 # At the concurrency cap: outcomes free room (the poller wakes us).
                 self._note_pacing(self._cfg.poll_interval)
                 return [], False
-            budgets = {
-                "account": Budget.of(account_cps, self._cfg.pacing_guard_seconds),
-                f"campaign:{campaign.id}": Budget.of(
-                    campaign.calls_per_second, self._cfg.pacing_guard_seconds
-                ),
-            }
-            grants = await q.lock_budgets(
-                conn, list(budgets), max(b.window for b in budgets.values())
-            )
             # Wait for a full batch (at most one second's worth): fewer, fuller
             # requests, and never more than the budget in any one-second window.
             need = min(size, room, *(b.calls for b in budgets.values()))
@@ -632,6 +641,34 @@ class Dispatcher:
             sends=0,
             age_seconds=0.0,
         )
+
+    async def _open_calls(
+        self,
+        conn: q.Conn,
+        campaign: q.CampaignRow,
+        recent: list[q.Grant],
+        grants_window: float,
+        want: int,
+    ) -> int:
+        """The campaign's open calls, or a bound above them; called under the budget lock.
+
+        Counting is exact but grows with the calls open (up to the cap), so an
+        exact count is reused for less than the window of grants just read: the
+        count then, plus every grant recorded since by any daemon, bounds the
+        calls open now from above (calls that finished since are not taken off).
+        The count is redone when the bound would hold this claim back.
+        """
+        now = self._clock()
+        cap = campaign.max_concurrent_calls
+        counted = self._open_counts.get(campaign.id)
+        if counted is not None and now - counted[0] + OPEN_COUNT_MARGIN < grants_window:
+            since = now - counted[0] + OPEN_COUNT_MARGIN
+            bound = counted[1] + sum(g.calls for g in recent if g.age <= since)
+            if bound + want <= cap:
+                return bound
+        n = await q.open_calls(conn, campaign.id, cap)
+        self._open_counts[campaign.id] = (now, n)
+        return n
 
     def _note_pacing(self, seconds: float) -> None:
         seconds = max(0.005, seconds)

@@ -10,10 +10,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from campaign.db import queries as q
 from campaign.simulator import Simulator, SimulatorConfig
 from tests.engine import (
     add_contacts,
     create_campaign,
+    dispatcher,
     engine_settings,
     run_engine,
     states,
@@ -98,6 +100,58 @@ async def test_concurrency_cap_is_never_exceeded(
     batches = await db_pool.fetch("SELECT cardinality(contact_ids) AS n FROM batches")
     assert max(b["n"] for b in batches) <= 7
     assert 0 < peak <= 7
+
+
+async def test_two_daemons_claiming_at_once_share_one_concurrency_cap(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(sim_config())
+    settings = engine_settings(sim)
+    cid = await create_campaign(db_pool, batch_size=5, max_concurrent_calls=5)
+    await add_contacts(db_pool, cid, uk_numbers(20))
+    async with db_pool.acquire() as conn:
+        [campaign] = await q.active_campaigns(conn)
+    keys = ["account", f"campaign:{cid}"]
+    await db_pool.execute(q.LOCK_BUDGETS, keys)
+    # Both claims get as far as the budget lock while another transaction holds
+    # it, then go through one after the other.
+    async with db_pool.acquire() as blocker:
+        tr = blocker.transaction()
+        await tr.start()
+        await blocker.execute(q.LOCK_BUDGETS, keys)
+        async with (
+            dispatcher(db_pool, settings, owner="a") as a,
+            dispatcher(db_pool, settings, owner="b") as b,
+        ):
+            both = asyncio.gather(a.claim(campaign, batches=4), b.claim(campaign, batches=4))
+            await asyncio.sleep(0.5)
+            await tr.rollback()
+            results = await both
+    claimed = [len(batch.contact_ids) for batches, _ in results for batch in batches]
+    assert sum(claimed) == 5
+    assert await states(db_pool, cid) == {"dispatching": 5, "pending": 15}
+
+
+async def test_reused_open_call_count_never_admits_beyond_the_cap(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    # Calls last longer than the run: every claim after the first must see the
+    # calls granted since the last exact count, from this daemon or another.
+    sim = await make_simulator(
+        SimulatorConfig(cause_weights={"completed": 1.0}, answered_seconds=(30, 40))
+    )
+    settings = engine_settings(sim)
+    cid = await create_campaign(db_pool, batch_size=3, max_concurrent_calls=10)
+    await add_contacts(db_pool, cid, uk_numbers(60))
+    async with db_pool.acquire() as conn:
+        [campaign] = await q.active_campaigns(conn)
+    async with (
+        dispatcher(db_pool, settings, owner="a") as a,
+        dispatcher(db_pool, settings, owner="b") as b,
+    ):
+        for d in (a, b, a, b, a, a, b, b):
+            await d.claim(campaign)
+    assert await states(db_pool, cid) == {"dispatching": 10, "pending": 50}
 
 
 @pytest.mark.slow

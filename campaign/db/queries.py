@@ -78,22 +78,11 @@ ORDER BY priority DESC, id
 
 # FOR SHARE: a concurrent pause/cancel waits for this claim to commit, and a
 # claim that starts after the pause committed sees the campaign inactive.
-# open_calls is what counts against max_concurrent_calls: calls started and not
-# finished plus contacts being started now, each counted only up to the cap,
-# because the claim needs "how much room is left" and an uncapped count grows
-# with the campaign (seen at 150,000 calls).
 LOCK_ACTIVE_CAMPAIGN = f"""
-SELECT {_CAMPAIGN_COLUMNS},
-       (SELECT count(*) FROM (
-            SELECT 1 FROM calls
-            WHERE campaign_id = c.id AND finished_at IS NULL LIMIT c.max_concurrent_calls) AS o)
-     + (SELECT count(*) FROM (
-            SELECT 1 FROM contacts
-            WHERE campaign_id = c.id AND state = 'dispatching' LIMIT c.max_concurrent_calls) AS d)
-       AS open_calls
-FROM campaigns c
+SELECT {_CAMPAIGN_COLUMNS}
+FROM campaigns
 WHERE id = $1 AND state = 'active'
-FOR SHARE OF c
+FOR SHARE
 """
 
 
@@ -119,10 +108,9 @@ async def active_campaigns(conn: Conn) -> list[CampaignRow]:
     return [_campaign(r) for r in await conn.fetch(ACTIVE_CAMPAIGNS)]
 
 
-async def lock_active_campaign(conn: Conn, campaign_id: int) -> tuple[CampaignRow, int] | None:
-    """The campaign, locked FOR SHARE, and its open calls (at most 2 x cap); None if inactive."""
+async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | None:
     row = await conn.fetchrow(LOCK_ACTIVE_CAMPAIGN, campaign_id)
-    return (_campaign(row), row["open_calls"]) if row is not None else None
+    return _campaign(row) if row is not None else None
 
 
 # --- pacing: a sliding one-second window shared by every daemon -------------------
@@ -173,6 +161,23 @@ async def lock_budgets(
     for r in await conn.fetch(RECENT_GRANTS, list(keys), window_seconds):
         grants[r["key"]].append(Grant(r["age"], r["calls"]))
     return grants
+
+
+# What counts against max_concurrent_calls: calls started and not finished plus
+# contacts being started now, each counted only up to the cap, because the claim
+# needs "how much room is left" and an uncapped count grows with the campaign.
+OPEN_CALLS = """
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM calls WHERE campaign_id = $1 AND finished_at IS NULL LIMIT $2) AS c)
+     + (SELECT count(*) FROM (
+            SELECT 1 FROM contacts WHERE campaign_id = $1 AND state = 'dispatching' LIMIT $2) AS d)
+"""
+
+
+async def open_calls(conn: Conn, campaign_id: int, cap: int) -> int:
+    """Calls started and not finished, plus those being started now (at most 2 x cap)."""
+    n: int = await conn.fetchval(OPEN_CALLS, campaign_id, cap)
+    return n
 
 
 async def record_grant(conn: Conn, keys: Sequence[str], calls: int) -> None:
