@@ -640,6 +640,7 @@ class Dispatcher:
             contact_ids=ids,
             sends=0,
             age_seconds=0.0,
+            first_send=True,
         )
 
     async def _open_calls(
@@ -817,13 +818,27 @@ class Dispatcher:
         await self._pause_service(batch, reason)
 
     async def _pause_service(self, batch: q.BatchRow, reason: str) -> None:
-        """Nothing was started: pause the service's campaigns; the contacts wait for resume."""
-        self._count_batch("rejected")
+        """Aculab refused the request itself (credentials, configuration): pause the service.
+
+        A first send started nothing, so its contacts wait in `pending` for the
+        resume. Any other send may follow one that did start the calls (Aculab
+        checks credentials before it looks up a unique_id), so that batch keeps
+        its id and is re-sent after the resume, or parked once too old.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            if await q.close_batch(conn, batch.id, "rejected", reason) is None:
-                return
-            await q.return_to_pending(conn, batch.id, reason)
+            if batch.first_send:
+                if await q.close_batch(conn, batch.id, "rejected", reason) is None:
+                    return
+                await q.return_to_pending(conn, batch.id, reason)
+            else:
+                delay = self.backoff(batch.sends)
+                if not await q.reschedule(conn, batch.id, self.owner, reason[:500], delay):
+                    return
             paused = await q.pause_service(conn, batch.service_name, reason)
+        if batch.first_send:
+            self._count_batch("rejected")
+        else:
+            log.warning("batch_kept_in_doubt", reason="an earlier send may have started the calls")
         log.error("campaign_paused", service=batch.service_name, campaigns=paused, reason=reason)
 
     async def _rejected(self, batch: q.BatchRow, exc: PermanentError) -> None:

@@ -17,6 +17,7 @@ from tests.engine import (
     create_campaign,
     dispatcher,
     engine_settings,
+    run_engine,
     run_until_idle,
     states,
     uk_numbers,
@@ -435,3 +436,38 @@ async def test_client_and_dispatcher_agree_on_the_stored_payload_shape(
         again = await client.service_start(SERVICE, row["rest_calls"], row["unique_id"])
     assert again == row["references_"]
     assert simulator.started_count() == 2
+
+
+async def test_credentials_refused_on_a_resend_keep_the_batch_so_no_contact_is_called_twice(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    settings = engine_settings(simulator)
+    cid = await create_campaign(db_pool)
+    numbers = uk_numbers(3)
+    await add_contacts(db_pool, cid, numbers)
+    async with dispatcher(db_pool, settings, owner="dead-daemon") as d:
+        [batch], _ = await d.claim((await _active(db_pool))[0])
+        # It started the calls, then died before acknowledging.
+        await d.client.service_start(SERVICE, batch.rest_calls, batch.unique_id)
+    await db_pool.execute("UPDATE batches SET lease_until = now() - interval '1 second'")
+
+    # The survivor's password was rotated: Aculab refuses it before the unique_id.
+    rotated = engine_settings(simulator, aculab={"service_passwords": {SERVICE: "rotated"}})
+
+    async def paused() -> bool:
+        state = await db_pool.fetchval("SELECT state FROM campaigns WHERE id = $1", cid)
+        return bool(state == "paused")
+
+    await run_engine(db_pool, rotated, paused, owners=["survivor"])
+
+    assert await db_pool.fetchval("SELECT state FROM campaigns WHERE id = $1", cid) == "paused"
+    assert await states(db_pool, cid) == {"dispatching": 3}
+    kept = await db_pool.fetchrow("SELECT state, unique_id FROM batches")
+    assert (kept["state"], kept["unique_id"]) == ("pending", batch.unique_id)
+
+    # Fixed and resumed: the same id again, so Aculab answers with the original calls.
+    await db_pool.execute("UPDATE campaigns SET state = 'active' WHERE id = $1", cid)
+    await db_pool.execute("UPDATE batches SET next_send_at = now()")
+    await run_until_idle(db_pool, settings, owners=["survivor"])
+    assert await states(db_pool, cid) == {"dialing": 3}
+    assert_each_started_once(simulator, numbers)

@@ -60,6 +60,9 @@ class BatchRow:
     sends: int
     age_seconds: float
     previous_owner: str | None = None
+    # True only for a batch this daemon has just claimed and not yet sent: any
+    # other (re-sent, taken over, released at shutdown) may have started calls.
+    first_send: bool = False
 
 
 _CAMPAIGN_COLUMNS = """
