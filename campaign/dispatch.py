@@ -696,6 +696,8 @@ class Dispatcher:
         if batch.age_seconds + margin >= window:
             await self._park(batch, _beyond_window(batch.age_seconds, window))
             return
+        if not batch.first_send and await self._outside_window(batch):
+            return
         if batch.sends > 0:
             self.counters.resends += 1
             self._count_batch("resent")
@@ -724,6 +726,64 @@ class Dispatcher:
             return
         self._observe(began, "ok")
         await self._shielded(self._acknowledge(batch, references))
+
+    async def _outside_window(self, batch: q.BatchRow) -> bool:
+        """Hold or park a re-send whose calls would now start outside their calling window.
+
+        A re-send can come long after the claim (backoff, a takeover, a resume),
+        and if the first send started nothing, this one starts the calls: the
+        window is checked again for every contact, as at the claim. The batch
+        cannot lose a contact (its bytes and id are fixed), so it waits for the
+        next moment all of them are open, or is parked when that is beyond the
+        idempotency window.
+        """
+        async with self.pool.acquire() as conn:
+            found = await q.batch_places(conn, batch.campaign_id, batch.contact_ids)
+        if found is None:
+            return False
+        campaign, places = found
+        window = windows.Window.from_row(
+            campaign.window_start or "00:00", campaign.window_end or "24:00", campaign.window_days
+        )
+        if window.always_open:
+            return False
+        zones: set[str] = set()
+        for destination, timezone in places:
+            parsed = parse_destination(destination, default_region=campaign.default_country)
+            number_zones = () if isinstance(parsed, Rejected) else parsed.timezones
+            found_zones = windows.contact_zones(timezone, number_zones, campaign.default_timezone)
+            if isinstance(found_zones, str):
+                await self._park(batch, f"not re-sent: {found_zones}")
+                return True
+            zones.update(found_zones)
+        now = datetime.now(UTC)
+        queue = await self.queue_delay(batch.service_name)
+        verdict = window_verdict(sorted(zones), window, now, now + timedelta(seconds=queue))
+        if verdict is None:
+            return False
+        margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
+        limit = self._cfg.idempotency_window_seconds
+        if isinstance(verdict, Skipped):
+            await self._park(batch, f"not re-sent: {verdict.reason}")
+            return True
+        wait = (verdict.until - now).total_seconds()
+        if batch.age_seconds + wait + margin >= limit:
+            await self._park(
+                batch,
+                f"not re-sent: the calling window is closed ({verdict.reason}), and "
+                f"{_beyond_window(batch.age_seconds + wait, limit)}",
+            )
+            return True
+        async with self.pool.acquire() as conn:
+            await q.hold(
+                conn,
+                batch.id,
+                self.owner,
+                verdict.until,
+                f"re-send held outside the calling window: {verdict.reason}",
+            )
+        log.info("batch_held_for_window", until=verdict.until.isoformat(), reason=verdict.reason)
+        return True
 
     def _observe(self, began: float, result: str) -> None:
         if self.metrics is not None:

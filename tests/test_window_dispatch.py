@@ -12,11 +12,14 @@ from hypothesis import strategies as st
 from campaign import windows
 from campaign.db import queries as q
 from campaign.dispatch import prepare
+from campaign.settings import Settings
 from campaign.simulator import Simulator
 from tests.engine import (
     add_contacts,
     create_campaign,
+    dispatcher,
     engine_settings,
+    run_engine,
     run_until_idle,
     states,
 )
@@ -171,3 +174,76 @@ def test_no_contact_is_ready_outside_its_window_now_or_at_its_projected_start(
     for d in out.deferred:
         assert d.until >= now
         assert windows.is_open(d.until, [zone], window)
+
+
+async def _claimed_by_a_dead_daemon(
+    db_pool: asyncpg.Pool, simulator: Simulator, settings_: Settings
+) -> int:
+    """A batch claimed while its window was open, by a daemon that died before sending."""
+    today = datetime.now(UTC).isoweekday()
+    cid = await create_campaign(
+        db_pool, window_start=time(0), window_end=time(12), default_timezone="UTC"
+    )
+    await db_pool.execute(
+        "UPDATE campaigns SET window_end = '24:00', window_days = $2 WHERE id = $1", cid, [today]
+    )
+    await add_contacts(db_pool, cid, ["sip:alice@example.com", "sip:bob@example.com"])
+    async with dispatcher(db_pool, settings_, owner="dead-daemon") as d:
+        [campaign] = await d_active(db_pool)
+        [batch], _ = await d.claim(campaign)
+        assert len(batch.contact_ids) == 2
+    # Later: the window has closed (here: moved two hours ahead), and the lease expired.
+    start, end = closed_window_now()
+    await db_pool.execute(
+        "UPDATE campaigns SET window_start = $2, window_end = $3, window_days = '{1,2,3,4,5,6,7}'"
+        " WHERE id = $1",
+        cid,
+        start,
+        end,
+    )
+    await db_pool.execute("UPDATE batches SET lease_until = now() - interval '1 second'")
+    return cid
+
+
+async def d_active(db_pool: asyncpg.Pool) -> list[q.CampaignRow]:
+    async with db_pool.acquire() as conn:
+        return await q.active_campaigns(conn)
+
+
+async def test_resend_after_the_window_closed_waits_for_the_next_opening(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    settings_ = engine_settings(simulator, dispatcher={"idempotency_window_seconds": 6 * 3600})
+    cid = await _claimed_by_a_dead_daemon(db_pool, simulator, settings_)
+
+    await run_engine(db_pool, settings_, lambda: _held(db_pool), owners=["survivor"])
+
+    assert simulator.started_count() == 0
+    row = await db_pool.fetchrow(
+        "SELECT state, owner, last_error, extract(epoch FROM next_send_at - now()) AS wait"
+        " FROM batches"
+    )
+    assert (row["state"], row["owner"]) == ("pending", None)
+    assert 2 * 3600 - 120 < row["wait"] <= 2 * 3600 + 60
+    assert "calling window" in row["last_error"]
+    assert await states(db_pool, cid) == {"dispatching": 2}
+
+
+async def _held(db_pool: asyncpg.Pool) -> bool:
+    return bool(
+        await db_pool.fetchval("SELECT next_send_at > now() + interval '1 hour' FROM batches")
+    )
+
+
+async def test_resend_whose_window_opens_after_the_idempotency_window_is_parked_not_sent(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    settings_ = engine_settings(simulator)  # idempotency window: 1 hour
+    await _claimed_by_a_dead_daemon(db_pool, simulator, settings_)
+
+    await run_until_idle(db_pool, settings_, owners=["survivor"])
+
+    assert simulator.started_count() == 0
+    row = await db_pool.fetchrow("SELECT state, last_error FROM batches")
+    assert row["state"] == "parked"
+    assert "calling window is closed" in row["last_error"]

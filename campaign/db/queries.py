@@ -444,6 +444,46 @@ async def reschedule(
     return status.endswith(" 1")
 
 
+# What a re-send needs to check the calling window again: the campaign's window
+# and each contact's destination and time zone.
+BATCH_WINDOW = f"""
+SELECT {_CAMPAIGN_COLUMNS}
+FROM campaigns WHERE id = $1
+"""
+
+BATCH_CONTACT_PLACES = """
+SELECT destination, timezone FROM contacts WHERE id = ANY($1::bigint[])
+"""
+
+
+async def batch_places(
+    conn: Conn, campaign_id: int, contact_ids: Sequence[int]
+) -> tuple[CampaignRow, list[tuple[str, str | None]]] | None:
+    """The campaign and each contact's (destination, timezone), for a window check."""
+    row = await conn.fetchrow(BATCH_WINDOW, campaign_id)
+    if row is None:
+        return None
+    places = await conn.fetch(BATCH_CONTACT_PLACES, list(contact_ids))
+    return _campaign(row), [(r["destination"], r["timezone"]) for r in places]
+
+
+# Not sent: the batch waits, unowned, until `until`; any daemon may take it then.
+HOLD_BATCH = """
+WITH b AS (
+    UPDATE batches
+    SET next_send_at = $3, last_error = $4, owner = NULL, lease_until = NULL
+    WHERE id = $1 AND state = 'pending' AND owner = $2
+    RETURNING id
+)
+UPDATE contacts c SET last_error = $4, updated_at = now()
+FROM b WHERE c.batch_id = b.id AND c.state = 'dispatching'
+"""
+
+
+async def hold(conn: Conn, batch_id: int, owner: str, until: datetime, reason: str) -> None:
+    await conn.execute(HOLD_BATCH, batch_id, owner, until, reason)
+
+
 PARK_BATCH = """
 WITH b AS (
     UPDATE batches
