@@ -265,7 +265,8 @@ async def _run(settings: Settings, stop: asyncio.Event, owner: str) -> int:
                 if settings.poller.enabled and not poller.polling:
                     log.warning(
                         "polling_disabled",
-                        reason="no aculab.api_access_key: outcomes are learned by push only",
+                        reason="no aculab.api_access_key: outcomes are learned by push only;"
+                        " a call with no final page after poller.give_up_after ends unknown",
                     )
                 if settings.listener.enabled:
                     app = build_app(pool, settings.listener, metrics, health)

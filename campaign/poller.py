@@ -98,9 +98,9 @@ class Poller:
         """One pass: stashed pushes, completed campaigns, due polls. True if polls were due."""
         await self.reconcile_pushes()
         await self.complete_campaigns()
-        if not self.polling:
-            return False
         cfg = self.settings.poller
+        if not self.polling:
+            return await self._give_up_unpolled()
         async with self.pool.acquire() as conn:
             due = await oq.take_due_calls(conn, cfg.batch, cfg.interval, cfg.max_interval)
         if not due:
@@ -129,17 +129,36 @@ class Poller:
                 log.info("poll_round_partly_failed", failed=failed, polled=len(due))
         return len(due) >= cfg.batch
 
+    async def _give_up_unpolled(self) -> bool:
+        """Without polling, a call whose final page never comes is still given up.
+
+        Otherwise its contact would stay `dialing` and its campaign open for
+        ever. The calls are taken as for a poll, but rescheduled a whole
+        `give_up_after` ahead, so each is looked at about twice.
+        """
+        cfg = self.settings.poller
+        async with self.pool.acquire() as conn:
+            due = await oq.take_due_calls(conn, cfg.batch, cfg.give_up_after, cfg.give_up_after)
+        for call in due:
+            if call.age_seconds >= cfg.give_up_after:
+                await self._give_up(call, "polling is off")
+        return len(due) >= cfg.batch
+
+    async def _give_up(self, call: oq.DueCall, why: str = "") -> None:
+        because = f" ({why})" if why else ""
+        outcome = outcomes.Outcome(
+            call.reference,
+            outcomes.UNKNOWN,
+            reason=f"no outcome {call.age_seconds:.0f}s after the start{because}; gave up",
+        )
+        await self._record(outcome, "give_up")
+        self.stats.given_up += 1
+
     async def _poll(self, call: oq.DueCall) -> bool:
         """Poll one call; False when Aculab could not be asked (the call stays scheduled)."""
         cfg = self.settings.poller
         if call.age_seconds >= cfg.give_up_after:
-            outcome = outcomes.Outcome(
-                call.reference,
-                outcomes.UNKNOWN,
-                reason=f"no outcome {call.age_seconds:.0f}s after the start; gave up",
-            )
-            await self._record(outcome, "give_up")
-            self.stats.given_up += 1
+            await self._give_up(call)
             return True
         async with self._slots:
             self.stats.polls += 1

@@ -225,6 +225,30 @@ async def test_call_with_no_outcome_is_given_up_as_unknown_and_retried_by_policy
     assert sim.started_count() == 4
 
 
+async def test_without_polling_a_call_whose_final_page_never_comes_is_given_up(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    # Push only (no API access key) and no final page: the contact must not stay
+    # dialing for ever.
+    sim = await make_simulator(
+        SimulatorConfig(cause_weights={"completed": 1.0}, answered_seconds=(600.0, 600.0))
+    )
+    settings_ = engine_settings(
+        sim,
+        aculab={"api_access_key": ""},
+        poller={"give_up_after": 0.5, "first_poll_delay": 0.1},
+    )
+    cid = await create_campaign(db_pool, max_attempts=1)
+    await add_contacts(db_pool, cid, uk_numbers(2))
+
+    await run_engine(db_pool, settings_, campaign_state(db_pool, cid))
+
+    rows = await db_pool.fetch("SELECT state, last_result, last_error FROM contacts")
+    assert {(r["state"], r["last_result"]) for r in rows} == {("failed", "unknown")}
+    assert all("polling is off" in r["last_error"] for r in rows)
+    assert sim.started_count() == 2
+
+
 async def test_instance_that_could_not_run_counts_as_failed_with_the_errs_text(
     db_pool: asyncpg.Pool, make_simulator: MakeSim
 ) -> None:
