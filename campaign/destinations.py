@@ -177,7 +177,11 @@ def parse_destination(raw: str, *, default_region: str | None = None) -> Destina
         return Rejected("destination is empty")
     if len(value) > MAX_LENGTH:
         return Rejected(f"destination is longer than {MAX_LENGTH} characters")
-    if any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in value):
+    # Printable ASCII holds none of the unsafe categories: the common case skips
+    # the per-character lookup.
+    if not (value.isascii() and value.isprintable()) and any(
+        unicodedata.category(c) in _UNSAFE_CATEGORIES for c in value
+    ):
         return Rejected("destination contains control or invisible formatting characters")
 
     prefixed = _prefix_kind(value)
@@ -261,6 +265,8 @@ def _known_region(region: str) -> str | None:
 
 
 def _is_ipv4(value: str) -> bool:
+    if value.count(".") != 3:  # cheap: most values are not dotted quads
+        return False
     try:
         ipaddress.IPv4Address(value)
     except ValueError:

@@ -178,6 +178,7 @@ def prepare(
     """Validate each contact, check its calling window, build its call object (no I/O)."""
     out = Prepared()
     seen: set[str] = set()
+    callers: dict[str | None, str | None] = {}
     window = windows.Window.from_row(
         campaign.window_start or "00:00", campaign.window_end or "24:00", campaign.window_days
     )
@@ -193,7 +194,11 @@ def prepare(
         call: dict[str, Any] = {"to": parsed.to}
         if parsed.is_telephone:
             raw_from = contact.caller_id or campaign.caller_id
-            caller = normalise_caller_id(raw_from)
+            # Usually the campaign's one caller ID: normalised once per claim.
+            if raw_from in callers:
+                caller = callers[raw_from]
+            else:
+                caller = callers[raw_from] = normalise_caller_id(raw_from)
             if caller is None:
                 reason = (
                     "no caller ID: set campaigns.caller_id or contacts.caller_id"
