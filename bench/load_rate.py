@@ -1,7 +1,10 @@
 """`campaign load` speed: a generated CSV of N rows loaded through the real command.
 
 Prints rows per second for a one-column file (destination only) and for a
-five-column one, each into a fresh database on the embedded PostgreSQL.
+five-column one, each into a fresh database on the embedded PostgreSQL. Also
+printed: the command's fixed cost (the same load of a one-row file: start-up,
+imports, connecting), the rate without it, and the load average before the run (on
+a shared machine, a high one means the figure is noisy).
 
     .venv/bin/python bench/load_rate.py [--rows 1000000]
 """
@@ -54,6 +57,25 @@ async def fresh_database(admin_dsn: str, name: str) -> str:
     return dsn
 
 
+async def run_load(dsn: str, path: Path) -> tuple[float, str]:
+    """Seconds taken by `campaign load bench PATH`, and its stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    env["CAMPAIGN_DATABASE__DSN"] = dsn
+    began = time.perf_counter()
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "campaign", "load", "bench", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"load failed: {proc.stderr.strip()[-500:]}")
+    return seconds, proc.stdout.strip()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -67,25 +89,19 @@ async def main() -> None:
             for wide in (False, True):
                 path = Path(tmp) / f"contacts_{'wide' if wide else 'narrow'}.csv"
                 write_csv(path, args.rows, wide)
+                one_row = Path(tmp) / "one_row.csv"
+                write_csv(one_row, 1, wide)
+                # On a database of its own, then dropped: the big load starts on a fresh one.
+                fixed, _ = await run_load(await fresh_database(admin_dsn, "bench_load"), one_row)
                 dsn = await fresh_database(admin_dsn, "bench_load")
-                env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
-                env["CAMPAIGN_DATABASE__DSN"] = dsn
-                began = time.perf_counter()
-                proc = await asyncio.to_thread(
-                    subprocess.run,
-                    [sys.executable, "-m", "campaign", "load", "bench", str(path)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                seconds = time.perf_counter() - began
-                if proc.returncode != 0:
-                    raise SystemExit(f"load failed: {proc.stderr.strip()[-500:]}")
+                load_average = os.getloadavg()[0]
+                seconds, output = await run_load(dsn, path)
                 columns = 5 if wide else 1
                 print(
                     f"{args.rows:,} rows, {columns} column(s): {seconds:.1f} s, "
-                    f"{args.rows / seconds:,.0f} rows/s (target 100,000) — {proc.stdout.strip()}"
+                    f"{args.rows / seconds:,.0f} rows/s (target 100,000) — {output}; "
+                    f"fixed cost {fixed:.1f} s, without it {args.rows / (seconds - fixed):,.0f} "
+                    f"rows/s; load average before {load_average:.2f}"
                 )
 
 

@@ -16,7 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaign.db import admin
-from campaign.loader import MAX_TOKEN_LENGTH, LoadError, LoadResult, load_csv
+from campaign.loader import (
+    _BATCH_ROWS,
+    MAX_TOKEN_LENGTH,
+    LoadError,
+    LoadResult,
+    _ByDistinctValue,
+    _RowError,
+    load_csv,
+)
 
 Pool = admin.Pool
 
@@ -337,6 +345,135 @@ async def test_refusals_beyond_the_report_cap_are_counted(db_pool: Pool, tmp_pat
 
     assert (result.loaded, result.refused) == (1, 10)
     assert [r.line for r in result.refusals] == [2, 3, 4]
+
+
+async def test_values_needing_copy_escapes_load_verbatim_beside_values_needing_none(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    # A column is escaped only when a scan finds a character COPY must escape: the rows
+    # around such a value, in the same batch, load unchanged too.
+    cid = await new_campaign(db_pool)
+    buffer = io.StringIO()
+    out = csv.writer(buffer)
+    out.writerow(["destination", "caller_id", "token", "outbound_parameters"])
+    out.writerow(["+441", "441908273801", "plain", "plain"])
+    out.writerow(["sip:a\\b@example.com", "44\t1", "tok\\en\n2", "\\N"])
+    out.writerow(["+443", " 441908273803 ", "\r\n", "x\ty"])
+    out.writerow(["+444", "", "", ""])
+    path = write(tmp_path, buffer.getvalue())
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert (result.loaded, result.refused) == (4, 0)
+    rows = [
+        (r["destination"], r["caller_id"], r["token"], r["outbound_parameters"])
+        for r in await contacts(db_pool, cid)
+    ]
+    assert rows == [
+        ("+441", "441908273801", "plain", "plain"),
+        ("sip:a\\b@example.com", "44\t1", "tok\\en\n2", "\\N"),
+        ("+443", "441908273803", "\r\n", "x\ty"),
+        ("+444", None, None, None),
+    ]
+
+
+async def test_a_repeated_value_is_judged_once_and_the_same_way_on_every_row(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    # Zones, priorities, timestamps and headers are converted once per distinct value
+    # and remembered across batches and chunks: a bad one is refused wherever it recurs.
+    cid = await new_campaign(db_pool)
+    headers = json.dumps([{"name": "X-Account", "value": "42"}]).replace('"', '""')
+    lines = ["destination,timezone,priority,not_before,extra_sip_headers"]
+    for i in range(30):
+        if i % 7 == 3:
+            lines.append(f"+44{i},Mars/Olympus,1,2030-05-01T09:30:00,")
+        elif i % 7 == 5:
+            lines.append(f'+44{i},UTC,1,2030-05-01T09:30:00,"[{{""name"": """"}}]"')
+        else:
+            lines.append(f'+44{i},Europe/London,2,2030-05-01T09:30:00,"{headers}"')
+    path = write(tmp_path, "\n".join(lines) + "\n")
+
+    result = await load_csv(db_pool, "spring", path, chunk_rows=4)
+
+    refused = refused_lines(result)
+    zone_lines = {i + 2 for i in range(30) if i % 7 == 3}
+    header_lines = {i + 2 for i in range(30) if i % 7 == 5}
+    assert set(refused) == zone_lines | header_lines
+    assert all("unknown IANA zone 'Mars/Olympus'" in refused[line] for line in zone_lines)
+    assert all("name and value" in refused[line] for line in header_lines)
+    rows = await contacts(db_pool, cid)
+    assert len(rows) == result.loaded == 30 - len(refused)
+    assert {(r["timezone"], r["priority"]) for r in rows} == {("Europe/London", 2)}
+    assert all(r["extra_sip_headers"] == [{"name": "X-Account", "value": "42"}] for r in rows)
+    assert all(r["not_before"] == datetime(2030, 5, 1, 9, 30, tzinfo=UTC) for r in rows)
+
+
+def test_distinct_value_memory_starts_afresh_past_its_limit_and_still_refuses() -> None:
+    seen: list[str] = []
+
+    def convert(raw: str) -> str:
+        seen.append(raw)
+        if raw == "bad":
+            raise _RowError("bad value")
+        return raw.upper()
+
+    column = _ByDistinctValue(convert, limit=3)
+    refused: dict[int, str] = {}
+    assert column(["a", "bad", "a"], refused) == ["A", "", "A"]
+    assert refused == {1: "bad value"}
+    refused = {}
+    assert column(["bad", "a"], refused) == ["", "A"]  # remembered: not converted again
+    assert refused == {0: "bad value"}
+    assert sorted(seen) == ["a", "bad"]
+    refused = {}
+    assert column(["b", "c", "bad"], refused) == ["B", "C", ""]  # over the limit: afresh
+    assert refused == {2: "bad value"}
+    assert sorted(seen[2:]) == ["b", "bad", "c"]
+
+
+async def test_line_numbers_stay_exact_across_batches_chunks_and_multiline_records(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    # Rows are read in batches and gathered into chunks: a refused record is reported at
+    # its own lines whichever batch it starts, ends or falls next to.
+    batch = _BATCH_ROWS
+    bad = {batch - 2, batch - 1, batch, 2 * batch - 1, 5 * batch - 1}
+    lines = ["destination,outbound_parameters,priority"]  # line 1
+    expected: dict[int, tuple[int, int]] = {}
+    line = 1
+    for i in range(5 * batch):
+        if i in bad:
+            lines.append(f'+44{i},"two\nlines",bad')
+            expected[line + 1] = (line + 1, line + 2)
+            line += 2
+        elif i == 3 * batch:
+            lines.append("")  # a blank line: no record, but a line
+            lines.append(f"+44{i},,")
+            line += 2
+        else:
+            lines.append(f"+44{i},,{i % 5}")
+            line += 1
+    await new_campaign(db_pool)
+    path = write(tmp_path, "\n".join(lines) + "\n")
+
+    result = await load_csv(db_pool, "spring", path, chunk_rows=batch * 5 // 2)
+
+    assert {r.line: (r.line, r.end_line) for r in result.refusals} == expected
+    assert all(r.reason == "priority: not an integer: 'bad'" for r in result.refusals)
+    assert (result.loaded, result.refused) == (5 * batch - len(bad), len(bad))
+
+
+async def test_extra_sip_headers_starting_with_a_byte_order_mark_are_refused_as_not_json(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    await new_campaign(db_pool)
+    path = write(tmp_path, 'destination,extra_sip_headers\n+441,"\ufeff[]"\n+442,[]\n')
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert refused_lines(result) == {2: "extra_sip_headers: not valid JSON (Unexpected UTF-8 BOM)"}
+    assert result.loaded == 1
 
 
 async def test_empty_priority_gets_the_schema_default(db_pool: Pool) -> None:
