@@ -220,7 +220,7 @@ def per_1000(before: dict[str, float], after: dict[str, float], n: int) -> dict[
 
 
 async def engine_run(
-    dsn: str, base_url: str, contacts: int, name: str, meter: CpuMeter
+    dsn: str, base_url: str, contacts: int, name: str, meter: CpuMeter, in_flight: int = 4
 ) -> tuple[dict, int]:
     settings = load_settings(
         None,
@@ -231,7 +231,7 @@ async def engine_run(
             "calls_per_second": 100_000,
             "service_passwords": {SERVICE: PASSWORD},
         },
-        dispatcher={"max_in_flight_batches": 4, "namespace": name},
+        dispatcher={"max_in_flight_batches": in_flight, "namespace": name},
     )
     async with open_pool(dsn, min_size=2, max_size=8) as pool:
         async with pool.acquire() as c:
@@ -430,6 +430,12 @@ async def main() -> None:
         default=300_000,
         help="contacts loaded afresh before each pgbench client count",
     )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=4,
+        help="dispatcher.max_in_flight_batches for the engine run (default: the setting's)",
+    )
     parser.add_argument("--sim-seconds", type=float, default=10.0)
     parser.add_argument("--sim-concurrency", type=int, default=8)
     parser.add_argument(
@@ -446,7 +452,10 @@ async def main() -> None:
     configure_logging(LoggingSettings(level="warning", format="console"), stream=sys.stderr)
     started = time.monotonic()
     nproc = os.cpu_count()
-    print(f"dispatch_ceiling: {args.contacts:,} contacts, lists of {LIST}, {nproc} CPU(s)")
+    print(
+        f"dispatch_ceiling: {args.contacts:,} contacts, lists of {LIST},"
+        f" {args.in_flight} requests in flight, {nproc} CPU(s)"
+    )
     sim, base_url = await start_simulator()
     base = load_settings(None, database={"data_dir": args.data_dir})
     name = f"bench_ceiling_{os.getpid()}"
@@ -455,7 +464,9 @@ async def main() -> None:
             dsn = await create_scratch(admin_dsn, name)
             meter = await CpuMeter.attach(dsn, sim.pid)
             try:
-                engine, cid = await engine_run(dsn, base_url, args.contacts, name, meter)
+                engine, cid = await engine_run(
+                    dsn, base_url, args.contacts, name, meter, args.in_flight
+                )
                 print(
                     f"engine: {engine['calls_per_s']:,.0f} calls started/s"
                     f" ({engine['dialing']:,} in {engine['seconds']:.1f} s,"
