@@ -783,9 +783,30 @@ async def _status(args: argparse.Namespace, pool: admin.Pool, settings: Settings
 # --- the parser -----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from campaign import demo, simulator
+# Commands whose arguments come from modules that bring aiohttp's server side and
+# the simulator with them (about 0.3 s to import).
+_HEAVY_COMMANDS: Final = frozenset({"demo", "simulator"})
 
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command in `argv`, after the global options; None when there is none."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given the `command` about to run, the others stay light.
+
+    `demo` and `simulator` define their arguments in their own modules, which are
+    only imported when one of them runs (or for help on all commands): every other
+    command, `campaign load` among them, starts 0.3 s sooner.
+    """
+    full = command is None or command in _HEAVY_COMMANDS
     parser = CommandLineParser(
         prog="campaign",
         description="Bulk-dialing campaign engine for Aculab Cloud.",
@@ -912,14 +933,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_db_command(_status))
 
     sim = commands.add_parser("simulator", help="run the Aculab simulator as an HTTP server")
-    simulator.configure_parser(sim)
-    sim.set_defaults(handler=lambda args: simulator.run_from_args(args))
-
     demo_parser = commands.add_parser(
         "demo", help="run a sample campaign against the simulator on an embedded database"
     )
-    demo.configure_parser(demo_parser)
-    demo_parser.set_defaults(handler=_demo)
+    if full:
+        from campaign import demo, simulator
+
+        simulator.configure_parser(sim)
+        sim.set_defaults(handler=lambda args: simulator.run_from_args(args))
+        demo.configure_parser(demo_parser)
+        demo_parser.set_defaults(handler=_demo)
 
     check = commands.add_parser("check-config", help="load the settings and report problems")
     check.set_defaults(handler=_check_config)
@@ -1011,8 +1034,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_word(words))
+    args = parser.parse_args(words)
     try:
         result: int = args.handler(args)
     except ConfigError as exc:

@@ -24,7 +24,7 @@ import pytest
 import structlog
 
 from campaign.aculab import AculabClient, encode_rest_calls
-from campaign.cli import main
+from campaign.cli import command_word, main
 from campaign.db.admin import Pool
 from campaign.db.pool import dsn_with_database
 from campaign.settings import load_settings
@@ -823,3 +823,36 @@ async def test_cancel_purges_the_queue_when_run_as_the_real_command(
         f"purged 4 queued calls at Aculab for service {SIM_SERVICE}"
     )
     assert sim.queue_length(SIM_SERVICE) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "word"),
+    [
+        (["load", "spring", "f.csv"], "load"),
+        (["--config", "demo.toml", "status"], "status"),
+        (["--config=x.toml", "simulator", "--port", "0"], "simulator"),
+        (["-h"], None),
+        ([], None),
+    ],
+)
+def test_command_word_skips_the_global_options(argv: list[str], word: str | None) -> None:
+    assert command_word(argv) == word
+
+
+def test_commands_other_than_demo_and_simulator_start_without_the_simulator() -> None:
+    # `campaign load` of a large file is timed by operators: the simulator and
+    # aiohttp's server side cost 0.3 s to import and are not needed by it.
+    probe = (
+        "import sys\n"
+        "from campaign.cli import main\n"
+        "try:\n"
+        "    main(['status', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('campaign.simulator', 'campaign.demo', 'aiohttp.web')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
