@@ -36,7 +36,10 @@ from campaign.settings import ListenerSettings, Settings
 log = structlog.get_logger("campaign.daemon")
 
 WAKE_CHANNEL = "campaign_wake"
-GRANT_HISTORY_SECONDS = 120.0
+# Pacing grants are read back over one budget window, which is 1/cps seconds for
+# a campaign below one call per second: as long as the slowest allowed rate
+# (0.001 calls/s, a window of 1,000 s) needs, plus a margin.
+GRANT_HISTORY_SECONDS = 1.0 / 0.001 + 60.0
 
 
 def daemon_id() -> str:

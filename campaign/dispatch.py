@@ -71,6 +71,7 @@ DUPLICATE_REASON = "same destination as another contact of this campaign"
 # grants came after an open-calls count: counting a grant twice only makes the
 # bound safer.
 OPEN_COUNT_MARGIN = 0.1
+OPEN_COUNT_REUSE_SECONDS = 1.0
 
 REJECTED_STATUSES = frozenset({400, 413, 422})
 VALIDATION_CODES = frozenset({"0001", "0002", "0003", "0004"})
@@ -320,8 +321,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._pacing_wait: float | None = None
         self._queue_cache: dict[str, tuple[float, float]] = {}
-        # campaign id -> (when, open calls counted then), see _open_calls.
-        self._open_counts: dict[int, tuple[float, int]] = {}
+        # campaign id -> (when, open calls counted then, the cap they were counted up to).
+        self._open_counts: dict[int, tuple[float, int, int]] = {}
         self._rotation = 0
 
     @property
@@ -666,14 +667,22 @@ class Dispatcher:
         """
         now = self._clock()
         cap = campaign.max_concurrent_calls
+        # Reuse only within the grants just read (and at most a second: grants are
+        # kept longer than that, but claims further apart gain nothing from it),
+        # and only under the cap it was counted with, since a count stops at its cap.
+        horizon = min(grants_window, OPEN_COUNT_REUSE_SECONDS)
         counted = self._open_counts.get(campaign.id)
-        if counted is not None and now - counted[0] + OPEN_COUNT_MARGIN < grants_window:
+        if (
+            counted is not None
+            and counted[2] == cap
+            and now - counted[0] + OPEN_COUNT_MARGIN < horizon
+        ):
             since = now - counted[0] + OPEN_COUNT_MARGIN
             bound = counted[1] + sum(g.calls for g in recent if g.age <= since)
             if bound + want <= cap:
                 return bound
         n = await q.open_calls(conn, campaign.id, cap)
-        self._open_counts[campaign.id] = (now, n)
+        self._open_counts[campaign.id] = (now, n, cap)
         return n
 
     def _note_pacing(self, seconds: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,7 +11,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from campaign.aculab import AculabClient
+from campaign.daemon import GRANT_HISTORY_SECONDS
 from campaign.db import queries as q
+from campaign.dispatch import Dispatcher
 from campaign.simulator import Simulator, SimulatorConfig
 from tests.engine import (
     add_contacts,
@@ -152,6 +156,67 @@ async def test_reused_open_call_count_never_admits_beyond_the_cap(
         for d in (a, b, a, b, a, a, b, b):
             await d.claim(campaign)
     assert await states(db_pool, cid) == {"dispatching": 10, "pending": 50}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_slow_campaign_keeps_its_cap_once_its_grants_are_old(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    # One call per 200 s and a cap of 1: 130 s later the first call is still open,
+    # its grant is older than a typical window, and the heartbeat has pruned grants.
+    sim = await make_simulator(sim_config())
+    settings = engine_settings(sim)
+    cid = await create_campaign(
+        db_pool, batch_size=1, max_concurrent_calls=1, calls_per_second=0.005
+    )
+    await add_contacts(db_pool, cid, uk_numbers(5))
+    clock = FakeClock()
+    async with AculabClient(settings.aculab, settings.http) as client:
+        d = Dispatcher(db_pool, client, settings, "a", rng=random.Random(0), clock=clock)
+        async with db_pool.acquire() as conn:
+            [campaign] = await q.active_campaigns(conn)
+        claimed, _ = await d.claim(campaign)
+        assert len(claimed) == 1
+        await db_pool.execute("UPDATE rate_grants SET granted_at = granted_at - interval '130 s'")
+        clock.t += 130
+        async with db_pool.acquire() as conn:
+            await q.forget_old_grants(conn, GRANT_HISTORY_SECONDS)
+        claimed, _ = await d.claim(campaign)
+    assert claimed == []
+    assert await states(db_pool, cid) == {"dispatching": 1, "pending": 4}
+
+
+async def test_raising_the_cap_does_not_reuse_a_count_stopped_at_the_old_one(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(sim_config())
+    settings = engine_settings(sim)
+    cid = await create_campaign(db_pool, batch_size=5, max_concurrent_calls=20)
+    await add_contacts(db_pool, cid, uk_numbers(60))
+    clock = FakeClock()
+    async with AculabClient(settings.aculab, settings.http) as client:
+        d = Dispatcher(db_pool, client, settings, "a", rng=random.Random(0), clock=clock)
+        async with db_pool.acquire() as conn:
+            [campaign] = await q.active_campaigns(conn)
+        claimed, _ = await d.claim(campaign, batches=4)
+        assert sum(len(b.contact_ids) for b in claimed) == 20
+        # Lowered to 5: the count stops at 5 and finds no room ...
+        await db_pool.execute("UPDATE campaigns SET max_concurrent_calls = 5 WHERE id = $1", cid)
+        clock.t += 2.0
+        await db_pool.execute("UPDATE rate_grants SET granted_at = granted_at - interval '2 s'")
+        assert (await d.claim(campaign, batches=4))[0] == []
+        # ... raised to 15 half a second later: 20 are still open.
+        await db_pool.execute("UPDATE campaigns SET max_concurrent_calls = 15 WHERE id = $1", cid)
+        clock.t += 0.5
+        assert (await d.claim(campaign))[0] == []
+    assert await states(db_pool, cid) == {"dispatching": 20, "pending": 40}
 
 
 @pytest.mark.slow
