@@ -133,15 +133,14 @@ class Poller:
         """Without polling, a call whose final page never comes is still given up.
 
         Otherwise its contact would stay `dialing` and its campaign open for
-        ever. The calls are taken as for a poll, but rescheduled a whole
-        `give_up_after` ahead, so each is looked at about twice.
+        ever. Only calls past the give-up age are touched: in a fleet where
+        other daemons poll, the calls they poll keep their schedule.
         """
         cfg = self.settings.poller
         async with self.pool.acquire() as conn:
-            due = await oq.take_due_calls(conn, cfg.batch, cfg.give_up_after, cfg.give_up_after)
+            due = await oq.abandoned_calls(conn, cfg.batch, cfg.give_up_after, cfg.first_poll_delay)
         for call in due:
-            if call.age_seconds >= cfg.give_up_after:
-                await self._give_up(call, "polling is off")
+            await self._give_up(call, "polling is off")
         return len(due) >= cfg.batch
 
     async def _give_up(self, call: oq.DueCall, why: str = "") -> None:

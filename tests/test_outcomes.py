@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from campaign import outcomes
+from campaign.aculab import AculabClient
 from campaign.db import outcomes as oq
 from campaign.metrics import new_metrics
 from campaign.outcomes import Outcome, decide
+from campaign.poller import Poller
 from campaign.server import Server, build_app
 from campaign.settings import ListenerSettings
 from campaign.simulator import Simulator, SimulatorConfig
@@ -247,6 +249,29 @@ async def test_without_polling_a_call_whose_final_page_never_comes_is_given_up(
     assert {(r["state"], r["last_result"]) for r in rows} == {("failed", "unknown")}
     assert all("polling is off" in r["last_error"] for r in rows)
     assert sim.started_count() == 2
+
+
+async def test_a_daemon_without_polling_leaves_the_polling_daemons_schedule_alone(
+    db_pool: asyncpg.Pool, make_simulator: MakeSim
+) -> None:
+    sim = await make_simulator(
+        SimulatorConfig(cause_weights={"completed": 1.0}, answered_seconds=(1.0, 1.0))
+    )
+    polling = engine_settings(sim, poller={"give_up_after": 7200, "first_poll_delay": 0.0})
+    push_only = engine_settings(
+        sim, aculab={"api_access_key": ""}, poller={"give_up_after": 7200, "first_poll_delay": 0.0}
+    )
+    cid = await create_campaign(db_pool)
+    await add_contacts(db_pool, cid, uk_numbers(3))
+    await run_until_idle(db_pool, polling)
+    await asyncio.sleep(1.5)  # finished at the simulator; their final pages went nowhere
+    async with AculabClient(push_only.aculab, push_only.http) as client:
+        await Poller(db_pool, client, push_only).round()
+    async with AculabClient(polling.aculab, polling.http) as client:
+        poller = Poller(db_pool, client, polling)
+        await poller.round()
+    assert poller.stats.recorded == 3
+    assert await db_pool.fetchval("SELECT count(*) FROM calls WHERE finished_at IS NULL") == 0
 
 
 async def test_instance_that_could_not_run_counts_as_failed_with_the_errs_text(

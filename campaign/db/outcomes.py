@@ -190,6 +190,32 @@ async def take_due_calls(
     ]
 
 
+# For a daemon that does not poll: calls past the give-up age whose poll schedule
+# was never moved (next_poll_at is still the start plus first_poll_delay), through
+# the partial index on next_poll_at. Calls that a polling daemon polls are left
+# to it: their next_poll_at has moved on.
+ABANDONED_CALLS = """
+SELECT id, reference, campaign_id, polls,
+       extract(epoch FROM now() - started_at)::float8 AS age_seconds
+FROM calls
+WHERE finished_at IS NULL
+  AND next_poll_at <= now() - make_interval(secs => greatest($2::float8 - $3::float8, 0))
+  AND started_at <= now() - make_interval(secs => $2::float8)
+ORDER BY next_poll_at
+LIMIT $1
+"""
+
+
+async def abandoned_calls(
+    conn: Conn, limit: int, give_up_after: float, first_poll_delay: float
+) -> list[DueCall]:
+    rows = await conn.fetch(ABANDONED_CALLS, limit, give_up_after, first_poll_delay)
+    return [
+        DueCall(r["id"], r["reference"], r["campaign_id"], r["polls"], r["age_seconds"])
+        for r in rows
+    ]
+
+
 POSTPONE_POLLS = """
 UPDATE calls SET next_poll_at = greatest(next_poll_at, now() + make_interval(secs => $2))
 WHERE id = ANY($1::bigint[]) AND finished_at IS NULL
