@@ -792,8 +792,8 @@ def command_word(argv: Sequence[str]) -> str | None:
     """The command in `argv`, after the global options; None when there is none."""
     words = iter(argv)
     for word in words:
-        if word == "--config":
-            next(words, None)
+        if len(word) > 2 and "--config".startswith(word):
+            next(words, None)  # its value (argparse also takes "--conf" for "--config")
         elif not word.startswith("-"):
             return word
     return None
@@ -1035,8 +1035,11 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    parser = build_parser(command_word(words))
-    args = parser.parse_args(words)
+    args = build_parser(command_word(words)).parse_args(words)
+    if not hasattr(args, "handler"):
+        # The command word was misread (an unusual spelling of the options):
+        # build every command's arguments and read the line again.
+        args = build_parser().parse_args(words)
     try:
         result: int = args.handler(args)
     except ConfigError as exc:

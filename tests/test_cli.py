@@ -831,6 +831,7 @@ async def test_cancel_purges_the_queue_when_run_as_the_real_command(
         (["load", "spring", "f.csv"], "load"),
         (["--config", "demo.toml", "status"], "status"),
         (["--config=x.toml", "simulator", "--port", "0"], "simulator"),
+        (["--conf", "x.toml", "demo"], "demo"),
         (["-h"], None),
         ([], None),
     ],
