@@ -206,7 +206,9 @@ async def _error_from_response(resp: aiohttp.ClientResponse, what: str) -> Acula
         text = snippet or resp.reason or f"HTTP {resp.status}"
     message = f"{what}: HTTP {resp.status} {text}"
     kw: dict[str, Any] = {"status": resp.status, "code": code, "text": text, "details": details}
-    if resp.status == 429 or resp.status >= 500:
+    # 408: a proxy on the way may have passed the request on before it gave up,
+    # so the calls may have started: re-send with the same id, as for a timeout.
+    if resp.status in (408, 429) or resp.status >= 500:
         return TransientError(message, retry_after=_retry_after(resp.headers), **kw)
     if resp.status in (401, 403):
         return AuthenticationError(message, **kw)

@@ -793,7 +793,7 @@ class Dispatcher:
                 conn,
                 batch.id,
                 self.owner,
-                verdict.until,
+                wait,
                 f"re-send held outside the calling window: {verdict.reason}",
             )
         log.info("batch_held_for_window", until=verdict.until.isoformat(), reason=verdict.reason)
@@ -901,7 +901,7 @@ class Dispatcher:
         """
         async with self.pool.acquire() as conn, conn.transaction():
             if batch.first_send:
-                if await q.close_batch(conn, batch.id, "rejected", reason) is None:
+                if await q.close_batch(conn, batch.id, "rejected", reason, self.owner) is None:
                     return
                 await q.return_to_pending(conn, batch.id, reason)
             else:
@@ -926,7 +926,7 @@ class Dispatcher:
             reason = f"Aculab refused the call: {exc.reason}"
             self._count_batch("rejected")
             async with self.pool.acquire() as conn, conn.transaction():
-                if await q.close_batch(conn, batch.id, "rejected", reason) is None:
+                if await q.close_batch(conn, batch.id, "rejected", reason, self.owner) is None:
                     return
                 await q.fail_contacts(conn, batch.id, state, reason)
             log.warning(f"contact_{state}", contact_id=batch.contact_ids[0], reason=reason)
@@ -950,7 +950,7 @@ class Dispatcher:
         reason = f"split after Aculab refused the list: {exc.reason}"
         children = []
         async with self.pool.acquire() as conn, conn.transaction():
-            if await q.close_batch(conn, batch.id, "split", reason) is None:
+            if await q.close_batch(conn, batch.id, "split", reason, self.owner) is None:
                 return
             for group in groups:
                 ids = [batch.contact_ids[i] for i in group]

@@ -141,6 +141,17 @@ async def test_html_error_page_is_a_transient_error_with_a_readable_text(
     assert "Bad gateway" in err.value.reason
 
 
+async def test_request_timeout_from_a_proxy_is_transient(
+    capture: tuple[str, list[dict[str, Any]], Callable[..., None]],
+) -> None:
+    url, _, answer = capture
+    answer(408, "<html><body>Request Timeout</body></html>", "text/html")
+    async with client_for(url) as client:
+        with pytest.raises(TransientError) as err:
+            await client.service_start(SERVICE, two_calls(), "uid")
+    assert err.value.status == 408
+
+
 async def test_success_with_a_body_that_is_not_a_list_is_transient(
     capture: tuple[str, list[dict[str, Any]], Callable[..., None]],
 ) -> None:

@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from campaign.aculab import AculabClient
+from campaign.db import queries as q
 from campaign.dispatch import unique_id_for
 from campaign.simulator import Simulator, SimulatorConfig
 from tests.engine import (
@@ -471,3 +472,20 @@ async def test_credentials_refused_on_a_resend_keep_the_batch_so_no_contact_is_c
     await run_until_idle(db_pool, settings, owners=["survivor"])
     assert await states(db_pool, cid) == {"dialing": 3}
     assert_each_started_once(simulator, numbers)
+
+
+async def test_a_daemon_that_lost_its_lease_cannot_close_the_batch_another_took_over(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    settings = engine_settings(simulator)
+    cid = await create_campaign(db_pool)
+    await add_contacts(db_pool, cid, uk_numbers(2))
+    async with dispatcher(db_pool, settings, owner="slow-daemon") as d:
+        [batch], _ = await d.claim((await _active(db_pool))[0])
+    # Its lease ran out while it waited for Aculab; another daemon took the batch.
+    await db_pool.execute("UPDATE batches SET owner = 'survivor' WHERE id = $1", batch.id)
+    async with db_pool.acquire() as conn:
+        closed = await q.close_batch(conn, batch.id, "rejected", "refused", "slow-daemon")
+    assert closed is None
+    assert await db_pool.fetchval("SELECT state FROM batches") == "pending"
+    assert await states(db_pool, cid) == {"dispatching": 2}

@@ -467,11 +467,14 @@ async def batch_places(
     return _campaign(row), [(r["destination"], r["timezone"]) for r in places]
 
 
-# Not sent: the batch waits, unowned, until `until`; any daemon may take it then.
+# Not sent: the batch waits, unowned, `$3` seconds by the database's clock (a
+# daemon whose clock runs behind would otherwise take it back before its window
+# opens, again and again); any daemon may take it then.
 HOLD_BATCH = """
 WITH b AS (
     UPDATE batches
-    SET next_send_at = $3, last_error = $4, owner = NULL, lease_until = NULL
+    SET next_send_at = now() + make_interval(secs => $3), last_error = $4, owner = NULL,
+        lease_until = NULL
     WHERE id = $1 AND state = 'pending' AND owner = $2
     RETURNING id
 )
@@ -480,8 +483,8 @@ FROM b WHERE c.batch_id = b.id AND c.state = 'dispatching'
 """
 
 
-async def hold(conn: Conn, batch_id: int, owner: str, until: datetime, reason: str) -> None:
-    await conn.execute(HOLD_BATCH, batch_id, owner, until, reason)
+async def hold(conn: Conn, batch_id: int, owner: str, seconds: float, reason: str) -> None:
+    await conn.execute(HOLD_BATCH, batch_id, owner, seconds, reason)
 
 
 PARK_BATCH = """
@@ -502,17 +505,21 @@ async def park(conn: Conn, batch_id: int, reason: str) -> None:
 
 # --- step 5: permanent failure ---------------------------------------------------
 
+# Only by its owner: a daemon whose lease ran out while it waited for Aculab must
+# not close a batch that another daemon has taken over (and may have sent).
 CLOSE_BATCH = """
 UPDATE batches
 SET state = $2, last_error = $3, finished_at = now(), owner = NULL, lease_until = NULL
-WHERE id = $1 AND state = 'pending'
+WHERE id = $1 AND state = 'pending' AND owner = $4
 RETURNING contact_ids
 """
 
 
-async def close_batch(conn: Conn, batch_id: int, state: str, reason: str) -> list[int] | None:
-    """pending → split/rejected; None when another daemon already closed it."""
-    ids: list[int] | None = await conn.fetchval(CLOSE_BATCH, batch_id, state, reason)
+async def close_batch(
+    conn: Conn, batch_id: int, state: str, reason: str, owner: str
+) -> list[int] | None:
+    """pending → split/rejected; None when it is closed already or no longer ours."""
+    ids: list[int] | None = await conn.fetchval(CLOSE_BATCH, batch_id, state, reason, owner)
     return ids
 
 
