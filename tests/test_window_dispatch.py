@@ -229,6 +229,22 @@ async def test_resend_after_the_window_closed_waits_for_the_next_opening(
     assert await states(db_pool, cid) == {"dispatching": 2}
 
 
+async def test_widening_the_window_sends_a_held_batch_at_once(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    settings_ = engine_settings(simulator, dispatcher={"idempotency_window_seconds": 6 * 3600})
+    cid = await _claimed_by_a_dead_daemon(db_pool, simulator, settings_)
+    await run_engine(db_pool, settings_, lambda: _held(db_pool), owners=["survivor"])
+
+    await db_pool.execute(
+        "UPDATE campaigns SET window_start = '00:00', window_end = '24:00' WHERE id = $1", cid
+    )
+    await run_until_idle(db_pool, settings_, owners=["survivor"])
+
+    assert await states(db_pool, cid) == {"dialing": 2}
+    assert simulator.started_count() == 2
+
+
 async def _held(db_pool: asyncpg.Pool) -> bool:
     return bool(
         await db_pool.fetchval("SELECT next_send_at > now() + interval '1 hour' FROM batches")
