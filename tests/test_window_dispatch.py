@@ -263,3 +263,29 @@ async def test_resend_whose_window_opens_after_the_idempotency_window_is_parked_
     row = await db_pool.fetchrow("SELECT state, last_error FROM batches")
     assert row["state"] == "parked"
     assert "calling window is closed" in row["last_error"]
+
+
+async def test_resend_of_a_contact_without_a_usable_zone_is_parked_not_sent(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    # Claimed while the campaign dialled at any hour; by the re-send it has a
+    # window, and these SIP contacts have no zone to check it in: fail closed.
+    settings_ = engine_settings(simulator)
+    cid = await create_campaign(db_pool)
+    await add_contacts(db_pool, cid, ["sip:alice@example.com", "sip:bob@example.com"])
+    async with dispatcher(db_pool, settings_, owner="dead-daemon") as d:
+        [campaign] = await d_active(db_pool)
+        claimed, _ = await d.claim(campaign)
+        assert len(claimed) == 1
+    await db_pool.execute(
+        "UPDATE campaigns SET window_start = '09:00', window_end = '17:00' WHERE id = $1", cid
+    )
+    await db_pool.execute("UPDATE batches SET lease_until = now() - interval '1 second'")
+
+    await run_until_idle(db_pool, settings_, owners=["survivor"])
+
+    assert simulator.started_count() == 0
+    row = await db_pool.fetchrow("SELECT state, last_error FROM batches")
+    assert row["state"] == "parked"
+    assert row["last_error"].startswith("not re-sent:")
+    assert await states(db_pool, cid) == {"dispatching": 2}
