@@ -588,7 +588,7 @@ class Dispatcher:
                 await q.defer(
                     conn,
                     [d.contact_id for d in deferred],
-                    [d.until for d in deferred],
+                    [max(0.0, (d.until - now).total_seconds()) for d in deferred],
                     [d.reason for d in deferred],
                 )
                 log.info(

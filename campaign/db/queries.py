@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -284,21 +283,24 @@ async def set_states(
         await conn.execute(SET_OUTCOME_STATES, list(ids), list(states), list(reasons))
 
 
+# The wait is a delay on the database's clock, which the claim compares
+# next_attempt_at with: an absolute time from a daemon whose clock runs behind
+# would bring the contacts back before their window opens, claim after claim.
 DEFER_CONTACTS = """
 UPDATE contacts c
-SET next_attempt_at = t.until, last_result = 'outside_window', last_error = t.reason,
-    updated_at = now()
-FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS t(id, until, reason)
+SET next_attempt_at = now() + make_interval(secs => t.wait),
+    last_result = 'outside_window', last_error = t.reason, updated_at = now()
+FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS t(id, wait, reason)
 WHERE c.id = t.id
 """
 
 
 async def defer(
-    conn: Conn, ids: Sequence[int], until: Sequence[datetime], reasons: Sequence[str]
+    conn: Conn, ids: Sequence[int], waits: Sequence[float], reasons: Sequence[str]
 ) -> None:
-    """Contacts outside their calling window wait for it; no attempt is used."""
+    """Contacts outside their calling window wait `waits` seconds; no attempt is used."""
     if ids:
-        await conn.execute(DEFER_CONTACTS, list(ids), list(until), list(reasons))
+        await conn.execute(DEFER_CONTACTS, list(ids), list(waits), list(reasons))
 
 
 INSERT_BATCH = """
