@@ -73,6 +73,10 @@ DUPLICATE_REASON = "same destination as another contact of this campaign"
 OPEN_COUNT_MARGIN = 0.1
 OPEN_COUNT_REUSE_SECONDS = 1.0
 
+# How a held re-send's last_error starts; migration 0004's window trigger finds
+# held batches by it, so the two must stay the same.
+HELD_FOR_WINDOW = "re-send held outside the calling window:"
+
 REJECTED_STATUSES = frozenset({400, 413, 422})
 VALIDATION_CODES = frozenset({"0001", "0002", "0003", "0004"})
 
@@ -266,11 +270,17 @@ class Budget:
 def pacing_room(
     grants: dict[str, list[q.Grant]], budgets: dict[str, Budget], need: int
 ) -> tuple[int, float]:
-    """(calls available now, seconds until `need` calls are) over every budget."""
-    available = min(b.calls - sum(g.calls for g in grants.get(k, [])) for k, b in budgets.items())
+    """(calls available now, seconds until `need` calls are) over every budget.
+
+    Each budget counts only the grants inside its own window: the grants are read
+    over the longest window of all, which for a campaign slower than one call per
+    second is far longer than the account's second.
+    """
+    inside = {k: [g for g in grants.get(k, []) if g.age < b.window] for k, b in budgets.items()}
+    available = min(b.calls - sum(g.calls for g in inside[k]) for k, b in budgets.items())
     wait = 0.0
     for key, budget in budgets.items():
-        recent = grants.get(key, [])
+        recent = inside[key]
         deficit = need - (budget.calls - sum(g.calls for g in recent))
         freed = 0
         for g in recent:  # oldest first
@@ -794,7 +804,7 @@ class Dispatcher:
                 batch.id,
                 self.owner,
                 wait,
-                f"re-send held outside the calling window: {verdict.reason}",
+                f"{HELD_FOR_WINDOW} {verdict.reason}",
             )
         log.info("batch_held_for_window", until=verdict.until.isoformat(), reason=verdict.reason)
         return True
@@ -875,7 +885,9 @@ class Dispatcher:
 
     async def _park(self, batch: q.BatchRow, reason: str) -> None:
         async with self.pool.acquire() as conn:
-            await q.park(conn, batch.id, reason)
+            if not await q.park(conn, batch.id, self.owner, reason):
+                log.warning("batch_no_longer_ours", action="park", reason=reason)
+                return
         self.counters.parked += 1
         self._count_batch("parked")
         log.error(
@@ -902,6 +914,7 @@ class Dispatcher:
         async with self.pool.acquire() as conn, conn.transaction():
             if batch.first_send:
                 if await q.close_batch(conn, batch.id, "rejected", reason, self.owner) is None:
+                    log.warning("batch_no_longer_ours", action="reject", reason=reason)
                     return
                 await q.return_to_pending(conn, batch.id, reason)
             else:
@@ -924,11 +937,12 @@ class Dispatcher:
         if len(batch.contact_ids) == 1:
             state = "invalid" if exc.code in VALIDATION_CODES else "failed"
             reason = f"Aculab refused the call: {exc.reason}"
-            self._count_batch("rejected")
             async with self.pool.acquire() as conn, conn.transaction():
                 if await q.close_batch(conn, batch.id, "rejected", reason, self.owner) is None:
+                    log.warning("batch_no_longer_ours", action="reject", reason=reason)
                     return
                 await q.fail_contacts(conn, batch.id, state, reason)
+            self._count_batch("rejected")
             log.warning(f"contact_{state}", contact_id=batch.contact_ids[0], reason=reason)
             return
         await self._split(batch, exc)
@@ -951,6 +965,7 @@ class Dispatcher:
         children = []
         async with self.pool.acquire() as conn, conn.transaction():
             if await q.close_batch(conn, batch.id, "split", reason, self.owner) is None:
+                log.warning("batch_no_longer_ours", action="split", reason=reason)
                 return
             for group in groups:
                 ids = [batch.contact_ids[i] for i in group]

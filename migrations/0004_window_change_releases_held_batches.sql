@@ -1,8 +1,8 @@
 -- A re-send whose calling window had closed is held, unowned, until the next
--- opening (campaign/dispatch.py, HOLD_BATCH). When an operator changes the
--- window, those batches are looked at again at once, like deferred contacts.
--- A batch released at shutdown (also unowned) may be looked at a little early
--- as well: harmless, it is re-sent with its own unique_id.
+-- opening, with last_error starting 're-send held outside the calling window:'
+-- (campaign/dispatch.py, HELD_FOR_WINDOW). When an operator changes the window,
+-- those batches are looked at again at once, like deferred contacts. Batches
+-- waiting out a backoff are left alone: waking them would ignore Retry-After.
 CREATE OR REPLACE FUNCTION campaign_window_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE contacts
@@ -10,7 +10,8 @@ BEGIN
     WHERE campaign_id = NEW.id AND state = 'pending' AND last_result = 'outside_window';
     UPDATE batches
     SET next_send_at = now()
-    WHERE campaign_id = NEW.id AND state = 'pending' AND owner IS NULL AND next_send_at > now();
+    WHERE campaign_id = NEW.id AND state = 'pending' AND owner IS NULL AND next_send_at > now()
+      AND starts_with(last_error, 're-send held outside the calling window:');
     RETURN NULL;
 END;
 $$;

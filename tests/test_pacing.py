@@ -14,7 +14,7 @@ import pytest
 from campaign.aculab import AculabClient
 from campaign.daemon import GRANT_HISTORY_SECONDS
 from campaign.db import queries as q
-from campaign.dispatch import Dispatcher
+from campaign.dispatch import Budget, Dispatcher, pacing_room
 from campaign.simulator import Simulator, SimulatorConfig
 from tests.engine import (
     add_contacts,
@@ -277,3 +277,21 @@ async def test_deep_aculab_queue_holds_submissions_back(
     # Without the check 5/s for 4 s would be ~20 submitted, ~16 of them queued.
     assert sim.queue_length("MyOutboundService") <= 5 + 5
     assert sim.started_count() <= 15
+
+
+def test_each_budget_counts_only_the_grants_inside_its_own_window() -> None:
+    # A campaign at 0.001 calls/s reads grants over 1,000 s; the account's calls
+    # of 900 s ago must not count against the account's one-second budget.
+    budgets = {
+        "account": Budget.of(20, 0.02),
+        "campaign:1": Budget.of(0.001, 0.02),
+    }
+    grants = {
+        "account": [q.Grant(age=900.0 - i, calls=1) for i in range(900)],
+        "campaign:1": [],
+    }
+    available, _ = pacing_room(grants, budgets, need=1)
+    assert available == 1
+    # Within its own second, the account's grants do count.
+    grants["account"].append(q.Grant(age=0.5, calls=20))
+    assert pacing_room(grants, budgets, need=1)[0] == 0

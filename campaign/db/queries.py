@@ -127,10 +127,13 @@ SELECT k FROM unnest($1::text[]) AS k ORDER BY k
 ON CONFLICT (key) DO UPDATE SET key = excluded.key
 """
 
+# now() (the transaction's start, a little earlier) bounds the index range scan,
+# which clock_timestamp() cannot; the ages are exact and each budget keeps only
+# the grants inside its own window (dispatch.pacing_room).
 RECENT_GRANTS = """
 SELECT key, extract(epoch FROM clock_timestamp() - granted_at)::float8 AS age, calls
 FROM rate_grants
-WHERE key = ANY($1::text[]) AND granted_at > clock_timestamp() - make_interval(secs => $2)
+WHERE key = ANY($1::text[]) AND granted_at > now() - make_interval(secs => $2)
 ORDER BY granted_at
 """
 
@@ -140,7 +143,7 @@ SELECT k, clock_timestamp(), $2 FROM unnest($1::text[]) AS k
 """
 
 FORGET_OLD_GRANTS = """
-DELETE FROM rate_grants WHERE granted_at < clock_timestamp() - make_interval(secs => $1)
+DELETE FROM rate_grants WHERE granted_at < now() - make_interval(secs => $1)
 """
 
 
@@ -489,20 +492,25 @@ async def hold(conn: Conn, batch_id: int, owner: str, seconds: float, reason: st
     await conn.execute(HOLD_BATCH, batch_id, owner, seconds, reason)
 
 
+# Only by its owner, as for closing (CLOSE_BATCH).
 PARK_BATCH = """
 WITH b AS (
     UPDATE batches
     SET state = 'parked', last_error = $2, finished_at = now(), owner = NULL, lease_until = NULL
-    WHERE id = $1 AND state = 'pending'
+    WHERE id = $1 AND state = 'pending' AND owner = $3
     RETURNING id
+), marked AS (
+    UPDATE contacts c SET last_error = $2, updated_at = now()
+    FROM b WHERE c.batch_id = b.id AND c.state = 'dispatching'
 )
-UPDATE contacts c SET last_error = $2, updated_at = now()
-FROM b WHERE c.batch_id = b.id AND c.state = 'dispatching'
+SELECT count(*) FROM b
 """
 
 
-async def park(conn: Conn, batch_id: int, reason: str) -> None:
-    await conn.execute(PARK_BATCH, batch_id, reason)
+async def park(conn: Conn, batch_id: int, owner: str, reason: str) -> bool:
+    """pending -> parked; False when it is closed already or no longer ours."""
+    n: int = await conn.fetchval(PARK_BATCH, batch_id, reason, owner)
+    return n == 1
 
 
 # --- step 5: permanent failure ---------------------------------------------------
