@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import aiohttp
 import psutil
-from scratch import create_scratch, drop_scratch
+from scratch import create_scratch, drop_scratch, start_simulator, stop
 
 from campaign.aculab import AculabClient
 from campaign.db.migrate import migrate
@@ -45,7 +45,6 @@ from campaign.dispatch import Dispatcher
 from campaign.logs import configure_logging
 from campaign.settings import LoggingSettings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "BenchService"
 PASSWORD = "bench-password"
 API_KEY = "bench-key"
@@ -110,48 +109,6 @@ SELECT id, campaign_id, :bid, attempts, reference, now() + make_interval(secs =>
 FROM u;
 COMMIT;
 """
-
-
-async def start_simulator() -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "campaign",
-        "simulator",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--cps",
-        "1000000",
-        "--max-list-length",
-        "1000",
-        "--api-key",
-        API_KEY,
-        "--service",
-        f"{SERVICE}={PASSWORD}",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    base_url = line.decode().strip()
-    if not base_url.startswith("http://127.0.0.1:"):
-        proc.terminate()
-        await proc.wait()
-        raise SystemExit(f"unexpected first line from the simulator: {base_url!r}")
-    return proc, base_url
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
-    proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), 10)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
 
 
 def destinations(n: int, offset: int = 0) -> list[str]:
@@ -456,7 +413,7 @@ async def main() -> None:
         f"dispatch_ceiling: {args.contacts:,} contacts, lists of {LIST},"
         f" {args.in_flight} requests in flight, {nproc} CPU(s)"
     )
-    sim, base_url = await start_simulator()
+    sim, base_url = await start_simulator(SERVICE, PASSWORD, api_key=API_KEY)
     base = load_settings(None, database={"data_dir": args.data_dir})
     name = f"bench_ceiling_{os.getpid()}"
     try:

@@ -15,13 +15,12 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from scratch import create_scratch, drop_scratch
+from scratch import create_scratch, drop_scratch, start_simulator, stop
 
 from campaign.aculab import AculabClient
 from campaign.db.migrate import migrate
@@ -33,36 +32,6 @@ from campaign.settings import LoggingSettings, load_settings
 SERVICE = "BenchService"
 PASSWORD = "bench-password"
 API_KEY = "bench-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def start_simulator(port: int) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "campaign",
-        "simulator",
-        "--port",
-        str(port),
-        "--cps",
-        "1000000",
-        "--max-list-length",
-        "1000",
-        "--api-key",
-        API_KEY,
-        "--service",
-        f"{SERVICE}={PASSWORD}",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    await asyncio.wait_for(proc.stdout.readline(), 30)
-    return proc
 
 
 async def one_run(
@@ -129,16 +98,13 @@ async def main() -> None:
     )
     args = parser.parse_args()
     configure_logging(LoggingSettings(level="warning", format="console"), stream=sys.stderr)
-    port = free_port()
-    sim = await start_simulator(port)
+    sim, base_url = await start_simulator(SERVICE, PASSWORD, api_key=API_KEY)
     base = load_settings(None, database={"data_dir": args.data_dir})
     results = []
     try:
         async with database_dsn(base.database) as admin_dsn:
             for size in [int(s) for s in args.batch_sizes.split(",")]:
-                results.append(
-                    await one_run(admin_dsn, f"http://127.0.0.1:{port}", args.contacts, size)
-                )
+                results.append(await one_run(admin_dsn, base_url, args.contacts, size))
                 r = results[-1]
                 print(
                     f"batch {r['batch_size']:>4}: {r['contacts_per_s']:8.0f} contacts/s "
@@ -146,8 +112,7 @@ async def main() -> None:
                     f"dispatcher CPU {r['cpu_s_per_1000']:.3f} s per 1,000 contacts"
                 )
     finally:
-        sim.terminate()
-        await sim.wait()
+        await stop(sim)
     best = max(results, key=lambda r: r["contacts_per_s"])
     print(json.dumps({"best": best, "runs": results}))
 

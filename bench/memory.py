@@ -16,13 +16,12 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from scratch import create_scratch, drop_scratch
+from scratch import create_scratch, drop_scratch, start_simulator, stop
 
 from campaign.db.migrate import migrate
 from campaign.db.pool import connect, database_dsn
@@ -47,48 +46,6 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
     except OSError:
         return None
     return None
-
-
-async def start_simulator() -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "campaign",
-        "simulator",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--cps",
-        "1000000",
-        "--max-list-length",
-        "1000",
-        "--api-key",
-        API_KEY,
-        "--service",
-        f"{SERVICE}={PASSWORD}",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    base_url = line.decode().strip()
-    if not base_url.startswith("http://127.0.0.1:"):
-        proc.terminate()
-        await proc.wait()
-        raise SystemExit(f"unexpected first line from the simulator: {base_url!r}")
-    return proc, base_url
-
-
-async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> int:
-    if proc.returncode is None:
-        proc.send_signal(sig)
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode if proc.returncode is not None else -1
 
 
 async def prepare(dsn: str, contacts: int, list_size: int) -> None:
@@ -126,7 +83,7 @@ async def prepare(dsn: str, contacts: int, list_size: int) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    sim, base_url = await start_simulator()
+    sim, base_url = await start_simulator(SERVICE, PASSWORD, api_key=API_KEY)
     base = load_settings(None, database={"data_dir": args.data_dir})
     name = f"bench_memory_{os.getpid()}"
     samples: list[tuple[float, float, int]] = []  # (seconds, RSS MB, contacts dialing)

@@ -15,16 +15,14 @@ import asyncio
 import contextlib
 import json
 import statistics
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+from scratch import start_simulator, stop
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "MyOutboundService"
 PASSWORD = "sim-password"
 CALLER_ID = "441908273801"
@@ -70,49 +68,6 @@ def encoded_lists(list_size: int, count: int) -> list[bytes]:
     return bodies
 
 
-async def start_simulator(list_size: int) -> tuple[asyncio.subprocess.Process, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "campaign",
-        "simulator",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--cps",
-        "100000",
-        "--max-list-length",
-        str(max(list_size, 1)),
-        "--service",
-        f"{SERVICE}={PASSWORD}",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-    except TimeoutError:
-        await stop_simulator(process)
-        raise SystemExit("the simulator did not start within 30 s") from None
-    base_url = line.decode().strip()
-    if not base_url.startswith("http://127.0.0.1:"):
-        await stop_simulator(process)
-        raise SystemExit(f"unexpected first line from the simulator: {base_url!r}")
-    return process, base_url
-
-
-async def stop_simulator(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is not None:
-        return
-    process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), timeout=10)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-
-
 async def worker(
     session: aiohttp.ClientSession,
     url: str,
@@ -141,7 +96,9 @@ async def worker(
 
 
 async def run(seconds: float, list_size: int, concurrency: int, distinct_lists: int) -> int:
-    process, base_url = await start_simulator(list_size)
+    process, base_url = await start_simulator(
+        SERVICE, PASSWORD, cps=100_000, max_list_length=max(list_size, 1)
+    )
     try:
         bodies = encoded_lists(list_size, distinct_lists)
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -165,7 +122,7 @@ async def run(seconds: float, list_size: int, concurrency: int, distinct_lists: 
             )
             elapsed = time.monotonic() - tally.started
     finally:
-        await stop_simulator(process)
+        await stop(process)
 
     ok = tally.statuses[200]
     # Only whole seconds count towards the median; the last one is cut short.
