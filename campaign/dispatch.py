@@ -547,7 +547,7 @@ class Dispatcher:
             grant = min(size * max(1, batches), room, available)
             # Whole batches are claimed even when the grant is smaller, so that
             # contacts skipped below (invalid, duplicate...) do not leave it short.
-            contacts = await q.claim_contacts(conn, campaign.id, size * -(-grant // size))
+            contacts = await q.claim_contacts(conn, campaign.id, size * math.ceil(grant / size))
             if not contacts:
                 return [], False
             now = datetime.now(UTC)
