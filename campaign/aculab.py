@@ -23,6 +23,8 @@ from campaign.destinations import classify
 from campaign.settings import AccountType, AculabSettings, HttpSettings
 
 MAX_TOKEN_LENGTH = 5000  # [doc] service_start: token of up to 5000 characters
+MAX_RAW_ANSWER = 10_000
+"""Characters of an unusable answer kept for the operator."""
 CALL_FIELDS = assumptions.CALL_OBJECT_KEYS
 
 
@@ -62,13 +64,31 @@ class AculabError(Exception):
 
 
 class TransientError(AculabError):
-    """Timeout, dropped connection, HTTP 5xx or 429: the same request may be sent again."""
+    """Timeout, dropped connection, HTTP 5xx, 408 or 429: the same request may be sent again.
+
+    `may_have_started` says whether this request can have started calls
+    (aculab-api.md §1): False when it never reached Aculab (no connection, DNS or
+    TLS failure, a connect timeout) or was answered 429; True when it was written
+    and no usable answer came back (a read timeout, a reset, a 5xx, a body that is
+    not JSON). `outage` says whether it counts towards Aculab being unreachable
+    (every failure but a 429, which is Aculab answering "slow down").
+    """
 
     transient = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        may_have_started: bool = True,
+        outage: bool = True,
+        **kw: Any,
+    ) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+        self.may_have_started = may_have_started
+        self.outage = outage
 
 
 class PermanentError(AculabError):
@@ -85,6 +105,17 @@ class NotFoundError(PermanentError):
 
 class CallValidationError(PermanentError):
     """A call object was refused before anything was sent; `details` names the list index."""
+
+
+class UnusableAnswer(AculabError):
+    """HTTP 200 whose body is JSON but not a list of references: the calls started.
+
+    `raw` is the body as received, for the operator who resolves the batch.
+    """
+
+    def __init__(self, message: str, *, raw: str) -> None:
+        super().__init__(message, status=200, text=message)
+        self.raw = raw
 
 
 @dataclass(frozen=True)
@@ -208,7 +239,16 @@ async def _error_from_response(resp: aiohttp.ClientResponse, what: str) -> Acula
     kw: dict[str, Any] = {"status": resp.status, "code": code, "text": text, "details": details}
     # 408: a proxy on the way may have passed the request on before it gave up,
     # so the calls may have started: re-send with the same id, as for a timeout.
-    if resp.status in (408, 429) or resp.status >= 500:
+    if resp.status == assumptions.THROTTLED_STATUS:
+        # [assumed] a 429 started nothing.
+        return TransientError(
+            message,
+            retry_after=_retry_after(resp.headers),
+            may_have_started=not assumptions.THROTTLED_STARTS_NOTHING,
+            outage=False,
+            **kw,
+        )
+    if resp.status == 408 or resp.status >= 500:
         return TransientError(message, retry_after=_retry_after(resp.headers), **kw)
     if resp.status in (401, 403):
         return AuthenticationError(message, **kw)
@@ -236,7 +276,9 @@ class AculabClient:
             tls = ssl.create_default_context()
             tls.minimum_version = ssl.TLSVersion.TLSv1_2  # [doc] TLS 1.2+ only
         timeout = aiohttp.ClientTimeout(
-            total=None,
+            # A body that trickles in must not hold a request open past both
+            # timeouts: each read would be within sock_read, the whole would not.
+            total=self._http.connect_timeout + self._http.read_timeout,
             connect=self._http.connect_timeout,
             sock_connect=self._http.connect_timeout,
             sock_read=self._http.read_timeout,
@@ -307,6 +349,20 @@ class AculabClient:
                 body = await resp.read()
         except AculabError:
             raise
+        # Before the request was written: it cannot have reached Aculab. A connect
+        # timeout fires before the total timeout, which is connect + read.
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise TransientError(
+                f"{what}: no connection within {self._http.connect_timeout:g}s",
+                text="connect timeout",
+                may_have_started=False,
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            # Refused, unreachable, DNS and TLS handshake failures all land here.
+            raise TransientError(
+                f"{what}: cannot connect: {exc}", text="cannot connect", may_have_started=False
+            ) from exc
+        # After the request was (perhaps) written: in doubt.
         except TimeoutError as exc:
             raise TransientError(f"{what}: no answer in time", text="timeout") from exc
         except aiohttp.ClientConnectionError as exc:
@@ -315,7 +371,7 @@ class AculabClient:
             raise TransientError(f"{what}: {exc}", text="client error") from exc
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise TransientError(
                 f"{what}: HTTP 200 with a body that is not JSON", status=200, text="bad body"
             ) from exc
@@ -332,11 +388,12 @@ class AculabClient:
             form["unique_id"] = unique_id
         auth = self._service_auth(service)
         body = await self._request("POST", "/service_start", "service_start", auth=auth, data=form)
-        if not isinstance(body, list) or not all(isinstance(r, str) for r in body):
-            raise TransientError(
-                "service_start: HTTP 200 but the body is not a list of references",
-                status=200,
-                text="bad body",
+        if not isinstance(body, list) or not all(isinstance(r, str) and r for r in body):
+            # Aculab answered 200, so the calls started; a replay would give the same
+            # answer. The dispatcher parks the batch with this body for an operator.
+            raise UnusableAnswer(
+                "service_start: HTTP 200 but the body is not a list of reference strings",
+                raw=json.dumps(body, ensure_ascii=False)[:MAX_RAW_ANSWER],
             )
         return body
 

@@ -6,8 +6,10 @@ loopback where the test needs to see the raw request.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +24,7 @@ from campaign.aculab import (
     NotFoundError,
     PermanentError,
     TransientError,
+    UnusableAnswer,
     encode_rest_calls,
 )
 from campaign.settings import ConfigError, Settings, load_settings
@@ -152,14 +155,85 @@ async def test_request_timeout_from_a_proxy_is_transient(
     assert err.value.status == 408
 
 
-async def test_success_with_a_body_that_is_not_a_list_is_transient(
+@pytest.mark.parametrize(
+    "body", ['{"odd": true}', '["ref-1", 2]', '["ref-1", null]', '["ref-1", ""]', "null"]
+)
+async def test_success_whose_json_is_not_a_list_of_references_is_unusable_and_kept(
+    capture: tuple[str, list[dict[str, Any]], Callable[..., None]], body: str
+) -> None:
+    # Aculab answered 200: the calls started, and a replay would say the same.
+    url, _, answer = capture
+    answer(200, body)
+    async with client_for(url) as client:
+        with pytest.raises(UnusableAnswer) as err:
+            await client.service_start(SERVICE, two_calls(), "uid")
+    assert json.loads(err.value.raw) == json.loads(body)
+
+
+async def test_success_whose_body_is_not_json_is_transient_and_in_doubt(
     capture: tuple[str, list[dict[str, Any]], Callable[..., None]],
 ) -> None:
     url, _, answer = capture
-    answer(200, '{"odd": true}')
+    answer(200, "<html>gateway</html>")
     async with client_for(url) as client:
-        with pytest.raises(TransientError):
+        with pytest.raises(TransientError) as err:
             await client.service_start(SERVICE, two_calls(), "uid")
+    assert err.value.may_have_started
+
+
+async def test_refused_connection_never_reached_aculab() -> None:
+    # A port that was just free: nothing listens there.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with client_for(f"http://127.0.0.1:{port}") as client:
+        with pytest.raises(TransientError) as err:
+            await client.service_start(SERVICE, two_calls(), "uid")
+    assert not err.value.may_have_started
+    assert err.value.outage
+
+
+async def test_throttling_started_nothing_and_is_no_outage(simulator: Simulator) -> None:
+    simulator.faults.force("throttle")
+    async with client_for(simulator.base_url) as client:
+        with pytest.raises(TransientError) as err:
+            await client.service_start(SERVICE, two_calls(), "uid-429b")
+    assert (err.value.may_have_started, err.value.outage) == (False, False)
+
+
+async def test_a_body_that_trickles_in_is_cut_off_by_the_total_timeout() -> None:
+    # Each chunk arrives well within the read timeout (1 s); the whole takes 4 s.
+    chunks = ['["ref', "-1", '","r', 'ef-2"', "]", " ", " ", " "]
+    written: list[str] = []
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        await request.post()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk.encode())
+            written.append(chunk)
+            await asyncio.sleep(0.5)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/service_start", trickle)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with client_for(f"http://127.0.0.1:{port}") as client:
+            with pytest.raises(TransientError) as err:
+                await client.service_start(SERVICE, two_calls(), "uid")
+            # Given up while the answer was still coming: connect (1 s) + read (1 s)
+            # is the most a request may take, however its reads are spread.
+            assert 0 < len(written) < len(chunks)
+    finally:
+        await runner.cleanup()
+    assert err.value.may_have_started
 
 
 async def test_429_is_transient_and_carries_retry_after(simulator: Simulator) -> None:
@@ -185,6 +259,8 @@ async def test_faults_are_transient_and_the_same_id_returns_the_original_referen
         with pytest.raises(TransientError) as err:
             await client.service_start(SERVICE, payload, "uid-fault")
         assert err.value.status == status
+        # The request was written and no usable answer came: it may have started calls.
+        assert err.value.may_have_started and err.value.outage
         assert simulator.started_count() == started
         refs = await client.service_start(SERVICE, payload, "uid-fault")
     assert len(refs) == 2

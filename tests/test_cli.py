@@ -763,7 +763,7 @@ async def test_cancel_leaves_the_aculab_queue_alone_when_another_campaign_shares
     [
         ("", None, "no API access key configured (set aculab.api_access_key)"),
         ("wrong-key", None, "HTTP 401"),
-        (None, "http://127.0.0.1:1", "connection"),
+        (None, "http://127.0.0.1:1", "cannot connect"),
     ],
     ids=["no-api-key", "refused", "unreachable"],
 )
