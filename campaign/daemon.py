@@ -27,9 +27,17 @@ from campaign.db import queries as q
 from campaign.db.admin import CONTACT_STATES
 from campaign.db.migrate import MigrationError, migrate, pending
 from campaign.db.pool import DatabaseUnavailable, connect, database_dsn, open_pool
-from campaign.dispatch import DB_ERRORS, Dispatcher, sleep_until_woken
+from campaign.dispatch import Dispatcher
 from campaign.metrics import Metrics, new_metrics
 from campaign.poller import Poller
+from campaign.runtime import (
+    DB_ERRORS,
+    Episode,
+    after_database_error,
+    database_episode,
+    describe_db_error,
+    sleep_until_woken,
+)
 from campaign.server import build_app, serve
 from campaign.settings import ListenerSettings, Settings
 
@@ -64,17 +72,44 @@ async def prepare_schema(pool: asyncpg.Pool, settings: Settings) -> str | None:
     return None
 
 
-async def heartbeat(pool: asyncpg.Pool, owner: str, lease: float, stop: asyncio.Event) -> None:
-    """Keep this daemon's batch leases alive; a daemon that stops beating loses them."""
+# A daemon row not refreshed for this long belongs to a daemon that died without
+# saying so (kill -9, a lost host): it is removed by the others.
+FORGET_DAEMON_SECONDS = 3600.0
+
+
+async def heartbeat(
+    pool: asyncpg.Pool,
+    owner: str,
+    lease: float,
+    stop: asyncio.Event,
+    aculab: Callable[[], tuple[float, str | None] | None] = lambda: None,
+) -> None:
+    """Keep this daemon's batch leases alive; a daemon that stops beating loses them.
+
+    It also keeps the daemon's row in `daemons` (alive, and whether Aculab is
+    reachable from it, for `campaign why`), and clears out history: pacing
+    grants older than any window, rows of daemons long dead.
+    """
     never = asyncio.Event()
+    trouble = database_episode(log, "heartbeat")
     while not stop.is_set():
+        unreachable = aculab()
         try:
             async with pool.acquire() as conn:
                 await q.heartbeat(conn, owner, lease)
+                await q.daemon_seen(
+                    conn,
+                    owner,
+                    unreachable[0] if unreachable else None,
+                    unreachable[1] if unreachable else None,
+                )
                 # Pacing grants older than any window are history.
                 await q.forget_old_grants(conn, GRANT_HISTORY_SECONDS)
+                await q.forget_daemons(conn, FORGET_DAEMON_SECONDS)
+            trouble.recovered()
         except DB_ERRORS as exc:
-            log.warning("heartbeat_failed", error=str(exc))
+            trouble.failed(**describe_db_error(exc))
+            await after_database_error(pool, exc)
         await sleep_until_woken(stop, never, lease / 3)
 
 
@@ -86,15 +121,17 @@ async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> 
     """
     never = asyncio.Event()
     failures = 0
+    trouble = Episode(log, "listen_connection_lost", "listen_connection_restored", level="warning")
     while not stop.is_set():
         try:
             conn = await connect(dsn, command_timeout=10)
         except DatabaseUnavailable as exc:
             failures += 1
-            log.warning("listen_connect_failed", error=str(exc))
+            trouble.failed(error=str(exc))
             await sleep_until_woken(stop, never, min(30.0, 2.0**failures))
             continue
         failures = 0
+        trouble.recovered()
         lost = asyncio.Event()
         conn.add_termination_listener(_setter(lost))
         try:
@@ -106,7 +143,7 @@ async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> 
                     # asyncpg listeners die silently with a half-open socket: probe it.
                     await q.ping(conn)
         except DB_ERRORS as exc:
-            log.warning("listen_connection_lost", error=str(exc))
+            trouble.failed(**describe_db_error(exc))
         finally:
             if not conn.is_closed():
                 try:
@@ -155,15 +192,17 @@ class Progress:
 
     async def run(self, stop: asyncio.Event) -> None:
         never = asyncio.Event()
+        trouble = Episode(log, "progress_failed", "progress_recovered", level="warning")
         while not stop.is_set():
             await sleep_until_woken(stop, never, self.interval)
             if stop.is_set():
                 return
             try:
                 await self.report()
+                trouble.recovered()
             except Exception as exc:
                 # Progress lines are a convenience: never a reason to stop dialing.
-                log.warning("progress_failed", error=repr(exc))
+                trouble.failed(error=repr(exc))
 
     async def report(self) -> None:
         async with self.pool.acquire() as conn:
@@ -259,7 +298,13 @@ async def _run(settings: Settings, stop: asyncio.Event, owner: str) -> int:
             async with asyncio.TaskGroup() as tasks:
                 running["dispatcher"] = tasks.create_task(dispatcher.run(stop))
                 running["heartbeat"] = tasks.create_task(
-                    heartbeat(pool, owner, settings.dispatcher.lease_seconds, stop)
+                    heartbeat(
+                        pool,
+                        owner,
+                        settings.dispatcher.lease_seconds,
+                        stop,
+                        dispatcher.aculab_unreachable,
+                    )
                 )
                 running["listen"] = tasks.create_task(listen(dsn, dispatcher.wake, stop))
                 running["progress"] = tasks.create_task(progress.run(stop))
@@ -272,9 +317,21 @@ async def _run(settings: Settings, stop: asyncio.Event, owner: str) -> int:
                         " a call with no final page after poller.give_up_after ends unknown",
                     )
                 if settings.listener.enabled:
-                    app = build_app(pool, settings.listener, metrics, health)
+                    app = build_app(
+                        pool, settings.listener, metrics, health, dispatcher.aculab_unreachable
+                    )
                     running["listener"] = tasks.create_task(
                         _listen_http(app, settings.listener, stop)
                     )
+        await _forget_self(pool, owner)
     log.info("daemon_stopped", owner=owner, submitted=dispatcher.counters.submitted)
     return 0
+
+
+async def _forget_self(pool: asyncpg.Pool, owner: str) -> None:
+    """A clean stop removes this daemon from `daemons` (a dead one ages out)."""
+    try:
+        async with asyncio.timeout(3), pool.acquire() as conn:
+            await q.daemon_gone(conn, owner)
+    except Exception as exc:  # shutting down: the row ages out anyway
+        log.warning("daemon_row_not_removed", error=repr(exc))

@@ -24,6 +24,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,29 +40,28 @@ from campaign.aculab import (
     AuthenticationError,
     PermanentError,
     TransientError,
+    UnusableAnswer,
     call_problem,
     encode_rest_calls,
 )
+from campaign.breaker import Breaker
 from campaign.db import queries as q
 from campaign.destinations import Destination, Rejected, parse_destination
+from campaign.runtime import (
+    DB_ERRORS,
+    Episode,
+    after_database_error,
+    backoff_delay,
+    database_episode,
+    describe_db_error,
+    sleep_until_woken,
+)
 from campaign.settings import DispatcherSettings, Settings
 
 if TYPE_CHECKING:
     from campaign.metrics import Metrics
 
 log = structlog.get_logger("campaign.dispatch")
-
-DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    # asyncpg leaves a connection the server dropped while idle in a state that refuses
-    # the next statement with InternalClientError (MagicStack/asyncpg#784, #1069).
-    asyncpg.exceptions.InternalClientError,
-    OSError,
-    TimeoutError,
-)
 
 # Statuses that mean "this request, as built, is unacceptable": a list is split
 # to find the bad call objects. Other 4xx point at configuration, not contacts.
@@ -100,6 +100,17 @@ def child_unique_id(
     digest = hashlib.sha256(f"{parent}\x1f".encode())
     digest.update(",".join(map(str, contact_ids)).encode())
     return f"{namespace}-{campaign_id}-{digest.hexdigest()[:32]}"
+
+
+def reference_problem(references: Sequence[str], calls: int) -> str | None:
+    """Why `references` cannot be matched one to one with `calls` call objects, or None."""
+    if len(references) != calls:
+        return f"{len(references)} references for {calls} calls"
+    repeated = [(r, n) for r, n in Counter(references).items() if n > 1]
+    if repeated:
+        reference, times = repeated[0]
+        return f"reference {reference[:80]!r} appears {times} times"
+    return None
 
 
 def normalise_caller_id(raw: str | None) -> str | None:
@@ -300,6 +311,7 @@ class Counters:
     batches_submitted: int = 0
     resends: int = 0
     parked: int = 0
+    released: int = 0
     takeovers: int = 0
     by_campaign: dict[int, int] = field(default_factory=dict)
 
@@ -327,6 +339,8 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._clock = clock
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        # batch id -> its service, for the batches in _inflight.
+        self._inflight_services: dict[int, str] = {}
         self._critical: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._pacing_wait: float | None = None
@@ -334,31 +348,78 @@ class Dispatcher:
         # campaign id -> (when, open calls counted then, the cap they were counted up to).
         self._open_counts: dict[int, tuple[float, int, int]] = {}
         self._rotation = 0
+        # batch id -> when (this daemon's clock) it may be taken again, after its
+        # send or its acknowledgement failed in a way that left it pending.
+        self._cooldown: dict[int, float] = {}
+        # Services whose credentials Aculab accepted since their campaigns became
+        # active (for this daemon): until then, one request at a time.
+        self._confirmed: set[str] = set()
+        self._active: set[int] = set()
+        # service_start requests under way (sends, not batches being closed).
+        self._requests = 0
+        self.breaker = Breaker(
+            self._cfg.breaker_threshold,
+            self._cfg.retry_initial_delay,
+            self._cfg.retry_max_delay,
+            clock,
+        )
+        # Batches rescheduled because Aculab was unreachable: due again the moment
+        # it answers, whatever their backoff said.
+        self._outage_batches: set[int] = set()
+        self._db_trouble = database_episode(log, "dispatcher")
+        self._bug = Episode(log, "dispatcher_failed", "dispatcher_recovered")
 
     @property
     def _cfg(self) -> DispatcherSettings:
         return self.settings.dispatcher
 
+    @property
+    def _margin(self) -> float:
+        """The longest a request can take: no (re-)send begins later than this before the
+        end of the idempotency window."""
+        return self.settings.http.connect_timeout + self.settings.http.read_timeout
+
+    @property
+    def _expire_after(self) -> float:
+        """Age beyond which a batch is never sent under its unique_id again."""
+        return max(0.0, self._cfg.idempotency_window_seconds - self._margin)
+
     def wake(self) -> None:
         self._wake.set()
+
+    def aculab_unreachable(self) -> tuple[float, str | None] | None:
+        """(seconds since the breaker opened, the last error) while Aculab is unreachable."""
+        if self.breaker.opened_at is None:
+            return None
+        return self._clock() - self.breaker.opened_at, self.breaker.last_error
 
     # --- the loop ---------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> None:
         """Dispatch until `stop` is set (or, with until_idle, until nothing is left)."""
         failures = 0
+        never = asyncio.Event()
         try:
             while not stop.is_set():
                 self._wake.clear()
                 try:
                     worked = await self.tick()
-                    failures = 0
                 except DB_ERRORS as exc:
                     failures += 1
-                    delay = min(30.0, 0.5 * 2**failures)
-                    log.error("database_unavailable", error=str(exc), retry_in=round(delay, 1))
-                    await sleep_until_woken(stop, self._wake, delay)
+                    self._db_trouble.failed(**describe_db_error(exc))
+                    await after_database_error(self.pool, exc)
+                    await sleep_until_woken(stop, never, backoff_delay(failures))
                     continue
+                except Exception as exc:
+                    # A bug of ours, or an answer nobody foresaw: never a tight loop,
+                    # never a dead daemon; the first traceback is logged.
+                    failures += 1
+                    self._bug.failed(error=repr(exc), exc_info=exc)
+                    await sleep_until_woken(stop, never, backoff_delay(failures))
+                    continue
+                failures = 0
+                self._db_trouble.recovered()
+                self._bug.recovered()
                 if worked:
                     continue
                 if until_idle and not self._inflight and await self._idle():
@@ -375,33 +436,34 @@ class Dispatcher:
             await asyncio.wait(list(self._inflight.values()), return_when=asyncio.FIRST_COMPLETED)
             return True
         async with self.pool.acquire() as conn:
+            campaigns = await q.active_campaigns(conn)
+        self._note_active(campaigns)
+        if self.breaker.is_open:
+            return await self._tick_unreachable(free, campaigns)
+        # A service not yet known good gets one request at a time.
+        careful = [s for s in set(self._inflight_services.values()) if s not in self._confirmed]
+        async with self.pool.acquire() as conn:
             due = await q.take_due_batches(
                 conn,
                 self.owner,
                 self._cfg.lease_seconds,
                 free,
-                list(self._inflight),
-                self._cfg.idempotency_window_seconds,
+                self._busy(),
+                self._expire_after,
+                skip_services=careful,
+                confirmed_services=sorted(self._confirmed),
             )
         for row in due:
-            if row.previous_owner not in (None, self.owner):
-                self.counters.takeovers += 1
-                log.warning(
-                    "batch_taken_over",
-                    campaign_id=row.campaign_id,
-                    batch_id=row.id,
-                    previous_owner=row.previous_owner,
-                    unique_id=row.unique_id,
-                )
             self._spawn(row)
         free -= len(due)
         worked = bool(due)
-        async with self.pool.acquire() as conn:
-            campaigns = await q.active_campaigns(conn)
         order = self._fair_order(campaigns)
         for i, campaign in enumerate(order):
             if free <= 0:
                 break
+            known_good = campaign.service_name in self._confirmed
+            if not known_good and campaign.service_name in self._inflight_services.values():
+                continue
             queue_delay = await self.queue_delay(campaign.service_name)
             if queue_delay > self._cfg.max_queue_seconds:
                 # Aculab already holds enough for this service: what we send now
@@ -409,13 +471,79 @@ class Dispatcher:
                 self._note_pacing(min(1.0, queue_delay - self._cfg.max_queue_seconds))
                 continue
             # The free send slots are shared out among the campaigns still to go.
-            share = max(1, free // (len(order) - i))
+            share = max(1, free // (len(order) - i)) if known_good else 1
             claimed, did = await self.claim(campaign, queue_delay, share)
             worked = worked or did
             for batch in claimed:
                 self._spawn(batch)
             free -= len(claimed)
         return worked
+
+    async def _tick_unreachable(self, free: int, campaigns: list[q.CampaignRow]) -> bool:
+        """Aculab cannot be reached: claim nothing, send one probe at a time.
+
+        Batches past their idempotency window are still closed (released or
+        parked) on time, however long the outage lasts.
+        """
+        async with self.pool.acquire() as conn:
+            expired = await q.take_due_batches(
+                conn,
+                self.owner,
+                self._cfg.lease_seconds,
+                free,
+                self._busy(),
+                self._expire_after,
+                only_expired=True,
+            )
+        for row in expired:
+            self._spawn(row)
+        if self._requests:
+            return bool(expired)  # the probe is still out
+        wait = self.breaker.probe_in()
+        if wait > 0:
+            self._note_pacing(wait)
+            return bool(expired)
+        # The probe: the batch due first; else, with nothing waiting to be re-sent,
+        # one newly claimed batch.
+        async with self.pool.acquire() as conn:
+            due = await q.take_due_batches(
+                conn,
+                self.owner,
+                self._cfg.lease_seconds,
+                1,
+                self._busy(),
+                self._expire_after,
+            )
+            later = None if due else await q.next_due_in(conn, self.owner)
+        if due:
+            self.breaker.probe_sent()
+            self._spawn(due[0])
+            return True
+        if later is not None:
+            self._note_pacing(max(later, 0.2))
+            return bool(expired)
+        for campaign in self._fair_order(campaigns):
+            claimed, _ = await self.claim(campaign, 0.0, 1)
+            if claimed:
+                self.breaker.probe_sent()
+                self._spawn(claimed[0])
+                return True
+        return bool(expired)
+
+    def _note_active(self, campaigns: list[q.CampaignRow]) -> None:
+        """A campaign that became active (at start, after a resume) must prove its
+        service's credentials again before its requests fan out."""
+        for campaign in campaigns:
+            if campaign.id not in self._active:
+                self._confirmed.discard(campaign.service_name)
+        self._active = {c.id for c in campaigns}
+
+    def _busy(self) -> list[int]:
+        """Batches not to take now: being sent here, or cooling down after a failure."""
+        now = self._clock()
+        for batch_id in [b for b, until in self._cooldown.items() if until <= now]:
+            del self._cooldown[batch_id]
+        return [*self._inflight, *self._cooldown]
 
     async def queue_delay(self, service: str) -> float:
         """Seconds a new start would wait in Aculab's queue for `service` (cached briefly).
@@ -454,6 +582,8 @@ class Dispatcher:
             wait = min(wait, self._pacing_wait)
         if self._inflight:
             wait = min(wait, 0.5)
+        if self._cooldown:
+            wait = min(wait, max(0.0, min(self._cooldown.values()) - self._clock()))
         return max(0.005, wait)
 
     async def _idle(self) -> bool:
@@ -461,12 +591,24 @@ class Dispatcher:
             return await q.nothing_to_do(conn)
 
     def _spawn(self, batch: q.BatchRow) -> None:
+        if batch.previous_owner not in (None, self.owner):
+            self.counters.takeovers += 1
+            log.warning(
+                "batch_taken_over",
+                campaign_id=batch.campaign_id,
+                batch_id=batch.id,
+                previous_owner=batch.previous_owner,
+                unique_id=batch.unique_id,
+                in_doubt=batch.in_doubt,
+            )
         task = asyncio.create_task(self._send(batch), name=f"batch-{batch.id}")
         self._inflight[batch.id] = task
+        self._inflight_services[batch.id] = batch.service_name
         task.add_done_callback(functools.partial(self._finished, batch.id))
 
     def _finished(self, batch_id: int, task: asyncio.Task[None]) -> None:
         self._inflight.pop(batch_id, None)
+        self._inflight_services.pop(batch_id, None)
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
@@ -711,14 +853,25 @@ class Dispatcher:
                 await self._send_and_record(batch)
             except DB_ERRORS as exc:
                 # Recording the result failed (the database went away): the batch
-                # stays pending under our lease and is re-sent by its unique_id.
-                log.warning("batch_record_failed", error=repr(exc))
+                # stays pending under our lease and is re-sent by its unique_id,
+                # once the backoff has passed.
+                delay = self._cool_down(batch)
+                await after_database_error(self.pool, exc)
+                log.warning("batch_record_failed", **describe_db_error(exc), retry_in=delay)
+            except Exception as exc:
+                # Whatever failed, the batch is not touched again before its backoff:
+                # an answer nobody foresaw must not become a storm of requests.
+                delay = self._cool_down(batch)
+                log.error("batch_send_crashed", error=repr(exc), retry_in=delay, exc_info=exc)
+
+    def _cool_down(self, batch: q.BatchRow) -> float:
+        delay = self.backoff(batch.sends + 1)
+        self._cooldown[batch.id] = self._clock() + delay
+        return round(delay, 2)
 
     async def _send_and_record(self, batch: q.BatchRow) -> None:
-        margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
-        window = self._cfg.idempotency_window_seconds
-        if batch.age_seconds + margin >= window:
-            await self._park(batch, _beyond_window(batch.age_seconds, window))
+        if batch.age_seconds >= self._expire_after:
+            await self._expire(batch, batch.in_doubt, self._too_late(batch.age_seconds))
             return
         if not batch.first_send and await self._outside_window(batch):
             return
@@ -727,39 +880,105 @@ class Dispatcher:
             self._count_batch("resent")
             log.info("batch_resending", sends=batch.sends, age_seconds=round(batch.age_seconds, 1))
         began = self._clock()
+        self._requests += 1
         try:
             references = await self.client.service_start(
                 batch.service_name, batch.rest_calls, batch.unique_id
             )
         except TransientError as exc:
             self._observe(began, "transient")
+            if exc.outage:
+                self._outage(exc, batch)
+            else:
+                self._answered(batch.service_name)
             await self._shielded(self._retry_later(batch, exc))
             return
         except AuthenticationError as exc:
             self._observe(began, "permanent")
+            if exc.status is not None:
+                self._answered(None)
+            self._confirmed.discard(batch.service_name)
             await self._shielded(self._pause_for_auth(batch, exc))
             return
         except PermanentError as exc:
             self._observe(began, "permanent")
+            # Aculab checks credentials first: a refusal of the request proves them.
+            self._answered(batch.service_name if exc.status is not None else None)
             await self._shielded(self._rejected(batch, exc))
             return
+        except UnusableAnswer as exc:
+            self._observe(began, "unusable")
+            self._answered(batch.service_name)
+            reason = (
+                "Aculab answered 200 with a body that is not a list of references "
+                f"({exc.reason}); the calls started"
+            )
+            await self._shielded(self._park(batch, self._unmatched(reason), exc.raw))
+            return
         except Exception as exc:
-            # A bug of ours must not turn into a tight loop: back off as for a timeout.
-            log.exception("batch_send_crashed", error=repr(exc))
+            # A bug of ours: the request may have gone out, so it counts as in doubt.
+            self._observe(began, "transient")
+            log.error("batch_send_crashed", error=repr(exc), exc_info=exc)
             await self._shielded(self._retry_later(batch, TransientError(repr(exc))))
             return
+        finally:
+            self._requests -= 1
         self._observe(began, "ok")
+        self._answered(batch.service_name)
         await self._shielded(self._acknowledge(batch, references))
 
+    def _outage(self, exc: TransientError, batch: q.BatchRow) -> None:
+        self._outage_batches.add(batch.id)
+        if self.breaker.failure(exc.reason):
+            if self.metrics is not None:
+                self.metrics.aculab_reachable.set(0)
+                self.metrics.aculab_outages.inc()
+            log.error(
+                "aculab_unreachable",
+                failures=self.breaker.failures,
+                error=exc.reason,
+                probe_in=round(self.breaker.probe_in(), 2),
+            )
+
+    def _answered(self, service: str | None) -> None:
+        """Aculab answered a request (even with a refusal): it is reachable."""
+        if service is not None:
+            self._confirmed.add(service)
+        lasted = self.breaker.success()
+        if lasted is None:
+            return
+        if self.metrics is not None:
+            self.metrics.aculab_reachable.set(1)
+        log.info(
+            "aculab_reachable",
+            down_seconds=round(lasted, 1),
+            probes=self.breaker.probes,
+            batches_waiting=len(self._outage_batches),
+        )
+        # Resume at full speed: batches that waited out the outage are due now.
+        waiting, self._outage_batches = sorted(self._outage_batches), set()
+        task = asyncio.create_task(self._due_now(waiting))
+        self._critical.add(task)
+        task.add_done_callback(self._critical.discard)
+        self._wake.set()
+
+    async def _due_now(self, batch_ids: list[int]) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await q.due_now(conn, batch_ids, self.owner)
+        except DB_ERRORS as exc:  # they become due at their own time anyway
+            log.warning("batches_not_rescheduled", **describe_db_error(exc))
+        self._wake.set()
+
     async def _outside_window(self, batch: q.BatchRow) -> bool:
-        """Hold or park a re-send whose calls would now start outside their calling window.
+        """Hold, release or park a re-send whose calls would now start outside their window.
 
         A re-send can come long after the claim (backoff, a takeover, a resume),
         and if the first send started nothing, this one starts the calls: the
         window is checked again for every contact, as at the claim. The batch
         cannot lose a contact (its bytes and id are fixed), so it waits for the
-        next moment all of them are open, or is parked when that is beyond the
-        idempotency window.
+        next moment all of them are open; when that is beyond the idempotency
+        window it is released (never reached Aculab) or parked (in doubt).
         """
         async with self.pool.acquire() as conn:
             found = await q.batch_places(conn, batch.campaign_id, batch.contact_ids)
@@ -777,7 +996,7 @@ class Dispatcher:
             number_zones = () if isinstance(parsed, Rejected) else parsed.timezones
             found_zones = windows.contact_zones(timezone, number_zones, campaign.default_timezone)
             if isinstance(found_zones, str):
-                await self._park(batch, f"not re-sent: {found_zones}")
+                await self._expire(batch, batch.in_doubt, f"not re-sent: {found_zones}")
                 return True
             zones.update(found_zones)
         now = datetime.now(UTC)
@@ -785,17 +1004,16 @@ class Dispatcher:
         verdict = window_verdict(sorted(zones), window, now, now + timedelta(seconds=queue))
         if verdict is None:
             return False
-        margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
-        limit = self._cfg.idempotency_window_seconds
         if isinstance(verdict, Skipped):
-            await self._park(batch, f"not re-sent: {verdict.reason}")
+            await self._expire(batch, batch.in_doubt, f"not re-sent: {verdict.reason}")
             return True
         wait = (verdict.until - now).total_seconds()
-        if batch.age_seconds + wait + margin >= limit:
-            await self._park(
+        if batch.age_seconds + wait >= self._expire_after:
+            await self._expire(
                 batch,
+                batch.in_doubt,
                 f"not re-sent: the calling window is closed ({verdict.reason}), and "
-                f"{_beyond_window(batch.age_seconds + wait, limit)}",
+                f"{self._too_late(batch.age_seconds + wait)}",
             )
             return True
         async with self.pool.acquire() as conn:
@@ -822,21 +1040,30 @@ class Dispatcher:
     # --- step 3: acknowledge ---------------------------------------------------------
 
     async def _acknowledge(self, batch: q.BatchRow, references: list[str]) -> None:
-        if len(references) != len(batch.contact_ids):
-            await self._park(
-                batch,
-                f"Aculab returned {len(references)} references for {len(batch.contact_ids)} "
-                "calls; the calls may have started: check unique_id with Aculab and resolve "
-                "the contacts by hand",
-            )
+        problem = reference_problem(references, len(batch.contact_ids))
+        raw = json.dumps(references, ensure_ascii=False)
+        if problem is not None:
+            reason = f"Aculab's answer cannot be matched to the calls ({problem}); they started"
+            await self._park(batch, self._unmatched(reason), raw)
             return
-        async with self.pool.acquire() as conn:
-            done = await q.acknowledge(
-                conn, batch.id, references, self.settings.poller.first_poll_delay
+        try:
+            async with self.pool.acquire() as conn:
+                done = await q.acknowledge(
+                    conn, batch.id, references, self.settings.poller.first_poll_delay
+                )
+        except asyncpg.UniqueViolationError as exc:
+            # A reference already belongs to another call: these calls started, but
+            # the answer does not say which reference is whose.
+            reason = (
+                f"Aculab returned a reference already recorded for another call "
+                f"({exc.constraint_name}); the calls started"
             )
+            await self._park(batch, self._unmatched(reason), raw)
+            return
         if done is None:
             log.info("batch_already_acknowledged")
             return
+        self._outage_batches.discard(batch.id)
         self.counters.submitted += len(references)
         self.counters.batches_submitted += 1
         self._count_batch("submitted")
@@ -852,6 +1079,13 @@ class Dispatcher:
             sends=batch.sends + 1,
         )
 
+    @staticmethod
+    def _unmatched(reason: str) -> str:
+        return (
+            f"{reason}: the answer is kept in batches.raw_answer. Find the calls at Aculab "
+            "by this unique_id, then run `campaign resolve` for this batch"
+        )
+
     # --- step 4: transient failure ---------------------------------------------------
 
     def backoff(self, sends: int, retry_after: float | None = None) -> float:
@@ -863,31 +1097,56 @@ class Dispatcher:
         return delay
 
     async def _retry_later(self, batch: q.BatchRow, exc: TransientError) -> None:
+        in_doubt = batch.in_doubt or exc.may_have_started
         delay = self.backoff(batch.sends, exc.retry_after)
-        window = self._cfg.idempotency_window_seconds
-        margin = self.settings.http.connect_timeout + self.settings.http.read_timeout
-        if batch.age_seconds + delay + margin >= window:
-            await self._park(
-                batch,
-                f"{_beyond_window(batch.age_seconds + delay, window)}; last error: {exc.reason}",
-            )
+        if batch.age_seconds + delay >= self._expire_after:
+            reason = f"{self._too_late(batch.age_seconds + delay)}; last error: {exc.reason}"
+            await self._expire(batch, in_doubt, reason)
             return
         async with self.pool.acquire() as conn:
-            kept = await q.reschedule(conn, batch.id, self.owner, exc.reason[:500], delay)
+            kept = await q.reschedule(
+                conn, batch.id, self.owner, exc.reason[:500], delay, exc.may_have_started
+            )
         log.warning(
             "batch_send_failed",
             error=exc.reason,
             status=exc.status,
             sends=batch.sends + 1,
             retry_in=round(delay, 2),
+            in_doubt=in_doubt,
             lease_kept=kept,
         )
 
-    async def _park(self, batch: q.BatchRow, reason: str) -> None:
+    def _too_late(self, age: float) -> str:
+        window = self._cfg.idempotency_window_seconds
+        return (
+            f"unacknowledged for {age:.0f}s: the next send would begin less than "
+            f"{self._margin:g}s before the end of the {window:.0f}s idempotency window"
+        )
+
+    async def _expire(self, batch: q.BatchRow, in_doubt: bool, reason: str) -> None:
+        """The batch can no longer be sent under its unique_id.
+
+        In doubt, it is parked for a person (re-sending could start the calls
+        twice). Otherwise nothing of it ever reached Aculab: it is released, and
+        its contacts go back to the queue without using an attempt.
+        """
+        if in_doubt:
+            await self._park(
+                batch,
+                f"{reason}. An earlier send may have started the calls: check with Aculab "
+                "whether this unique_id started calls, then run `campaign resolve` for "
+                "this batch",
+            )
+        else:
+            await self._release(batch, f"{reason}. Nothing reached Aculab: back in the queue")
+
+    async def _park(self, batch: q.BatchRow, reason: str, raw_answer: str | None = None) -> None:
         async with self.pool.acquire() as conn:
-            if not await q.park(conn, batch.id, self.owner, reason):
+            if not await q.park(conn, batch.id, self.owner, reason, raw_answer):
                 log.warning("batch_no_longer_ours", action="park", reason=reason)
                 return
+        self._outage_batches.discard(batch.id)
         self.counters.parked += 1
         self._count_batch("parked")
         log.error(
@@ -896,6 +1155,23 @@ class Dispatcher:
             contacts=len(batch.contact_ids),
             reason=reason,
         )
+
+    async def _release(self, batch: q.BatchRow, reason: str) -> None:
+        async with self.pool.acquire() as conn:
+            freed = await q.release(conn, batch.id, self.owner, reason)
+        if freed is None:
+            log.warning("batch_no_longer_ours", action="release", reason=reason)
+            return
+        self._outage_batches.discard(batch.id)
+        self.counters.released += 1
+        self._count_batch("released")
+        log.warning(
+            "batch_released",
+            campaign=batch.campaign_name,
+            contacts=freed,
+            reason=reason,
+        )
+        self._wake.set()
 
     # --- step 5: permanent failure ---------------------------------------------------
 
@@ -906,23 +1182,26 @@ class Dispatcher:
     async def _pause_service(self, batch: q.BatchRow, reason: str) -> None:
         """Aculab refused the request itself (credentials, configuration): pause the service.
 
-        A first send started nothing, so its contacts wait in `pending` for the
-        resume. Any other send may follow one that did start the calls (Aculab
-        checks credentials before it looks up a unique_id), so that batch keeps
-        its id and is re-sent after the resume, or parked once too old.
+        This refusal started nothing. If no earlier send may have started the
+        calls either, the batch closes and its contacts wait in `pending` for the
+        resume. Otherwise (Aculab checks credentials before it looks up a
+        unique_id) the batch keeps its id and is re-sent after the resume, or
+        parked once too old.
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            if batch.first_send:
+            if not batch.in_doubt:
                 if await q.close_batch(conn, batch.id, "rejected", reason, self.owner) is None:
                     log.warning("batch_no_longer_ours", action="reject", reason=reason)
                     return
                 await q.return_to_pending(conn, batch.id, reason)
             else:
                 delay = self.backoff(batch.sends)
-                if not await q.reschedule(conn, batch.id, self.owner, reason[:500], delay):
+                if not await q.reschedule(
+                    conn, batch.id, self.owner, reason[:500], delay, may_have_started=False
+                ):
                     return
             paused = await q.pause_service(conn, batch.service_name, reason)
-        if batch.first_send:
+        if not batch.in_doubt:
             self._count_batch("rejected")
         else:
             log.warning("batch_kept_in_doubt", reason="an earlier send may have started the calls")
@@ -991,23 +1270,4 @@ class Dispatcher:
         self._wake.set()
 
 
-def _beyond_window(age: float, window: float) -> str:
-    return (
-        f"unacknowledged for {age:.0f}s, beyond the {window:.0f}s idempotency window: re-sending "
-        "could start the calls twice. Check with Aculab whether this unique_id started calls, "
-        "then resolve the contacts by hand"
-    )
-
-
-async def sleep_until_woken(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    """Sleep until a NOTIFY/wake, a stop request or the timeout, whichever comes first."""
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-
-
-__all__ = ["AculabError", "Dispatcher", "prepare", "unique_id_for"]
+__all__ = ["AculabError", "Dispatcher", "prepare", "reference_problem", "unique_id_for"]

@@ -18,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-BATCH_OUTCOMES = ("submitted", "parked", "split", "rejected", "resent")
+BATCH_OUTCOMES = ("submitted", "parked", "released", "split", "rejected", "resent")
 WEBHOOK_RESULTS = (
     "recorded",
     "duplicate",
@@ -52,6 +52,10 @@ class Metrics:
     """campaign_aculab_request_seconds{endpoint, result}: result ok|transient|permanent."""
     webhook_requests: Counter
     """campaign_webhook_requests_total{result}: see WEBHOOK_RESULTS."""
+    aculab_reachable: Gauge
+    """campaign_aculab_reachable: 0 while this daemon's circuit breaker is open."""
+    aculab_outages: Counter
+    """campaign_aculab_outages_total: times the circuit breaker opened."""
 
     def render(self) -> tuple[bytes, str]:
         """The registry in Prometheus text format, and its content type."""
@@ -105,7 +109,18 @@ def new_metrics() -> Metrics:
             ["result"],
             registry=registry,
         ),
+        aculab_reachable=Gauge(
+            "campaign_aculab_reachable",
+            "1 while Aculab answers this daemon's requests, 0 while its circuit breaker is open.",
+            registry=registry,
+        ),
+        aculab_outages=Counter(
+            "campaign_aculab_outages",
+            "Times Aculab became unreachable from this daemon (the circuit breaker opened).",
+            registry=registry,
+        ),
     )
+    metrics.aculab_reachable.set(1)
     # Series that exist from the start read as 0 instead of being absent, so
     # rate() and alerts work before the first event of each kind.
     for outcome in BATCH_OUTCOMES:

@@ -5,6 +5,11 @@ was acknowledged, and marks campaigns whose contacts have all finished as
 completed. Polls are spread out (first after `first_poll_delay`, then doubling
 up to `max_interval`), limited in number (`concurrency`), and after a round of
 failures the whole poller backs off, so an Aculab outage never becomes a storm.
+
+A call is given up (`unknown`) only on an answer: past `give_up_after`, a poll
+that shows it still unfinished, or Aculab saying it does not know the instance.
+However long the daemons were down, or Aculab unreachable, nothing is given up
+without asking first (Aculab keeps results for days).
 """
 
 from __future__ import annotations
@@ -18,10 +23,17 @@ from typing import TYPE_CHECKING
 import asyncpg
 import structlog
 
-from campaign import outcomes
+from campaign import assumptions, outcomes
 from campaign.aculab import AculabClient, AuthenticationError, NotFoundError, TransientError
 from campaign.db import outcomes as oq
-from campaign.dispatch import DB_ERRORS, sleep_until_woken
+from campaign.runtime import (
+    DB_ERRORS,
+    Episode,
+    after_database_error,
+    database_episode,
+    describe_db_error,
+    sleep_until_woken,
+)
 from campaign.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,6 +70,13 @@ class Poller:
         self._failed_rounds = 0
         self._refused: str | None = None
         self._critical: set[asyncio.Task[outcomes.Recorded]] = set()
+        self._db_trouble = database_episode(log, "poller")
+        self._bug = Episode(log, "poller_failed", "poller_recovered")
+        # Rounds in which not one poll got an answer: one line when they start, one
+        # when polls get through again, however long Aculab stays away.
+        self._unanswered = Episode(
+            log, "poll_round_failed", "poll_round_recovered", level="warning"
+        )
 
     @property
     def polling(self) -> bool:
@@ -74,13 +93,16 @@ class Poller:
             self._wake.clear()
             try:
                 busy = await self.round()
+                self._db_trouble.recovered()
+                self._bug.recovered()
             except DB_ERRORS as exc:
-                log.error("database_unavailable", error=str(exc), task="poller")
+                self._db_trouble.failed(**describe_db_error(exc))
+                await after_database_error(self.pool, exc)
                 busy = False
                 self._failed_rounds += 1
             except Exception as exc:
                 # Outcomes must keep flowing: a bug here is logged and retried, backing off.
-                log.exception("poller_failed", error=repr(exc))
+                self._bug.failed(error=repr(exc), exc_info=exc)
                 busy = False
                 self._failed_rounds += 1
             if busy and not self._failed_rounds:
@@ -115,16 +137,12 @@ class Poller:
         if failed == len(due):
             # Nothing got through: Aculab is down or refusing; back the whole poller off.
             self._failed_rounds += 1
-            log.warning(
-                "poll_round_failed",
-                failed=failed,
-                polled=len(due),
-                backoff_s=round(self._pause(1.0), 1),
-            )
+            self._unanswered.failed(failed=failed, polled=len(due))
         else:
             # Calls whose poll failed are already rescheduled (next_poll_at); slowing
             # every other call down would stall the campaign behind the cap.
             self._failed_rounds = 0
+            self._unanswered.recovered()
             if failed:
                 log.info("poll_round_partly_failed", failed=failed, polled=len(due))
         return len(due) >= cfg.batch
@@ -155,10 +173,7 @@ class Poller:
 
     async def _poll(self, call: oq.DueCall) -> bool:
         """Poll one call; False when Aculab could not be asked (the call stays scheduled)."""
-        cfg = self.settings.poller
-        if call.age_seconds >= cfg.give_up_after:
-            await self._give_up(call)
-            return True
+        late = call.age_seconds >= self.settings.poller.give_up_after
         async with self._slots:
             self.stats.polls += 1
             began = time.monotonic()
@@ -167,7 +182,10 @@ class Poller:
                 self._observe(began, "ok")
             except NotFoundError:
                 self._observe(began, "permanent")
-                # Not (or no longer) known to Aculab: keep asking until the give-up rule.
+                if late:
+                    await self._give_up(call, "Aculab does not know the instance")
+                    return True
+                # Not (or not yet) known to Aculab: keep asking until the give-up age.
                 log.warning("poll_unknown_instance", reference=call.reference, polls=call.polls)
                 return True
             except AuthenticationError as exc:
@@ -182,6 +200,8 @@ class Poller:
         finished = outcomes.from_status(call.reference, body)
         if finished is not None:
             await self._record(finished, "poll")
+        elif late:
+            await self._give_up(call, f"Aculab still shows it {assumptions.instance_phase(body)}")
         return True
 
     def _observe(self, began: float, result: str) -> None:

@@ -148,10 +148,12 @@ class _Handlers:
         listener: ListenerSettings,
         metrics: Metrics,
         health: Callable[[], Mapping[str, bool]],
+        aculab: Callable[[], tuple[float, str | None] | None],
     ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.health = health
+        self.aculab = aculab
         self.max_body_bytes = listener.max_body_bytes
         self.secret = listener.webhook_secret.get_secret_value().encode("utf-8")
 
@@ -237,7 +239,19 @@ class _Handlers:
         tasks = {name: bool(alive) for name, alive in self.health().items()}
         database = await self._database_answers()
         healthy = database and all(tasks.values())
-        body = {"status": "ok" if healthy else "unhealthy", "database": database, "tasks": tasks}
+        # Reported, but not a reason for 503: restarting the daemon would not bring
+        # Aculab back, and the daemon rides the outage out by itself.
+        unreachable = self.aculab()
+        aculab: dict[str, Any] = {"reachable": unreachable is None}
+        if unreachable is not None:
+            aculab["unreachable_seconds"] = round(unreachable[0], 1)
+            aculab["error"] = unreachable[1]
+        body = {
+            "status": "ok" if healthy else "unhealthy",
+            "database": database,
+            "tasks": tasks,
+            "aculab": aculab,
+        }
         return web.json_response(body, status=200 if healthy else 503)
 
     async def _database_answers(self) -> bool:
@@ -260,13 +274,15 @@ def build_app(
     listener: ListenerSettings,
     metrics: Metrics,
     health: Callable[[], Mapping[str, bool]],
+    aculab: Callable[[], tuple[float, str | None] | None] = lambda: None,
 ) -> web.Application:
     """The final page (POST/GET /final/{secret}), GET /healthz and GET /metrics.
 
     `health()` maps each supervised task's name to whether it is still running;
     /healthz answers 503 when one is not or when the database does not answer.
+    `aculab()` says whether Aculab is unreachable (seconds, last error) or None.
     """
-    handlers = _Handlers(pool, listener, metrics, health)
+    handlers = _Handlers(pool, listener, metrics, health, aculab)
     app = web.Application(client_max_size=listener.max_body_bytes, middlewares=[_json_errors])
     app.router.add_post("/final/{secret}", handlers.final_page)
     # No HEAD: it would run the handler and record the outcome it carries.

@@ -97,6 +97,9 @@ class DispatcherSettings(Section):
     queue_check_interval: float = Field(default=1.0, gt=0, le=60)
     """Seconds a queue length read from Aculab is reused."""
     shutdown_grace_seconds: float = Field(default=8.0, gt=0, le=60)
+    breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    """service_start failures in a row (no connection, timeout, 5xx) after which Aculab
+    counts as unreachable: nothing new is claimed and one probe at a time is sent."""
 
 
 class ListenerSettings(Section):

@@ -80,6 +80,8 @@ class Harness:
     http: aiohttp.ClientSession
     metrics: Metrics
     tasks: dict[str, bool] = field(default_factory=dict)
+    aculab: list[tuple[float, str | None]] = field(default_factory=list)
+    """What the dispatcher reports while Aculab is unreachable (empty: reachable)."""
 
     def final_url(self, secret: str = SECRET) -> str:
         return f"{self.server.url}/final/{secret}"
@@ -114,9 +116,16 @@ async def make_harness(db_pool: asyncpg.Pool) -> AsyncIterator[MakeHarness]:
         ) -> Harness:
             metrics = new_metrics()
             tasks: dict[str, bool] = {}
-            app = build_app(pool or db_pool, settings or listener(), metrics, lambda: tasks)
+            aculab: list[tuple[float, str | None]] = []
+            app = build_app(
+                pool or db_pool,
+                settings or listener(),
+                metrics,
+                lambda: tasks,
+                lambda: aculab[-1] if aculab else None,
+            )
             server = await stack.enter_async_context(Server(app, settings or listener()))
-            return Harness(pool or db_pool, server, http, metrics, tasks)
+            return Harness(pool or db_pool, server, http, metrics, tasks, aculab)
 
         yield make
 
@@ -471,8 +480,28 @@ async def test_healthz_is_200_when_the_database_answers_and_every_task_runs(
 
     assert (status, body) == (
         200,
-        {"status": "ok", "database": True, "tasks": {"dispatcher": True, "poller": True}},
+        {
+            "status": "ok",
+            "database": True,
+            "tasks": {"dispatcher": True, "poller": True},
+            "aculab": {"reachable": True},
+        },
     )
+
+
+async def test_healthz_says_when_aculab_is_unreachable_and_stays_200(harness: Harness) -> None:
+    # A restart would not bring Aculab back: the daemon rides the outage out itself.
+    harness.tasks.update(dispatcher=True)
+    harness.aculab.append((42.04, "service_start: cannot connect"))
+
+    status, body = await harness.get("/healthz")
+
+    assert status == 200
+    assert body["aculab"] == {
+        "reachable": False,
+        "unreachable_seconds": 42.0,
+        "error": "service_start: cannot connect",
+    }
 
 
 async def test_healthz_is_503_when_a_task_has_died(harness: Harness) -> None:
@@ -485,6 +514,7 @@ async def test_healthz_is_503_when_a_task_has_died(harness: Harness) -> None:
         "status": "unhealthy",
         "database": True,
         "tasks": {"dispatcher": True, "poller": False},
+        "aculab": {"reachable": True},
     }
 
 
@@ -499,7 +529,12 @@ async def test_healthz_is_503_when_the_database_does_not_answer(
     status, body = await harness.get("/healthz")
 
     assert status == 503
-    assert body == {"status": "unhealthy", "database": False, "tasks": {"dispatcher": True}}
+    assert body == {
+        "status": "unhealthy",
+        "database": False,
+        "tasks": {"dispatcher": True},
+        "aculab": {"reachable": True},
+    }
 
 
 async def test_metrics_page_shows_the_counters_after_some_requests(

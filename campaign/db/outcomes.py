@@ -239,11 +239,31 @@ async def next_poll_in(conn: Conn) -> float | None:
 
 # --- campaign completion -------------------------------------------------------------
 
+# Completion is decided in two statements of one transaction. The first locks
+# the campaigns that look finished, FOR UPDATE SKIP LOCKED: a transaction that is
+# inserting contacts into a campaign (`campaign load`, an INSERT ... SELECT) holds
+# a FOR KEY SHARE lock on its row through the foreign key until it commits, so
+# that campaign is skipped this round; one that starts inserting after our lock
+# waits for our commit. The second statement takes a new snapshot, which sees
+# every insert committed before the lock was granted, and decides again: a single
+# UPDATE would decide on a snapshot older than the lock and could complete a
+# campaign whose new pending contact committed a moment before.
+FINISHED_CAMPAIGNS = """
+SELECT k.id
+FROM campaigns k
+WHERE k.state = 'active'
+  AND EXISTS (SELECT 1 FROM contacts c WHERE c.campaign_id = k.id)
+  AND NOT EXISTS (
+      SELECT 1 FROM contacts c
+      WHERE c.campaign_id = k.id AND c.state IN ('pending', 'dispatching', 'dialing'))
+FOR UPDATE OF k SKIP LOCKED
+"""
+
 COMPLETE_CAMPAIGNS = """
 UPDATE campaigns k
 SET state = 'completed', state_reason = 'every contact has finished', updated_at = now()
-WHERE k.state = 'active'
-  AND EXISTS (SELECT 1 FROM contacts c WHERE c.campaign_id = k.id)
+WHERE k.id = ANY($1::bigint[])
+  AND k.state = 'active'
   AND NOT EXISTS (
       SELECT 1 FROM contacts c
       WHERE c.campaign_id = k.id AND c.state IN ('pending', 'dispatching', 'dialing'))
@@ -258,7 +278,11 @@ SELECT state, count(*)::bigint AS n FROM contacts WHERE campaign_id = $1 GROUP B
 async def complete_campaigns(conn: Conn) -> list[tuple[int, str, dict[str, int]]]:
     """Mark finished campaigns completed; returns (id, name, totals) for each, once."""
     done = []
-    for row in await conn.fetch(COMPLETE_CAMPAIGNS):
-        totals = {r["state"]: r["n"] for r in await conn.fetch(CAMPAIGN_TOTALS, row["id"])}
-        done.append((row["id"], row["name"], totals))
+    async with conn.transaction():
+        candidates = [r["id"] for r in await conn.fetch(FINISHED_CAMPAIGNS)]
+        if not candidates:
+            return []
+        for row in await conn.fetch(COMPLETE_CAMPAIGNS, candidates):
+            totals = {r["state"]: r["n"] for r in await conn.fetch(CAMPAIGN_TOTALS, row["id"])}
+            done.append((row["id"], row["name"], totals))
     return done

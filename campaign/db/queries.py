@@ -59,9 +59,12 @@ class BatchRow:
     sends: int
     age_seconds: float
     previous_owner: str | None = None
-    # True only for a batch this daemon has just claimed and not yet sent: any
-    # other (re-sent, taken over, released at shutdown) may have started calls.
+    # True only for a batch this daemon has just claimed: its contacts' calling
+    # windows were checked a moment ago. Any other is checked again before a send.
     first_send: bool = False
+    # Some earlier send of it may have started calls at Aculab (batches.in_doubt,
+    # including a send its previous owner never recorded the end of).
+    in_doubt: bool = False
 
 
 _CAMPAIGN_COLUMNS = """
@@ -306,6 +309,8 @@ async def defer(
         await conn.execute(DEFER_CONTACTS, list(ids), list(waits), list(reasons))
 
 
+# A split's children: owned by the daemon that split, which wakes to take and send
+# them (not `sending` yet: nothing can have gone out under their new ids).
 INSERT_BATCH = """
 INSERT INTO batches (campaign_id, parent_id, service_name, unique_id, rest_calls, contact_ids,
                      owner, lease_until)
@@ -316,11 +321,13 @@ RETURNING id
 # A new batch and its contacts, in one statement: the contacts become
 # `dispatching` and name the batch; each one's dispatch count rises, so a later
 # batch of the same contact gets a new unique_id.
+# `sending`: the claiming daemon sends it at once; should it die before recording
+# what became of that send, whoever takes the batch over counts it as in doubt.
 INSERT_DISPATCHING_BATCH = """
 WITH b AS (
     INSERT INTO batches (campaign_id, parent_id, service_name, unique_id, rest_calls,
-                         contact_ids, owner, lease_until)
-    VALUES ($1, NULL, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+                         contact_ids, owner, lease_until, sending)
+    VALUES ($1, NULL, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), true)
     RETURNING id
 ), marked AS (
     UPDATE contacts
@@ -395,7 +402,7 @@ ACKNOWLEDGE = """
 WITH b AS (
     UPDATE batches
     SET state = 'submitted', references_ = $2::text[], sends = sends + 1, finished_at = now(),
-        last_error = NULL, owner = NULL, lease_until = NULL
+        last_error = NULL, owner = NULL, lease_until = NULL, sending = false
     WHERE id = $1 AND state = 'pending'
     RETURNING contact_ids
 ), t AS (
@@ -435,17 +442,27 @@ async def acknowledge(
 
 # --- step 4: transient failure, parking ------------------------------------------
 
+# The send failed; `$5`: whether this one may have started calls. Doubt, once
+# there, stays: a later "connection refused" does not undo an earlier timeout.
 RESCHEDULE_BATCH = """
 UPDATE batches
-SET sends = sends + 1, last_error = $3, next_send_at = now() + make_interval(secs => $4)
+SET sends = sends + 1, last_error = $3, next_send_at = now() + make_interval(secs => $4),
+    sending = false, in_doubt = in_doubt OR $5
 WHERE id = $1 AND state = 'pending' AND owner = $2
 """
 
 
 async def reschedule(
-    conn: Conn, batch_id: int, owner: str, error: str, delay_seconds: float
+    conn: Conn,
+    batch_id: int,
+    owner: str,
+    error: str,
+    delay_seconds: float,
+    may_have_started: bool = True,
 ) -> bool:
-    status: str = await conn.execute(RESCHEDULE_BATCH, batch_id, owner, error, delay_seconds)
+    status: str = await conn.execute(
+        RESCHEDULE_BATCH, batch_id, owner, error, delay_seconds, may_have_started
+    )
     return status.endswith(" 1")
 
 
@@ -479,7 +496,7 @@ HOLD_BATCH = """
 WITH b AS (
     UPDATE batches
     SET next_send_at = now() + make_interval(secs => $3), last_error = $4, owner = NULL,
-        lease_until = NULL
+        lease_until = NULL, sending = false
     WHERE id = $1 AND state = 'pending' AND owner = $2
     RETURNING id
 )
@@ -492,11 +509,13 @@ async def hold(conn: Conn, batch_id: int, owner: str, seconds: float, reason: st
     await conn.execute(HOLD_BATCH, batch_id, owner, seconds, reason)
 
 
-# Only by its owner, as for closing (CLOSE_BATCH).
+# Only by its owner, as for closing (CLOSE_BATCH). A parked batch is in doubt by
+# definition: that is why it waits for a person instead of going back to the queue.
 PARK_BATCH = """
 WITH b AS (
     UPDATE batches
-    SET state = 'parked', last_error = $2, finished_at = now(), owner = NULL, lease_until = NULL
+    SET state = 'parked', last_error = $2, finished_at = now(), owner = NULL, lease_until = NULL,
+        sending = false, in_doubt = true, raw_answer = coalesce($4, raw_answer)
     WHERE id = $1 AND state = 'pending' AND owner = $3
     RETURNING id
 ), marked AS (
@@ -507,10 +526,45 @@ SELECT count(*) FROM b
 """
 
 
-async def park(conn: Conn, batch_id: int, owner: str, reason: str) -> bool:
+async def park(
+    conn: Conn, batch_id: int, owner: str, reason: str, raw_answer: str | None = None
+) -> bool:
     """pending -> parked; False when it is closed already or no longer ours."""
-    n: int = await conn.fetchval(PARK_BATCH, batch_id, reason, owner)
+    n: int = await conn.fetchval(PARK_BATCH, batch_id, reason, owner, raw_answer)
     return n == 1
+
+
+# A batch that never reached Aculab and can no longer be sent under its id goes
+# away, and its contacts go back to the queue without using an attempt (their
+# dispatch count stays raised, so their next batch has a new unique_id). In a
+# cancelled campaign they are cancelled, as `campaign cancel` does with pending
+# contacts. Refused for a batch in doubt: that one is parked.
+RELEASE_BATCH = """
+WITH b AS (
+    UPDATE batches
+    SET state = 'released', last_error = $2, finished_at = now(), owner = NULL,
+        lease_until = NULL, sending = false
+    WHERE id = $1 AND state = 'pending' AND owner = $3 AND NOT in_doubt
+    RETURNING id, campaign_id
+), freed AS (
+    UPDATE contacts c
+    SET state = CASE WHEN k.state = 'cancelled' THEN 'cancelled' ELSE 'pending' END,
+        batch_id = NULL, next_attempt_at = now(), last_error = $2, updated_at = now()
+    FROM b, campaigns k
+    WHERE c.batch_id = b.id AND c.state = 'dispatching' AND k.id = b.campaign_id
+    RETURNING c.id
+)
+SELECT (SELECT count(*) FROM b) AS batches, (SELECT count(*) FROM freed) AS contacts
+"""
+
+
+async def release(conn: Conn, batch_id: int, owner: str, reason: str) -> int | None:
+    """pending, not in doubt -> released; the contacts freed, or None if refused."""
+    row = await conn.fetchrow(RELEASE_BATCH, batch_id, reason, owner)
+    if row is None or row["batches"] != 1:
+        return None
+    freed: int = row["contacts"]
+    return freed
 
 
 # --- step 5: permanent failure ---------------------------------------------------
@@ -519,7 +573,8 @@ async def park(conn: Conn, batch_id: int, owner: str, reason: str) -> bool:
 # not close a batch that another daemon has taken over (and may have sent).
 CLOSE_BATCH = """
 UPDATE batches
-SET state = $2, last_error = $3, finished_at = now(), owner = NULL, lease_until = NULL
+SET state = $2, last_error = $3, finished_at = now(), owner = NULL, lease_until = NULL,
+    sending = false
 WHERE id = $1 AND state = 'pending' AND owner = $4
 RETURNING contact_ids
 """
@@ -545,12 +600,15 @@ async def move_contacts(
     await conn.execute(MOVE_CONTACTS, child_id, list(contact_ids), parent_id)
 
 
-# Nothing was started, so the contacts go back to the queue; the dispatch
-# count stays raised so the next batch gets a fresh unique_id.
+# Nothing was started, so the contacts go back to the queue (cancelled, in a
+# campaign cancelled meanwhile); the dispatch count stays raised so the next
+# batch gets a fresh unique_id.
 RETURN_TO_PENDING = """
-UPDATE contacts
-SET state = 'pending', batch_id = NULL, last_error = $2, updated_at = now()
-WHERE batch_id = $1 AND state = 'dispatching'
+UPDATE contacts c
+SET state = CASE WHEN k.state = 'cancelled' THEN 'cancelled' ELSE 'pending' END,
+    batch_id = NULL, last_error = $2, updated_at = now()
+FROM campaigns k
+WHERE c.batch_id = $1 AND c.state = 'dispatching' AND k.id = c.campaign_id
 """
 
 
@@ -584,30 +642,53 @@ async def pause_service(conn: Conn, service_name: str, reason: str) -> list[str]
 
 # --- step 6: leases --------------------------------------------------------------
 
+# The batches this daemon should act on now, locked against every other daemon:
+# - due ones (next_send_at passed) of active campaigns, to be sent, unless
+#   `$8` asks for expired ones only (Aculab is unreachable: nothing is sent but
+#   the one probe);
+# - expired ones (older than `$5`, counted from window_from when an operator
+#   asked for a re-send), whatever their campaign's state or next_send_at: they
+#   can no longer be sent under their unique_id, so the daemon releases them
+#   (never reached Aculab) or parks them (in doubt).
+# Services in `$6` are skipped, and services not in `$7` give at most one batch:
+# their credentials are not yet known good, so one request at a time.
+# Taking a batch marks it `sending`; one that was still `sending` (its last
+# taker died or crashed before recording the end of its send) becomes in doubt.
 TAKE_DUE_BATCHES = """
 WITH due AS (
-    SELECT id, owner AS previous_owner
-    FROM batches
-    WHERE state = 'pending'
-      AND next_send_at <= now()
-      AND (owner = $1 OR owner IS NULL OR lease_until < now())
-      AND NOT (id = ANY($4::bigint[]))
-      -- A paused or cancelled campaign's batch in doubt is not re-sent (that could
-      -- start calls after the pause); it is taken only to be parked once too old.
-      AND (EXISTS (SELECT 1 FROM campaigns k WHERE k.id = campaign_id AND k.state = 'active')
-           OR created_at < now() - make_interval(secs => $5))
-    ORDER BY next_send_at
+    SELECT b.id, b.owner AS previous_owner, b.service_name, b.next_send_at
+    FROM batches b
+    WHERE b.state = 'pending'
+      AND (b.owner = $1 OR b.owner IS NULL OR b.lease_until < now())
+      AND NOT (b.id = ANY($4::bigint[]))
+      AND NOT (b.service_name = ANY($6::text[]))
+      AND CASE
+          WHEN coalesce(b.window_from, b.created_at) <= now() - make_interval(secs => $5)
+          THEN true
+          ELSE NOT $8 AND b.next_send_at <= now()
+               AND EXISTS (SELECT 1 FROM campaigns k
+                           WHERE k.id = b.campaign_id AND k.state = 'active')
+      END
+    ORDER BY b.next_send_at
     LIMIT $3
-    FOR UPDATE OF batches SKIP LOCKED
+    FOR UPDATE OF b SKIP LOCKED
+), chosen AS (
+    SELECT id, previous_owner
+    FROM (SELECT d.*, row_number() OVER (PARTITION BY d.service_name
+                                         ORDER BY d.next_send_at, d.id) AS rank
+          FROM due d) AS ranked
+    WHERE rank = 1 OR service_name = ANY($7::text[])
 )
 UPDATE batches b
-SET owner = $1, lease_until = now() + make_interval(secs => $2)
-FROM due, campaigns c
-WHERE b.id = due.id AND c.id = b.campaign_id
+SET owner = $1, lease_until = now() + make_interval(secs => $2),
+    in_doubt = b.in_doubt OR b.sending, sending = true
+FROM chosen, campaigns c
+WHERE b.id = chosen.id AND c.id = b.campaign_id
 RETURNING b.id, b.campaign_id, c.name AS campaign_name, b.service_name, b.unique_id,
-          b.rest_calls, b.contact_ids, b.sends,
-          extract(epoch FROM now() - b.created_at)::float8 AS age_seconds,
-          due.previous_owner
+          b.rest_calls, b.contact_ids, b.sends, b.in_doubt,
+          extract(epoch FROM now() - coalesce(b.window_from, b.created_at))::float8
+              AS age_seconds,
+          chosen.previous_owner
 """
 
 
@@ -617,10 +698,22 @@ async def take_due_batches(
     lease_seconds: float,
     limit: int,
     busy: Sequence[int],
-    park_after_seconds: float,
+    expire_after_seconds: float,
+    *,
+    skip_services: Sequence[str] = (),
+    confirmed_services: Sequence[str] = (),
+    only_expired: bool = False,
 ) -> list[BatchRow]:
     rows = await conn.fetch(
-        TAKE_DUE_BATCHES, owner, lease_seconds, limit, list(busy), park_after_seconds
+        TAKE_DUE_BATCHES,
+        owner,
+        lease_seconds,
+        limit,
+        list(busy),
+        expire_after_seconds,
+        list(skip_services),
+        list(confirmed_services),
+        only_expired,
     )
     return [
         BatchRow(
@@ -634,20 +727,37 @@ async def take_due_batches(
             sends=r["sends"],
             age_seconds=r["age_seconds"],
             previous_owner=r["previous_owner"],
+            in_doubt=r["in_doubt"],
         )
         for r in rows
     ]
 
 
+# Seconds until the next pending batch of an active campaign that daemon `$1`
+# may take is due (negative when one is due now), or NULL when there is none.
 NEXT_DUE_IN = """
-SELECT extract(epoch FROM min(next_send_at) - now())::float8
-FROM batches WHERE state = 'pending'
+SELECT extract(epoch FROM min(b.next_send_at) - now())::float8
+FROM batches b JOIN campaigns k ON k.id = b.campaign_id
+WHERE b.state = 'pending' AND k.state = 'active'
+  AND (b.owner = $1 OR b.owner IS NULL OR b.lease_until < now())
 """
 
 
-async def next_due_in(conn: Conn) -> float | None:
-    value: float | None = await conn.fetchval(NEXT_DUE_IN)
+async def next_due_in(conn: Conn, owner: str) -> float | None:
+    value: float | None = await conn.fetchval(NEXT_DUE_IN, owner)
     return value
+
+
+# Batches that waited out an Aculab outage are due the moment it answers again.
+DUE_NOW = """
+UPDATE batches SET next_send_at = now()
+WHERE id = ANY($1::bigint[]) AND state = 'pending' AND owner = $2 AND next_send_at > now()
+"""
+
+
+async def due_now(conn: Conn, batch_ids: Sequence[int], owner: str) -> None:
+    if batch_ids:
+        await conn.execute(DUE_NOW, list(batch_ids), owner)
 
 
 HEARTBEAT = """
@@ -662,8 +772,10 @@ async def heartbeat(conn: Conn, owner: str, lease_seconds: float) -> None:
 
 # On a clean stop the leases are handed back at once, so another daemon can
 # take the batches over without waiting for them to expire.
+# A send still `sending` was cut off by the stop: it may have gone out.
 RELEASE_LEASES = """
-UPDATE batches SET owner = NULL, lease_until = NULL
+UPDATE batches SET owner = NULL, lease_until = NULL, in_doubt = in_doubt OR sending,
+                   sending = false
 WHERE owner = $1 AND state = 'pending'
 """
 
@@ -710,3 +822,39 @@ async def state_counts(conn: Conn, campaign_ids: Sequence[int]) -> dict[int, dic
     for r in await conn.fetch(STATE_COUNTS, list(campaign_ids)):
         out[r["campaign_id"]][r["state"]] = r["n"]
     return out
+
+
+# --- daemons: who is alive, and whether it can reach Aculab -----------------------
+
+# `$2`: seconds since the daemon's circuit breaker opened (NULL: Aculab reachable).
+# The first time it is seen open is kept, so the heartbeat does not move it.
+DAEMON_SEEN = """
+INSERT INTO daemons (owner, aculab_unreachable_since, aculab_error)
+VALUES ($1, now() - make_interval(secs => $2), $3)
+ON CONFLICT (owner) DO UPDATE
+SET seen_at = now(),
+    aculab_unreachable_since = CASE WHEN $2::float8 IS NULL THEN NULL
+        ELSE coalesce(daemons.aculab_unreachable_since, excluded.aculab_unreachable_since) END,
+    aculab_error = excluded.aculab_error
+"""
+
+FORGET_DAEMONS = """
+DELETE FROM daemons WHERE seen_at < now() - make_interval(secs => $1)
+"""
+
+DAEMON_GONE = "DELETE FROM daemons WHERE owner = $1"
+
+
+async def daemon_seen(
+    conn: Conn, owner: str, unreachable_for: float | None, aculab_error: str | None
+) -> None:
+    """Record this daemon as alive, with whether Aculab is reachable from it."""
+    await conn.execute(DAEMON_SEEN, owner, unreachable_for, aculab_error)
+
+
+async def forget_daemons(conn: Conn, unseen_for_seconds: float) -> None:
+    await conn.execute(FORGET_DAEMONS, unseen_for_seconds)
+
+
+async def daemon_gone(conn: Conn, owner: str) -> None:
+    await conn.execute(DAEMON_GONE, owner)

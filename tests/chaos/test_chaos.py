@@ -50,7 +50,7 @@ import pytest
 
 from campaign.db.migrate import migrate
 from campaign.db.pool import connect, dsn_with_database, open_pool
-from campaign.dispatch import DB_ERRORS
+from campaign.runtime import DB_ERRORS
 from campaign.simulator import Simulator
 from tests.chaos.faults import add_poll_faults
 from tests.engine import add_contacts, create_campaign, uk_numbers

@@ -1,0 +1,136 @@
+"""Pieces every long-running loop of the daemon shares.
+
+- `DB_ERRORS`: the database failures a loop waits out and retries, as opposed to
+  bugs. A lost connection, a server restarting, too many connections, a
+  read-only server after a failover, a statement timeout, a serialization
+  failure or a deadlock all pass if the loop tries again a little later.
+- `Episode`: one log line when a run of failures starts and one when it ends,
+  however many retries lie between (an outage of hours is two lines, not
+  thousands).
+- `after_database_error`: what a failure says about the pool's connections
+  (after a failover they may point at a server that is now read-only).
+- `sleep_until_woken`: the one way a loop waits: a notification, the stop
+  request or the timeout, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    # The connection or the server went away (08xxx, and asyncpg's own view of it).
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # asyncpg leaves a connection the server dropped while idle in a state that refuses
+    # the next statement with InternalClientError (MagicStack/asyncpg#784, #1069); a
+    # server that is not (or no longer) writable is refused at connect with it too.
+    asyncpg.exceptions.InternalClientError,
+    # 57xxx: shutting down, starting up, statement timeout (57014), cancelled.
+    asyncpg.exceptions.OperatorInterventionError,
+    # 53xxx: too many connections (53300), out of memory, disk full.
+    asyncpg.exceptions.InsufficientResourcesError,
+    # 25006: a read-only server, e.g. the old primary after a failover.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    # 40001, 40P01: serialization failure, deadlock; the transaction was rolled back.
+    asyncpg.exceptions.TransactionRollbackError,
+    OSError,
+    TimeoutError,
+)
+
+
+def describe_db_error(exc: BaseException) -> dict[str, Any]:
+    """Log fields for a database failure: its class, SQLSTATE when it has one, one line."""
+    fields: dict[str, Any] = {
+        "error_class": type(exc).__name__,
+        "error": " ".join(str(exc).split())[:300] or type(exc).__name__,
+    }
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        fields["sqlstate"] = sqlstate
+    return fields
+
+
+async def after_database_error(pool: asyncpg.Pool, exc: BaseException) -> None:
+    """Make the pool reconnect when its connections may point at the wrong server.
+
+    A read-only answer on a pooled connection means the server it is connected to
+    was demoted (a failover) or switched to read-only: new connections find the
+    writable server (the daemon's pool asks for target_session_attrs=read-write).
+    """
+    if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError | asyncpg.InterfaceError):
+        await pool.expire_connections()
+
+
+@dataclass
+class Episode:
+    """Logs the start and the end of a run of failures, once each.
+
+    `failed` logs `started_event` on the first failure only; `recovered` logs
+    `ended_event` with the duration and the number of failures, if there were any.
+    """
+
+    log: Any
+    started_event: str
+    ended_event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    level: str = "error"
+    """Of the line that starts an episode (the end is always at info)."""
+    clock: Callable[[], float] = time.monotonic
+    since: float | None = None
+    failures: int = 0
+
+    @property
+    def ongoing(self) -> bool:
+        return self.since is not None
+
+    def failed(self, **details: Any) -> bool:
+        """Count a failure; True (and one log line) when it starts an episode."""
+        self.failures += 1
+        if self.since is not None:
+            return False
+        self.since = self.clock()
+        getattr(self.log, self.level)(self.started_event, **self.fields, **details)
+        return True
+
+    def recovered(self, **details: Any) -> float | None:
+        """End the episode, if one is ongoing; returns how long it lasted."""
+        if self.since is None:
+            return None
+        lasted = self.clock() - self.since
+        self.log.info(
+            self.ended_event,
+            **self.fields,
+            down_seconds=round(lasted, 1),
+            failures=self.failures,
+            **details,
+        )
+        self.since = None
+        self.failures = 0
+        return lasted
+
+
+def database_episode(log: Any, task: str) -> Episode:
+    """The database outage as one task sees it: `database_unavailable` ... `database_available`."""
+    return Episode(log, "database_unavailable", "database_available", {"task": task})
+
+
+def backoff_delay(failures: int, *, initial: float = 0.5, cap: float = 30.0) -> float:
+    """Doubling from `initial` up to `cap` (no jitter: loops of one daemon, not a herd)."""
+    return float(min(cap, initial * 2.0 ** max(0, failures - 1)))
+
+
+async def sleep_until_woken(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Sleep until a NOTIFY/wake, a stop request or the timeout, whichever comes first."""
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
