@@ -92,6 +92,10 @@ _MAX_LINE_BYTES: Final = 1024 * 1024
 # Cost model: dollars per answered minute and per instance that ran.
 _PSTN_DOLLARS_PER_MINUTE: Final = 0.01
 _PLATFORM_DOLLARS_PER_INSTANCE: Final = 0.0005
+# service_start requests kept in Simulator.start_requests unless configured: about
+# half an hour of the simulator's top rate, a few dozen MB at most, and far less
+# than the calls those requests started, which are all kept anyway.
+DEFAULT_REQUEST_RECORD_LIMIT: Final = 500_000
 
 
 def _default_service_passwords() -> dict[str, str]:
@@ -146,6 +150,8 @@ class SimulatorConfig:
     callback_loss: float = 0.0
     """Share of final-page requests silently not sent."""
     seed: int = 0
+    request_record_limit: int = DEFAULT_REQUEST_RECORD_LIMIT
+    """How many service_start requests Simulator.start_requests keeps (the latest)."""
 
     def __post_init__(self) -> None:
         if not self.service_passwords:
@@ -167,6 +173,8 @@ class SimulatorConfig:
             raise ValueError("calls_per_second must be a positive number")
         if self.max_list_length < 1:
             raise ValueError("max_list_length must be at least 1")
+        if self.request_record_limit < 1:
+            raise ValueError("request_record_limit must be at least 1")
         unknown = set(self.cause_weights) - set(CALL_CAUSES)
         if unknown:
             raise ValueError(f"unknown call causes: {sorted(unknown)}; known: {CALL_CAUSES}")
@@ -389,6 +397,34 @@ class CallbackRecord:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    """One service_start request as the simulator saw it (for timing assertions)."""
+
+    at: float
+    """When it arrived, by the simulator's clock (before any delay_before_seconds)."""
+    answered_at: float
+    """When the simulator was done with it (for a trickle, after the last write)."""
+    unique_id: str | None
+    outcome: str
+    """The label counted in Simulator.requests: ok, replayed, a fault kind,
+    unauthorized, invalid, conflict, ...; "cancelled" if the server's shutdown cut
+    it short."""
+    calls: int | None
+    """Call objects in rest_calls; None if refused before they were counted."""
+    started: bool
+    """Whether this request started its calls (a replay or a refusal starts none)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What a service_start request has revealed so far, for its StartRequest."""
+
+    unique_id: str | None = None
+    calls: int | None = None
+    started: bool = False
+
+
 @dataclass(frozen=True)
 class _CallSpec:
     to: str
@@ -558,6 +594,9 @@ class Simulator:
         """(endpoint, outcome) -> number of requests."""
         self.callbacks: list[CallbackRecord] = []
         """Every final-page request sent, lost or failed, in order."""
+        self.start_requests: deque[StartRequest] = deque(maxlen=self.config.request_record_limit)
+        """The latest service_start requests (config.request_record_limit of them),
+        in the order they were answered."""
 
         seed = self.config.seed
         # Separate streams so that, say, adding faults does not change call outcomes.
@@ -574,6 +613,10 @@ class Simulator:
         self._index_by_reference: dict[str, int] = {}
         self._calls_by_destination: Counter[str] = Counter()
         self._unique_ids: dict[str, _Remembered] = {}
+        # One time per unique_id ever used to start calls, like _unique_ids itself.
+        self._first_starts: dict[str, float] = {}
+        # The StartRequests of start_requests that carry each unique_id, oldest first.
+        self._requests_by_unique_id: dict[str, deque[StartRequest]] = {}
         # Per service, the indices of calls that may still be queued, in start
         # order; the ones already started are dropped lazily when looked at.
         self._queued: dict[str, deque[int]] = {name: deque() for name in self.service_names}
@@ -618,6 +661,15 @@ class Simulator:
         return sum(
             n for (ep, oc), n in self.requests.items() if ep == endpoint and outcome in (None, oc)
         )
+
+    def first_start(self, unique_id: str) -> float | None:
+        """When calls were first started with this unique_id (simulator clock)."""
+        return self._first_starts.get(unique_id)
+
+    def requests_with(self, unique_id: str) -> list[StartRequest]:
+        """The service_start requests that carried this unique_id, among those kept
+        in start_requests, in the order they were answered."""
+        return list(self._requests_by_unique_id.get(unique_id, ()))
 
     def callback_counts(self) -> Counter[str]:
         return Counter(record.outcome for record in self.callbacks)
@@ -717,6 +769,7 @@ class Simulator:
             (("DELETE",), "/service/v1/outbound/{name}/queue", "queue_purge", self._purge),
             (("GET",), _ADMIN_PREFIX + "calls", "admin_calls", self._admin_calls),
             (("GET", "POST"), _ADMIN_PREFIX + "faults", "admin_faults", self._admin_faults),
+            (("GET",), _ADMIN_PREFIX + "requests", "admin_requests", self._admin_requests),
         ]
         for methods, path, endpoint, impl in routes:
             handler = self._counted(endpoint, impl)
@@ -855,6 +908,24 @@ class Simulator:
     # ------------------------------------------------------------ service_start
 
     async def _service_start(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        arrived = self.clock()
+        pending = _Pending()
+        outcome = "bug"
+        try:
+            outcome, response = await self._answer_service_start(request, pending)
+        except _Refused as refusal:
+            outcome = refusal.outcome
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._record_start_request(arrived, outcome, pending)
+        return outcome, response
+
+    async def _answer_service_start(
+        self, request: web.Request, pending: _Pending
+    ) -> tuple[str, web.StreamResponse]:
         service = self._service_auth(request)
         params = await self._params(request)
         given = params.getall("rest_calls", []) + params.getall("outbound_parameters", [])
@@ -871,9 +942,10 @@ class Simulator:
             )
         rest_calls = given[0]
         unique_id = self._single(params, "unique_id")
+        pending.unique_id = unique_id
         if unique_id == "":
             raise _bad_request(assumptions.EMPTY_UNIQUE_ID_CODE, "unique_id: empty")
-        specs = self._parse_rest_calls(rest_calls)
+        specs = self._parse_rest_calls(rest_calls, pending)
 
         replayed: tuple[str, ...] | None = None
         if unique_id is not None:
@@ -895,9 +967,11 @@ class Simulator:
                 outcome="error_before",
             )
 
-        references = (
-            replayed if replayed is not None else self._start(service, specs, unique_id, rest_calls)
-        )
+        if replayed is not None:
+            references = replayed
+        else:
+            references = self._start(service, specs, unique_id, rest_calls)
+            pending.started = True
         ok = web.json_response(list(references))
         outcome = "replayed" if replayed is not None else "ok"
         if fault == "error_after":
@@ -915,6 +989,28 @@ class Simulator:
             return "slow", ok
         return outcome, ok
 
+    def _record_start_request(self, arrived: float, outcome: str, pending: _Pending) -> None:
+        record = StartRequest(
+            at=arrived,
+            answered_at=self.clock(),
+            unique_id=pending.unique_id,
+            outcome=outcome,
+            calls=pending.calls,
+            started=pending.started,
+        )
+        kept = self.start_requests
+        if len(kept) == kept.maxlen:
+            # The deque drops its oldest on append; the index must drop it too.
+            oldest = kept[0]
+            if oldest.unique_id is not None:
+                same = self._requests_by_unique_id[oldest.unique_id]
+                same.popleft()
+                if not same:
+                    del self._requests_by_unique_id[oldest.unique_id]
+        kept.append(record)
+        if record.unique_id is not None:
+            self._requests_by_unique_id.setdefault(record.unique_id, deque()).append(record)
+
     def _replayed(self, unique_id: str, service: str, rest_calls: str) -> tuple[str, ...] | None:
         remembered = self._unique_ids.get(unique_id)
         if remembered is None:
@@ -931,11 +1027,13 @@ class Simulator:
             )
         return remembered.references
 
-    def _parse_rest_calls(self, rest_calls: str) -> list[_CallSpec]:
+    def _parse_rest_calls(self, rest_calls: str, pending: _Pending) -> list[_CallSpec]:
         try:
             value = json.loads(rest_calls, parse_constant=_reject_constant)
         except (ValueError, RecursionError):
             raise _bad_request("0002", "rest_calls: not valid JSON") from None
+        if isinstance(value, dict | list):
+            pending.calls = len(value) if isinstance(value, list) else 1
         if isinstance(value, dict):
             objects: list[Any] = [value]
         elif isinstance(value, list):
@@ -1103,6 +1201,7 @@ class Simulator:
         refs = tuple(references)
         if unique_id is not None:
             self._unique_ids[unique_id] = _Remembered(service, rest_calls, refs, now)
+            self._first_starts.setdefault(unique_id, now)
         return refs
 
     # ------------------------------------------------------------ application_status
@@ -1170,6 +1269,19 @@ class Simulator:
             ],
             "callbacks": [dataclasses.asdict(record) for record in self.callbacks],
         }
+        return "ok", web.json_response(body)
+
+    async def _admin_requests(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        """The kept service_start requests; with ?unique_id=, only those carrying it,
+        and when that unique_id first started calls."""
+        unique_id = request.query.get("unique_id")
+        body: dict[str, Any] = {}
+        if unique_id is None:
+            records: Sequence[StartRequest] = self.start_requests
+        else:
+            records = self.requests_with(unique_id)
+            body["first_start"] = self.first_start(unique_id)
+        body["requests"] = [dataclasses.asdict(record) for record in records]
         return "ok", web.json_response(body)
 
     async def _admin_faults(self, request: web.Request) -> tuple[str, web.StreamResponse]:
