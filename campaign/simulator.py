@@ -49,7 +49,12 @@ from campaign.assumptions import InstancePhase
 logger = logging.getLogger(__name__)
 
 AccountType = Literal["trial", "production", "premium"]
-FaultKind = Literal["throttle", "error_before", "error_after", "drop_after", "slow"]
+# New kinds go at the end: a draw matches the kinds in this order, so the same
+# seed and probabilities keep giving the same faults.
+FaultKind = Literal[
+    "throttle", "error_before", "error_after", "drop_after", "slow", "malformed", "trickle"
+]
+MalformedShape = Literal["repeat", "short", "extra", "not_strings", "not_a_list", "reused", "mixed"]
 CallbackOutcome = Literal["sent", "lost", "failed"]
 
 # [doc] §2 and §5.
@@ -67,6 +72,12 @@ DESTINATION_PREFIXES: Final = frozenset({"tel", "sip", "loc", "webrtc", "wss", "
 
 # The order in which a random draw is matched against the fault probabilities.
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
+MALFORMED_SHAPES: Final[tuple[MalformedShape, ...]] = get_args(MalformedShape)
+# "mixed" picks one of these for each malformed answer.
+_CONCRETE_MALFORMED_SHAPES: Final = tuple(s for s in MALFORMED_SHAPES if s != "mixed")
+_FAULT_SECONDS: Final = ("slow_seconds", "trickle_seconds", "delay_before_seconds")
+# What the admin endpoint reads and sets, besides forced faults.
+_FAULT_SETTINGS: Final = (*FAULT_KINDS, *_FAULT_SECONDS, "malformed_shape")
 
 # [doc] §4: only ASCII digits, optionally separated by single '-'.
 _TELEPHONE = re.compile(r"[0-9]+(?:-[0-9]+)*", re.ASCII)
@@ -92,6 +103,9 @@ _MAX_LINE_BYTES: Final = 1024 * 1024
 # Cost model: dollars per answered minute and per instance that ran.
 _PSTN_DOLLARS_PER_MINUTE: Final = 0.01
 _PLATFORM_DOLLARS_PER_INSTANCE: Final = 0.0005
+# A trickled answer is written this many bytes at a time, so that even a one-call
+# answer (about 32 bytes) takes several writes.
+_TRICKLE_CHUNK_BYTES: Final = 4
 # service_start requests kept in Simulator.start_requests unless configured: about
 # half an hour of the simulator's top rate, a few dozen MB at most, and far less
 # than the calls those requests started, which are all kept anyway.
@@ -195,10 +209,13 @@ class SimulatorConfig:
 class Faults:
     """Injected failures of service_start, changeable while the simulator runs.
 
-    They apply only to requests that passed authentication and validation. One
-    random draw per request is matched against the probabilities in the order of
-    FAULT_KINDS, so the kinds exclude each other (if they sum past 1, the later
-    kinds get what is left). Forced faults come first, one per request.
+    The fault kinds apply only to requests that passed authentication and
+    validation. One random draw per request is matched against the probabilities
+    in the order of FAULT_KINDS, so the kinds exclude each other (if they sum past
+    1, the later kinds get what is left). Forced faults come first, one per request.
+
+    delay_before_seconds is not a kind: it delays every service_start request,
+    before authentication, whatever the draw.
     """
 
     throttle: float = 0.0
@@ -212,6 +229,20 @@ class Faults:
     slow: float = 0.0
     """The answer is delayed by slow_seconds after the calls were started."""
     slow_seconds: float = 30.0
+    malformed: float = 0.0
+    """HTTP 200 after the calls were started, but a body of malformed_shape that
+    cannot be matched to them. A replay of the unique_id returns the true ones."""
+    malformed_shape: MalformedShape = "repeat"
+    """repeat ([r1, r1, r3]), short (one missing), extra (one made up), not_strings
+    (a null and a number), not_a_list (a JSON object), reused (references of other
+    requests' calls), or mixed (one of these at random each time)."""
+    trickle: float = 0.0
+    """HTTP 200 after the calls were started, its body written a few bytes at a
+    time with trickle_seconds between writes: each read is quick, the whole slow."""
+    trickle_seconds: float = 0.5
+    delay_before_seconds: float = 0.0
+    """Every service_start request waits this long before it is even authenticated,
+    so a test can change things while a request is on the wire."""
     forced: deque[FaultKind] = field(default_factory=deque)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -219,12 +250,16 @@ class Faults:
         # where it is made instead of as a puzzling test result.
         if name in FAULT_KINDS:
             value = _check_probability(name, value)
-        elif name == "slow_seconds" and (
+        elif name in _FAULT_SECONDS and (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not 0 <= value < math.inf
         ):
-            raise ValueError("slow_seconds must be a non-negative number")
+            raise ValueError(f"{name} must be a non-negative number")
+        elif name == "malformed_shape" and value not in MALFORMED_SHAPES:
+            raise ValueError(
+                f"unknown malformed_shape {value!r}; known: {', '.join(MALFORMED_SHAPES)}"
+            )
         super().__setattr__(name, value)
 
     def force(self, kind: str, count: int = 1) -> None:
@@ -236,8 +271,11 @@ class Faults:
         self.forced.extend([kind] * count)
 
     def reset(self) -> None:
+        """Every fault off: probabilities, forced faults and the delay. The
+        parameters of the kinds (seconds, shape) are kept for the next use."""
         for kind in FAULT_KINDS:
             setattr(self, kind, 0.0)
+        self.delay_before_seconds = 0.0
         self.forced.clear()
 
     def draw(self, rng: random.Random) -> FaultKind | None:
@@ -252,16 +290,16 @@ class Faults:
         return None
 
     def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {kind: getattr(self, kind) for kind in FAULT_KINDS}
-        body["slow_seconds"] = self.slow_seconds
+        body: dict[str, Any] = {key: getattr(self, key) for key in _FAULT_SETTINGS}
         body["forced"] = list(self.forced)
         return body
 
     def update(self, body: Mapping[str, Any]) -> None:
-        """Apply a JSON update: probabilities, slow_seconds, "reset": true, and
+        """Apply a JSON update: probabilities, slow_seconds, trickle_seconds,
+        delay_before_seconds, malformed_shape, "reset": true (applied first), and
         "force": [{"kind": ..., "count": n}, ...]. All-or-nothing: ValueError
         leaves the faults unchanged."""
-        known = {*FAULT_KINDS, "slow_seconds", "force", "reset"}
+        known = {*_FAULT_SETTINGS, "force", "reset"}
         unknown = set(body) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -269,12 +307,12 @@ class Faults:
         if not isinstance(reset, bool):
             raise ValueError("reset must be true or false")
         trial = Faults()
-        if not reset:
-            for kind in FAULT_KINDS:
-                setattr(trial, kind, getattr(self, kind))
-            trial.forced.extend(self.forced)
-        trial.slow_seconds = self.slow_seconds
-        for key in (*FAULT_KINDS, "slow_seconds"):
+        for key in _FAULT_SETTINGS:
+            setattr(trial, key, getattr(self, key))
+        trial.forced.extend(self.forced)
+        if reset:
+            trial.reset()
+        for key in _FAULT_SETTINGS:
             if key in body:
                 setattr(trial, key, body[key])
         forces = body.get("force", [])
@@ -287,7 +325,7 @@ class Faults:
             if isinstance(count, bool) or not isinstance(count, int):
                 raise ValueError("force count must be an integer")
             trial.force(str(item.get("kind")), count)
-        for key in (*FAULT_KINDS, "slow_seconds"):
+        for key in _FAULT_SETTINGS:
             setattr(self, key, getattr(trial, key))
         self.forced = trial.forced
 
@@ -408,8 +446,8 @@ class StartRequest:
     unique_id: str | None
     outcome: str
     """The label counted in Simulator.requests: ok, replayed, a fault kind,
-    unauthorized, invalid, conflict, ...; "cancelled" if the server's shutdown cut
-    it short."""
+    unauthorized, invalid, conflict, ...; "aborted" if the simulator stopped during
+    its delay, "cancelled" if the server's shutdown cut it short."""
     calls: int | None
     """Call objects in rest_calls; None if refused before they were counted."""
     started: bool
@@ -602,6 +640,7 @@ class Simulator:
         # Separate streams so that, say, adding faults does not change call outcomes.
         self._outcome_rng = random.Random(f"{seed}:outcomes")
         self._fault_rng = random.Random(f"{seed}:faults")
+        self._shape_rng = random.Random(f"{seed}:malformed-shapes")
         self._loss_rng = random.Random(f"{seed}:callback-loss")
         ids_rng = random.Random(f"{seed}:ids")
         self._reference_stem = f"{ids_rng.getrandbits(32):08x}_0.{int(clock())}"
@@ -629,7 +668,10 @@ class Simulator:
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._stopping = asyncio.Event()
+        # Set when the server starts closing (stop): answers that are waiting
+        # (delay, slow, trickle) drop their connections instead. A new one for each
+        # start, so a late waiter never sees the next start's.
+        self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self.app = self._build_app()
@@ -704,7 +746,7 @@ class Simulator:
             raise RuntimeError("the simulator is already started")
         # A stopped simulator may start again (an outage that ends) and keeps its
         # calls and unique_ids, as Aculab would.
-        self._stopping.clear()
+        self._closing = asyncio.Event()
         runner = web.AppRunner(
             self.app,
             handle_signals=False,
@@ -731,8 +773,9 @@ class Simulator:
         return self._base_url
 
     async def stop(self) -> None:
-        # Slow answers wait on this, so the server's shutdown does not wait for them.
-        self._stopping.set()
+        # Waiting answers (delay, slow, trickle) wait on this too, so the server's
+        # shutdown does not wait for them.
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -926,6 +969,13 @@ class Simulator:
     async def _answer_service_start(
         self, request: web.Request, pending: _Pending
     ) -> tuple[str, web.StreamResponse]:
+        closing = self._closing
+        delay = self.faults.delay_before_seconds
+        if delay > 0 and not await self._wait_unless_closing(closing, delay):
+            # The simulator stopped while the request was on the wire: it
+            # neither answers nor starts anything.
+            self._drop_connection(request)
+            return "aborted", web.Response()
         service = self._service_auth(request)
         params = await self._params(request)
         given = params.getall("rest_calls", []) + params.getall("outbound_parameters", [])
@@ -972,6 +1022,10 @@ class Simulator:
         else:
             references = self._start(service, specs, unique_id, rest_calls)
             pending.started = True
+        if fault == "malformed":
+            return "malformed", web.json_response(self._malformed_body(references))
+        if fault == "trickle":
+            return "trickle", await self._trickle(request, closing, references)
         ok = web.json_response(list(references))
         outcome = "replayed" if replayed is not None else "ok"
         if fault == "error_after":
@@ -979,15 +1033,95 @@ class Simulator:
                 500, assumptions.http_error_code(500), "internal error", outcome="error_after"
             )
         if fault == "drop_after":
-            if request.transport is not None:
-                request.transport.close()
-            # Nothing reaches the client: aiohttp drops writes to a closed transport.
+            self._drop_connection(request)
             return "drop_after", ok
         if fault == "slow":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.faults.slow_seconds)
+            if not await self._wait_unless_closing(closing, self.faults.slow_seconds):
+                # Stopping: the answer is lost with the connection.
+                self._drop_connection(request)
             return "slow", ok
         return outcome, ok
+
+    @staticmethod
+    async def _wait_unless_closing(closing: asyncio.Event, seconds: float) -> bool:
+        """Wait `seconds`, less if the server starts closing; False if it did."""
+        if not closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), seconds)
+        return not closing.is_set()
+
+    @staticmethod
+    def _drop_connection(request: web.Request) -> None:
+        # Nothing more reaches the client: aiohttp drops writes to a closed transport.
+        if request.transport is not None:
+            request.transport.close()
+
+    def _malformed_body(self, references: tuple[str, ...]) -> Any:
+        """A 200 body that cannot be matched to `references` (never empty)."""
+        shape = self.faults.malformed_shape
+        if shape == "mixed":
+            shape = self._shape_rng.choice(_CONCRETE_MALFORMED_SHAPES)
+        refs = list(references)
+        if shape == "repeat":
+            # The right length with one reference twice: [r1, r1, r3]. A single
+            # reference cannot repeat within its length, so it gets [r1, r1].
+            return [refs[0], *refs] if len(refs) == 1 else [refs[0], refs[0], *refs[2:]]
+        if shape == "short":
+            return refs[:-1]
+        if shape == "extra":
+            return [*refs, self._unstarted_reference()]
+        if shape == "not_strings":
+            # null where the first reference goes, its number where the second does.
+            return [
+                None if i == 0 else int(ref.rsplit(".", 1)[1]) if i == 1 else ref
+                for i, ref in enumerate(refs)
+            ]
+        if shape == "not_a_list":
+            return {"application_instance_ids": refs}
+        return self._earlier_references(references)
+
+    def _unstarted_reference(self) -> str:
+        """A reference shaped like the others, of no call (application_status: 404)."""
+        return f"{self._reference_stem}.{next(self._reference_numbers)}"
+
+    def _earlier_references(self, own: tuple[str, ...]) -> list[str]:
+        """As many references as `own`, of the latest calls started by other
+        requests; where there are not that many, unstarted ones make up the rest."""
+        mine = set(own)
+        found: list[str] = []
+        index = len(self.calls) - 1
+        while len(found) < len(own) and index >= 0:
+            reference = self.calls[index].reference
+            if reference not in mine:
+                found.append(reference)
+            index -= 1
+        found.reverse()
+        found.extend(self._unstarted_reference() for _ in range(len(own) - len(found)))
+        return found
+
+    async def _trickle(
+        self, request: web.Request, closing: asyncio.Event, references: tuple[str, ...]
+    ) -> web.StreamResponse:
+        """The true answer, its body written _TRICKLE_CHUNK_BYTES at a time with
+        trickle_seconds between writes (the headers go at once)."""
+        body = json.dumps(list(references)).encode()
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/json"
+        response.content_length = len(body)
+        try:
+            await response.prepare(request)
+            for offset in range(0, len(body), _TRICKLE_CHUNK_BYTES):
+                if offset and not await self._wait_unless_closing(
+                    closing, self.faults.trickle_seconds
+                ):
+                    # Stopping: the client sees its answer cut short.
+                    self._drop_connection(request)
+                    return response
+                await response.write(body[offset : offset + _TRICKLE_CHUNK_BYTES])
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client gave up (its total timeout, say): nobody to answer
+        return response
 
     def _record_start_request(self, arrived: float, outcome: str, pending: _Pending) -> None:
         record = StartRequest(

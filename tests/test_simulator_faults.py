@@ -1,18 +1,25 @@
-"""The simulator's record of service_start requests, proved over real HTTP.
+"""The simulator's switches for odd answers, proved over real HTTP.
 
-Driven with a plain aiohttp client on loopback, as in test_simulator.py.
+Malformed and trickled answers, a delay before anything, and the record of every
+service_start request: each is driven here with a plain aiohttp client on
+loopback, as in test_simulator.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from campaign.simulator import (
+    MALFORMED_SHAPES,
+    Faults,
     Simulator,
     SimulatorConfig,
     StartRequest,
@@ -20,11 +27,17 @@ from campaign.simulator import (
 from tests.fixtures_sim import MakeSimulator, ManualClock
 from tests.test_simulator import (
     SERVICE,
+    Answer,
+    application_status,
+    assert_error,
     basic,
     call,
     number,
+    service_auth,
     service_start,
 )
+
+CONCRETE_SHAPES = [shape for shape in MALFORMED_SHAPES if shape != "mixed"]
 
 
 @pytest.fixture
@@ -33,10 +46,263 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+def references(sim: Simulator, since: int = 0) -> list[str]:
+    return [c.reference for c in sim.calls[since:]]
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def admin_post(http: aiohttp.ClientSession, sim: Simulator, path: str, body: Any) -> Answer:
+    async with http.post(f"{sim.base_url}/_simulator/{path}", json=body) as response:
+        return Answer(response.status, await response.json())
+
+
 async def admin_get(http: aiohttp.ClientSession, sim: Simulator, path: str) -> Any:
     async with http.get(f"{sim.base_url}/_simulator/{path}") as response:
         assert response.status == 200
         return await response.json()
+
+
+async def timed(awaitable: Awaitable[None]) -> float:
+    began = time.monotonic()
+    await awaitable
+    return time.monotonic() - began
+
+
+# --------------------------------------------------------------------- malformed
+
+
+def expected_malformed(shape: str, true: list[str], earlier: list[str]) -> Any:
+    return {
+        "repeat": [true[0], true[0], true[2]],
+        "short": true[:2],
+        "not_strings": [None, int(true[1].rsplit(".", 1)[1]), true[2]],
+        "not_a_list": {"application_instance_ids": true},
+        "reused": earlier,
+    }[shape]
+
+
+@pytest.mark.parametrize("shape", CONCRETE_SHAPES)
+async def test_malformed_answer_started_the_calls_but_cannot_be_matched_and_a_replay_is_true(
+    simulator: Simulator, http: aiohttp.ClientSession, shape: str
+) -> None:
+    earlier = await service_start(http, simulator, [call(number(i)) for i in range(3)])
+    objects = [call(number(i)) for i in range(10, 13)]
+    simulator.faults.malformed_shape = shape  # type: ignore[assignment]
+    simulator.faults.force("malformed")
+
+    got = await service_start(http, simulator, objects, unique_id="m1")
+
+    assert got.status == 200
+    assert simulator.started_count() == 6
+    true = references(simulator, since=3)
+    if shape == "extra":
+        assert got.body[:3] == true
+        [made_up] = got.body[3:]
+        assert isinstance(made_up, str)
+        assert (await application_status(http, simulator, made_up)).status == 404
+    else:
+        assert got.body == expected_malformed(shape, true, earlier.body)
+    assert got.body != true
+    assert simulator.request_count("service_start", "malformed") == 1
+
+    replay = await service_start(http, simulator, objects, unique_id="m1")
+    assert replay.status == 200
+    assert replay.body == true
+    assert simulator.started_count() == 6
+
+
+async def test_malformed_answer_to_a_single_call_cannot_be_matched_either(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    # The very first request has no earlier references to reuse: it gets made-up ones.
+    for i, shape in enumerate(["reused", *CONCRETE_SHAPES]):
+        simulator.faults.malformed_shape = shape  # type: ignore[assignment]
+        simulator.faults.force("malformed")
+        got = await service_start(http, simulator, call(number(i)), unique_id=f"one-{i}")
+        assert got.status == 200
+        assert simulator.started_count() == i + 1
+        true = simulator.calls[-1].reference
+        assert got.body != [true], shape
+        replay = await service_start(http, simulator, call(number(i)), unique_id=f"one-{i}")
+        assert replay.body == [true]
+
+
+async def test_a_replay_can_be_answered_malformed_without_starting_anything(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    objects = [call(), call(number(3))]
+    true = (await service_start(http, simulator, objects, unique_id="r")).body
+    simulator.faults.malformed_shape = "short"
+    simulator.faults.force("malformed")
+    assert (await service_start(http, simulator, objects, unique_id="r")).body == true[:1]
+    assert (await service_start(http, simulator, objects, unique_id="r")).body == true
+    assert simulator.started_count() == 2
+
+
+def malformed_kind(body: Any, true: list[str]) -> str:
+    if not isinstance(body, list):
+        return "not_a_list"
+    if not all(isinstance(ref, str) for ref in body):
+        return "not_strings"
+    if len(body) != len(true):
+        return "wrong_length"
+    if len(set(body)) != len(body):
+        return "repeat"
+    return "reused" if not set(body) & set(true) else "unexpected"
+
+
+async def test_mixed_malformed_shapes_vary_and_none_can_be_matched(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    await service_start(http, simulator, [call(number(i)) for i in range(2)])
+    simulator.faults.malformed = 1.0
+    simulator.faults.malformed_shape = "mixed"
+    kinds: Counter[str] = Counter()
+    for i in range(30):
+        before = simulator.started_count()
+        got = await service_start(http, simulator, [call(number(2 * i)), call(number(2 * i + 1))])
+        assert got.status == 200
+        kinds[malformed_kind(got.body, references(simulator, since=before))] += 1
+    assert "unexpected" not in kinds
+    assert len(kinds) >= 4, kinds
+    assert simulator.request_count("service_start", "malformed") == 30
+
+
+async def test_malformed_faults_are_set_through_the_admin_endpoint(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    got = await admin_post(http, simulator, "faults", {"malformed": 1, "malformed_shape": "short"})
+    assert got.status == 200
+    assert got.body["malformed"] == 1.0
+    assert got.body["malformed_shape"] == "short"
+    assert (await service_start(http, simulator, [call(), call(number(3))])).body == [
+        simulator.calls[0].reference
+    ]
+
+    refused = await admin_post(http, simulator, "faults", {"malformed_shape": "triangle"})
+    assert_error(refused, 400, "0002")
+    assert "triangle" in refused.body["error"]["text"]
+    assert simulator.faults.malformed_shape == "short"
+
+    forced = {"reset": True, "force": [{"kind": "malformed"}], "malformed_shape": "not_a_list"}
+    assert (await admin_post(http, simulator, "faults", forced)).body["forced"] == ["malformed"]
+    assert simulator.faults.malformed == 0.0
+    assert isinstance((await service_start(http, simulator, call())).body, dict)
+    assert (await service_start(http, simulator, call())).body == [simulator.calls[-1].reference]
+
+
+# --------------------------------------------------------------------- trickle
+
+
+async def test_trickled_answer_outlasts_a_total_timeout_while_every_write_beats_a_read_timeout(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    simulator.faults.trickle_seconds = 0.1
+    simulator.faults.force("trickle")
+    read_timeout = 0.5
+    began = time.monotonic()
+    arrivals: list[float] = []
+    body = b""
+    async with http.post(
+        simulator.base_url + "/service_start",
+        data={"rest_calls": json.dumps(call())},
+        headers=service_auth(simulator),
+        timeout=aiohttp.ClientTimeout(sock_read=read_timeout),
+    ) as response:
+        assert response.status == 200
+        assert simulator.started_count() == 1  # started before the first byte
+        async for chunk in response.content.iter_any():
+            arrivals.append(time.monotonic())
+            body += chunk
+    assert json.loads(body) == [simulator.calls[0].reference]
+    gaps = [later - earlier for earlier, later in zip([began, *arrivals], arrivals, strict=False)]
+    assert len(arrivals) >= 5
+    assert max(gaps) < read_timeout
+    assert arrivals[-1] - began > read_timeout  # so a total timeout of read_timeout fails
+    assert simulator.request_count("service_start", "trickle") == 1
+
+
+async def test_trickled_answer_lost_to_a_total_timeout_started_the_calls_and_a_replay_returns_them(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    simulator.faults.trickle_seconds = 0.1
+    simulator.faults.force("trickle")
+    with pytest.raises(TimeoutError):
+        await service_start(http, simulator, call(), unique_id="t1", within=0.3)
+    assert simulator.started_count() == 1
+    replay = await service_start(http, simulator, call(), unique_id="t1")
+    assert replay.body == [simulator.calls[0].reference]
+    assert simulator.started_count() == 1
+
+
+async def test_stopping_cuts_a_trickled_answer_short_instead_of_waiting_for_it(
+    make_simulator: MakeSimulator, http: aiohttp.ClientSession
+) -> None:
+    sim = await make_simulator()
+    sim.faults.trickle_seconds = 30.0
+    sim.faults.force("trickle")
+    request = asyncio.create_task(service_start(http, sim, call()))
+    await eventually(lambda: sim.started_count() == 1)
+    assert await timed(sim.stop()) < 0.9  # the server's own shutdown timeout is 1 s
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await request
+
+
+# --------------------------------------------------------------------- delay before
+
+
+async def test_a_delayed_request_lets_a_concurrent_request_finish_first(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    simulator.faults.delay_before_seconds = 0.5
+    first = asyncio.create_task(service_start(http, simulator, call(), unique_id="first"))
+    await asyncio.sleep(0.1)
+    simulator.faults.delay_before_seconds = 0.0
+    second = await service_start(http, simulator, call(number(3)), unique_id="second")
+    assert second.status == 200
+    assert not first.done()
+    assert (await first).status == 200
+
+    assert [c.unique_id for c in simulator.calls] == ["second", "first"]
+    [a] = simulator.requests_with("first")
+    [b] = simulator.requests_with("second")
+    assert a.at < b.at <= b.answered_at < a.answered_at
+    assert a.answered_at - a.at >= 0.45
+    assert list(simulator.start_requests) == [b, a]
+
+
+async def test_the_delay_comes_before_authentication_so_a_password_changed_meanwhile_is_refused(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    simulator.faults.delay_before_seconds = 0.3
+    request = asyncio.create_task(service_start(http, simulator, call(), unique_id="late"))
+    await asyncio.sleep(0.1)
+    simulator.config.service_passwords[SERVICE] = "changed-meanwhile"
+    assert_error(await request, 401, "HTTP 401")
+    assert simulator.started_count() == 0
+    # Refused before its parameters were read, so the record knows no unique_id.
+    [record] = simulator.start_requests
+    assert (record.outcome, record.unique_id, record.calls) == ("unauthorized", None, None)
+
+
+async def test_stopping_ends_a_delayed_request_at_once_without_starting_it(
+    make_simulator: MakeSimulator, http: aiohttp.ClientSession
+) -> None:
+    sim = await make_simulator()
+    sim.faults.delay_before_seconds = 30.0
+    request = asyncio.create_task(service_start(http, sim, call(), unique_id="d"))
+    await asyncio.sleep(0.2)
+    assert await timed(sim.stop()) < 0.9
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await request
+    assert sim.started_count() == 0
+    assert [r.outcome for r in sim.start_requests] == ["aborted"]
 
 
 # --------------------------------------------------------------------- request record
@@ -57,6 +323,7 @@ async def test_every_service_start_request_is_recorded_with_its_arrival_time_and
         (call(number(5)), "a", {}),  # conflict
         (call(), "b", {"fault": "error_before"}),
         (call(), "b", {}),  # ok
+        (call(number(7)), "c", {"fault": "malformed"}),
         ("not json", None, {}),  # invalid
     ]
     for i, (rest_calls, unique_id, options) in enumerate(sends):
@@ -73,6 +340,7 @@ async def test_every_service_start_request_is_recorded_with_its_arrival_time_and
         ("a", "conflict", 1, False),
         ("b", "error_before", 1, False),
         ("b", "ok", 1, True),
+        ("c", "malformed", 1, True),
         (None, "invalid", None, False),
     ]
     assert list(sim.start_requests) == [
@@ -122,3 +390,24 @@ async def test_the_request_record_keeps_only_the_latest_requests(
 def test_request_record_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="request_record_limit"):
         SimulatorConfig(request_record_limit=0)
+
+
+# --------------------------------------------------------------------- settings
+
+
+def test_new_fault_settings_refuse_impossible_values_and_reset_ends_the_delay() -> None:
+    faults = Faults()
+    for name, value in [
+        ("trickle_seconds", -1),
+        ("delay_before_seconds", True),
+        ("delay_before_seconds", float("nan")),
+        ("malformed_shape", "triangle"),
+        ("trickle", 2),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            setattr(faults, name, value)
+    faults.update({"delay_before_seconds": 2, "trickle_seconds": 3, "malformed_shape": "extra"})
+    faults.update({"reset": True})
+    # The delay hits every request, so it is a fault to turn off; the rest tune kinds.
+    assert faults.delay_before_seconds == 0.0
+    assert (faults.trickle_seconds, faults.malformed_shape) == (3, "extra")
