@@ -1570,6 +1570,18 @@ def _service_password(text: str) -> tuple[str, str]:
     return name, password
 
 
+_FAULT_HELP: Final[Mapping[FaultKind, str]] = {
+    "throttle": "answered 429, nothing started",
+    "error_before": "answered 500, nothing started",
+    "error_after": "answered 500 after the calls started",
+    "drop_after": "connection closed without an answer after the calls started",
+    "slow": "answered after --slow-seconds, the calls started at once",
+    "malformed": "answered 200 after the calls started, with references of "
+    "--malformed-shape that cannot be matched to them (a replay gets the true ones)",
+    "trickle": "answered 200 after the calls started, a few bytes every --trickle-seconds",
+}
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = SimulatorConfig()
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -1605,11 +1617,59 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="repeatable; without it any valid international number is accepted",
     )
     parser.add_argument("--final-page-url", default=None)
-    parser.add_argument("--callback-loss", type=_probability, default=0.0)
+    parser.add_argument(
+        "--callback-loss",
+        type=_probability,
+        default=0.0,
+        help="share of final-page requests silently not sent",
+    )
+    faults = parser.add_argument_group(
+        "faults",
+        "Each SHARE (0 to 1) is the part of service_start requests, once authenticated "
+        "and valid, that get that fault; the other options tune them.",
+    )
     for kind in FAULT_KINDS:
-        parser.add_argument(f"--{kind.replace('_', '-')}", type=_probability, default=0.0)
-    parser.add_argument("--slow-seconds", type=_non_negative_float, default=30.0)
-    parser.add_argument("--seed", type=int, default=0)
+        faults.add_argument(
+            f"--{kind.replace('_', '-')}",
+            type=_probability,
+            default=0.0,
+            metavar="SHARE",
+            help=_FAULT_HELP[kind],
+        )
+    defaults_faults = Faults()
+    faults.add_argument(
+        "--slow-seconds",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        default=defaults_faults.slow_seconds,
+        help="how long a slow answer is delayed (default %(default)s)",
+    )
+    faults.add_argument(
+        "--malformed-shape",
+        choices=MALFORMED_SHAPES,
+        default=defaults_faults.malformed_shape,
+        help="the shape of a malformed answer: one reference repeated, one missing, one "
+        "too many, non-strings, an object, other requests' references, or a mix "
+        "(default %(default)s)",
+    )
+    faults.add_argument(
+        "--trickle-seconds",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        default=defaults_faults.trickle_seconds,
+        help="the pause between the writes of a trickled answer (default %(default)s)",
+    )
+    faults.add_argument(
+        "--delay-before-seconds",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        default=defaults_faults.delay_before_seconds,
+        help="every service_start request waits this long before it is even "
+        "authenticated (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the call outcomes and the fault draws"
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -1630,13 +1690,24 @@ def run_from_args(args: argparse.Namespace) -> int:
             callback_loss=args.callback_loss,
             seed=args.seed,
         )
-        faults = Faults(slow_seconds=args.slow_seconds)
-        for kind in FAULT_KINDS:
-            setattr(faults, kind, getattr(args, kind))
+        faults = faults_from_args(args)
     except ValueError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_serve(config, faults, args.host, args.port))
+
+
+def faults_from_args(args: argparse.Namespace) -> Faults:
+    """The faults that configure_parser's options ask for."""
+    faults = Faults(
+        slow_seconds=args.slow_seconds,
+        malformed_shape=args.malformed_shape,
+        trickle_seconds=args.trickle_seconds,
+        delay_before_seconds=args.delay_before_seconds,
+    )
+    for kind in FAULT_KINDS:
+        setattr(faults, kind, getattr(args, kind))
+    return faults
 
 
 async def _serve(config: SimulatorConfig, faults: Faults, host: str, port: int) -> int:

@@ -7,6 +7,7 @@ loopback, as in test_simulator.py.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -23,6 +24,8 @@ from campaign.simulator import (
     Simulator,
     SimulatorConfig,
     StartRequest,
+    configure_parser,
+    faults_from_args,
 )
 from tests.fixtures_sim import MakeSimulator, ManualClock
 from tests.test_simulator import (
@@ -411,3 +414,31 @@ def test_new_fault_settings_refuse_impossible_values_and_reset_ends_the_delay() 
     # The delay hits every request, so it is a fault to turn off; the rest tune kinds.
     assert faults.delay_before_seconds == 0.0
     assert (faults.trickle_seconds, faults.malformed_shape) == (3, "extra")
+
+
+def test_simulator_command_has_options_for_the_new_faults() -> None:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(
+        [
+            "--malformed",
+            "0.1",
+            "--malformed-shape",
+            "reused",
+            "--trickle",
+            "0.2",
+            "--trickle-seconds",
+            "2",
+            "--delay-before-seconds",
+            "0.5",
+        ]
+    )
+    faults = faults_from_args(args)
+    assert (faults.malformed, faults.malformed_shape) == (0.1, "reused")
+    assert (faults.trickle, faults.trickle_seconds) == (0.2, 2.0)
+    assert faults.delay_before_seconds == 0.5
+    assert faults_from_args(parser.parse_args([])).as_json() == Faults().as_json()
+    text = parser.format_help()
+    for option in ("--malformed ", "--trickle ", "--trickle-seconds", "--delay-before-seconds"):
+        assert option in text
+    assert all(shape in text for shape in MALFORMED_SHAPES)
