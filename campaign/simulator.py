@@ -106,6 +106,8 @@ _PLATFORM_DOLLARS_PER_INSTANCE: Final = 0.0005
 # A trickled answer is written this many bytes at a time, so that even a one-call
 # answer (about 32 bytes) takes several writes.
 _TRICKLE_CHUNK_BYTES: Final = 4
+# See Simulator.go_down.
+_GO_DOWN_SETTLE_SECONDS: Final = 0.05
 # service_start requests kept in Simulator.start_requests unless configured: about
 # half an hour of the simulator's top rate, a few dozen MB at most, and far less
 # than the calls those requests started, which are all kept anyway.
@@ -446,12 +448,21 @@ class StartRequest:
     unique_id: str | None
     outcome: str
     """The label counted in Simulator.requests: ok, replayed, a fault kind,
-    unauthorized, invalid, conflict, ...; "aborted" if the simulator stopped during
-    its delay, "cancelled" if the server's shutdown cut it short."""
+    unauthorized, invalid, conflict, ...; "aborted" if the simulator stopped or went
+    down during its delay, "cancelled" if the server's shutdown cut it short."""
     calls: int | None
     """Call objects in rest_calls; None if refused before they were counted."""
     started: bool
     """Whether this request started its calls (a replay or a refusal starts none)."""
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A time the simulator refused connections (go_down to come_back)."""
+
+    began: float
+    ended: float | None = None
+    """None while it is still down (or if it was stopped while down)."""
 
 
 @dataclass(slots=True)
@@ -635,6 +646,8 @@ class Simulator:
         self.start_requests: deque[StartRequest] = deque(maxlen=self.config.request_record_limit)
         """The latest service_start requests (config.request_record_limit of them),
         in the order they were answered."""
+        self.outages: list[Outage] = []
+        """Every go_down, in order."""
 
         seed = self.config.seed
         # Separate streams so that, say, adding faults does not change call outcomes.
@@ -668,11 +681,18 @@ class Simulator:
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        # Set when the server starts closing (stop): answers that are waiting
-        # (delay, slow, trickle) drop their connections instead. A new one for each
-        # start, so a late waiter never sees the next start's.
+        # Set when the server starts closing (stop or go_down): answers that are
+        # waiting (delay, slow, trickle) drop their connections instead. A new one
+        # for each start, so a late waiter never sees the next start's.
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._listen: tuple[str, int] | None = None
+        """Host and port of the first start, where come_back listens again."""
+        self._down = False
+        """In an outage: gone down and neither back nor stopped since."""
+        # An outage asked for by the admin endpoint, and the event that ends it
+        # early (without coming back) when the simulator stops.
+        self._outage_task: tuple[asyncio.Task[None], asyncio.Event] | None = None
         self._base_url: str | None = None
         self.app = self._build_app()
 
@@ -712,6 +732,11 @@ class Simulator:
         """The service_start requests that carried this unique_id, among those kept
         in start_requests, in the order they were answered."""
         return list(self._requests_by_unique_id.get(unique_id, ()))
+
+    @property
+    def listening(self) -> bool:
+        """False before start, after stop, and during an outage."""
+        return self._runner is not None
 
     def callback_counts(self) -> Counter[str]:
         return Counter(record.outcome for record in self.callbacks)
@@ -765,7 +790,10 @@ class Simulator:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         self._base_url = _format_base_url(str(bound_host), int(bound_port))
-        if self.config.final_page_url is not None:
+        if self._listen is None:
+            self._listen = (host, int(bound_port))
+        # After go_down the final-page sender is still running.
+        if self.config.final_page_url is not None and self._sender is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=_CALLBACK_TIMEOUT_SECONDS)
             )
@@ -773,12 +801,15 @@ class Simulator:
         return self._base_url
 
     async def stop(self) -> None:
-        # Waiting answers (delay, slow, trickle) wait on this too, so the server's
-        # shutdown does not wait for them.
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._outage_task is not None:
+            # Not cancelled: it might be half-way through closing or starting the
+            # server. Told to stop, it finishes what it is doing and stays down.
+            task, stopped = self._outage_task
+            stopped.set()
+            await asyncio.gather(task, return_exceptions=True)
+            self._outage_task = None
+        await self._close_server()
+        self._down = False
         tasks = [t for t in (self._sender, *self._callback_tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -787,6 +818,59 @@ class Simulator:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def go_down(self) -> None:
+        """An outage: close the listening socket, so that new connections are
+        refused (ECONNREFUSED), and every open connection, answers still waiting
+        included. Everything else is kept: calls, unique_ids, the queue, and the
+        final pages of calls that finish meanwhile (only the web services are down).
+        """
+        if self._runner is None:
+            raise RuntimeError("the simulator is not listening")
+        self._begin_outage()
+        await self._close_server()
+        # The connections are closed, but a client in this process sees that only
+        # when its loop next reads them; until then it would reuse a pooled one and
+        # fail mid-request instead of being refused. A moment lets it notice.
+        await asyncio.sleep(_GO_DOWN_SETTLE_SECONDS)
+
+    async def come_back(self) -> str:
+        """End an outage: listen again on the same host and port; the base URL.
+        (A stopped simulator is started again with start, not this.)"""
+        if not self._down or self._listen is None:
+            raise RuntimeError("the simulator is not down")
+        base_url = await self.start(*self._listen)
+        self._down = False
+        self.outages[-1] = dataclasses.replace(self.outages[-1], ended=self.clock())
+        return base_url
+
+    async def outage(self, seconds: float) -> None:
+        """go_down, wait `seconds` of real time (whatever the clock), come_back;
+        stays down if the simulator was stopped meanwhile."""
+        await self.go_down()
+        await asyncio.sleep(seconds)
+        if self._down:
+            await self.come_back()
+
+    def _begin_outage(self) -> None:
+        self._down = True
+        self.outages.append(Outage(self.clock()))
+
+    async def _close_server(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        # Refuse new connections first, then let waiting answers drop theirs; the
+        # runner then closes idle connections and waits (at most its shutdown
+        # timeout) for requests being answered.
+        await self._stop_listening(runner)
+        self._closing.set()
+        await runner.cleanup()
+
+    @staticmethod
+    async def _stop_listening(runner: web.AppRunner) -> None:
+        for site in list(runner.sites):
+            await site.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -813,6 +897,7 @@ class Simulator:
             (("GET",), _ADMIN_PREFIX + "calls", "admin_calls", self._admin_calls),
             (("GET", "POST"), _ADMIN_PREFIX + "faults", "admin_faults", self._admin_faults),
             (("GET",), _ADMIN_PREFIX + "requests", "admin_requests", self._admin_requests),
+            (("POST",), _ADMIN_PREFIX + "outage", "admin_outage", self._admin_outage),
         ]
         for methods, path, endpoint, impl in routes:
             handler = self._counted(endpoint, impl)
@@ -972,8 +1057,8 @@ class Simulator:
         closing = self._closing
         delay = self.faults.delay_before_seconds
         if delay > 0 and not await self._wait_unless_closing(closing, delay):
-            # The simulator stopped while the request was on the wire: it
-            # neither answers nor starts anything.
+            # The simulator stopped or went down while the request was on the
+            # wire: it neither answers nor starts anything.
             self._drop_connection(request)
             return "aborted", web.Response()
         service = self._service_auth(request)
@@ -1037,7 +1122,7 @@ class Simulator:
             return "drop_after", ok
         if fault == "slow":
             if not await self._wait_unless_closing(closing, self.faults.slow_seconds):
-                # Stopping: the answer is lost with the connection.
+                # Stopping or going down: the answer is lost with the connection.
                 self._drop_connection(request)
             return "slow", ok
         return outcome, ok
@@ -1114,7 +1199,7 @@ class Simulator:
                 if offset and not await self._wait_unless_closing(
                     closing, self.faults.trickle_seconds
                 ):
-                    # Stopping: the client sees its answer cut short.
+                    # Stopping or going down: the client sees its answer cut short.
                     self._drop_connection(request)
                     return response
                 await response.write(body[offset : offset + _TRICKLE_CHUNK_BYTES])
@@ -1402,6 +1487,7 @@ class Simulator:
                 for (endpoint, outcome), count in sorted(self.requests.items())
             ],
             "callbacks": [dataclasses.asdict(record) for record in self.callbacks],
+            "outages": [dataclasses.asdict(outage) for outage in self.outages],
         }
         return "ok", web.json_response(body)
 
@@ -1416,7 +1502,58 @@ class Simulator:
             records = self.requests_with(unique_id)
             body["first_start"] = self.first_start(unique_id)
         body["requests"] = [dataclasses.asdict(record) for record in records]
+        body["outages"] = [dataclasses.asdict(outage) for outage in self.outages]
         return "ok", web.json_response(body)
+
+    async def _admin_outage(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        """{"seconds": N}: answer 200, then go down for N seconds (real time) and
+        come back on the same port; for a simulator run as its own process."""
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _bad_request("0002", "body: not valid JSON") from None
+        seconds = body.get("seconds") if isinstance(body, dict) else None
+        if (
+            not isinstance(body, dict)
+            or set(body) != {"seconds"}
+            or isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds < math.inf
+        ):
+            raise _bad_request("0002", 'body: must be {"seconds": N}, N >= 0')
+        if self._outage_task is not None and not self._outage_task[0].done():
+            raise _Refused(
+                409, assumptions.http_error_code(409), "an outage is under way", outcome="conflict"
+            )
+        runner = self._runner
+        assert runner is not None  # this very request came in through it
+        self._begin_outage()
+        # Refuse new connections before the answer leaves, so that a client holding
+        # the 200 can count on the next connection being refused.
+        await self._stop_listening(runner)
+        response = web.json_response(
+            {"seconds": seconds, "outages": len(self.outages)}, headers={"Connection": "close"}
+        )
+        await response.prepare(request)
+        await response.write_eof()
+        stopped = asyncio.Event()
+        task = asyncio.create_task(self._outage_then_back(seconds, stopped), name="outage")
+        task.add_done_callback(self._outage_done)
+        self._outage_task = (task, stopped)
+        return "ok", response
+
+    async def _outage_then_back(self, seconds: float, stopped: asyncio.Event) -> None:
+        await self._close_server()
+        try:
+            await asyncio.wait_for(stopped.wait(), seconds)
+        except TimeoutError:
+            await self.come_back()
+
+    @staticmethod
+    def _outage_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Nobody awaits it: a port taken meanwhile, say, must not go unseen.
+            logger.error("simulator outage failed", exc_info=task.exception())
 
     async def _admin_faults(self, request: web.Request) -> tuple[str, web.StreamResponse]:
         if request.method == "POST":

@@ -1,15 +1,18 @@
-"""The simulator's switches for odd answers, proved over real HTTP.
+"""The simulator's switches for outages and odd answers, proved over real HTTP.
 
-Malformed and trickled answers, a delay before anything, and the record of every
-service_start request: each is driven here with a plain aiohttp client on
-loopback, as in test_simulator.py.
+Malformed and trickled answers, a delay before anything, outages that refuse
+connections, and the record of every service_start request: each is driven here
+with a plain aiohttp client on loopback, as in test_simulator.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +32,7 @@ from campaign.simulator import (
 )
 from tests.fixtures_sim import MakeSimulator, ManualClock
 from tests.test_simulator import (
+    ROOT,
     SERVICE,
     Answer,
     application_status,
@@ -308,6 +312,168 @@ async def test_stopping_ends_a_delayed_request_at_once_without_starting_it(
     assert [r.outcome for r in sim.start_requests] == ["aborted"]
 
 
+# --------------------------------------------------------------------- outages
+
+
+def assert_refused(error: aiohttp.ClientConnectorError) -> None:
+    # Refused, not reset or timed out: the request certainly started nothing.
+    assert error.os_error.errno == errno.ECONNREFUSED, error
+
+
+async def test_an_outage_refuses_connections_and_keeps_calls_and_unique_ids(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    base_url = simulator.base_url
+    [ref] = (await service_start(http, simulator, call(), unique_id="o1")).body
+
+    await simulator.go_down()
+    assert not simulator.listening
+    # The session's pooled connection was closed too, so this needs a new one.
+    with pytest.raises(aiohttp.ClientConnectorError) as refused:
+        await service_start(http, simulator, call(), unique_id="o1")
+    assert_refused(refused.value)
+
+    assert await simulator.come_back() == base_url
+    with pytest.raises(RuntimeError, match="not down"):
+        await simulator.come_back()
+    assert (await service_start(http, simulator, call(), unique_id="o1")).body == [ref]
+    assert simulator.started_count() == 1
+    [outage] = simulator.outages
+    assert outage.ended is not None
+    assert outage.began <= outage.ended
+
+
+async def test_going_down_cuts_open_connections_but_keeps_the_calls_they_started(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    simulator.faults.slow_seconds = 30.0
+    simulator.faults.force("slow")
+    request = asyncio.create_task(service_start(http, simulator, call(), unique_id="cut"))
+    await eventually(lambda: simulator.started_count() == 1)
+    assert await timed(simulator.go_down()) < 0.9
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await request
+    await simulator.come_back()
+    replay = await service_start(http, simulator, call(), unique_id="cut")
+    assert replay.body == [simulator.calls[0].reference]
+
+
+async def test_an_outage_of_some_seconds_comes_back_by_itself(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    outage = asyncio.create_task(simulator.outage(0.3))
+    await eventually(lambda: not simulator.listening)
+    with pytest.raises(aiohttp.ClientConnectorError) as refused:
+        await service_start(http, simulator, call())
+    assert_refused(refused.value)
+    await outage
+    assert (await service_start(http, simulator, call())).status == 200
+
+
+async def test_stopping_during_an_outage_of_some_seconds_keeps_the_simulator_stopped(
+    make_simulator: MakeSimulator,
+) -> None:
+    sim = await make_simulator()
+    outage = asyncio.create_task(sim.outage(0.2))
+    await eventually(lambda: not sim.listening)
+    await sim.stop()
+    await outage
+    assert not sim.listening
+    [record] = sim.outages
+    assert record.ended is None
+
+
+async def test_admin_outage_answers_first_then_refuses_connections_then_comes_back(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    [ref] = (await service_start(http, simulator, call(), unique_id="a1")).body
+
+    got = await admin_post(http, simulator, "outage", {"seconds": 0.5})
+    assert got.status == 200
+    assert got.body == {"seconds": 0.5, "outages": 1}
+    # The listening socket is closed before the answer is written: no race here.
+    with pytest.raises(aiohttp.ClientConnectorError) as refused:
+        await service_start(http, simulator, call(), unique_id="a1")
+    assert_refused(refused.value)
+
+    await eventually(lambda: simulator.listening)
+    assert (await service_start(http, simulator, call(), unique_id="a1")).body == [ref]
+    record = await admin_get(http, simulator, "calls")
+    [outage] = record["outages"]
+    assert outage["ended"] - outage["began"] >= 0.45
+
+
+async def test_simulator_command_goes_down_on_the_admin_outage_and_comes_back_on_its_port(
+    http: aiohttp.ClientSession,
+) -> None:
+    # The way a benchmark uses it: the simulator in its own process.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "campaign",
+        "simulator",
+        "--port",
+        "0",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        base_url = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode().strip()
+        start = base_url + "/service_start"
+        fields = {"rest_calls": json.dumps(call()), "unique_id": "p1"}
+        auth = basic(f"1-2-0/bob@example.com/{SERVICE}", "sim-password")
+        async with http.post(start, data=fields, headers=auth) as response:
+            [ref] = await response.json()
+        async with http.post(base_url + "/_simulator/outage", json={"seconds": 0.5}) as response:
+            assert response.status == 200
+        with pytest.raises(aiohttp.ClientConnectorError) as refused:
+            await http.post(start, data=fields, headers=auth)
+        assert_refused(refused.value)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                async with http.post(start, data=fields, headers=auth) as response:
+                    assert await response.json() == [ref]
+                    break
+            except aiohttp.ClientConnectorError:
+                assert time.monotonic() < deadline, "the simulator did not come back"
+                await asyncio.sleep(0.05)
+        async with http.get(base_url + "/_simulator/requests?unique_id=p1") as response:
+            record = await response.json()
+        assert [r["outcome"] for r in record["requests"]] == ["ok", "replayed"]
+        [outage] = record["outages"]
+        assert outage["ended"] is not None
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"seconds": -1}, {"seconds": "5"}, {"seconds": True}, {"seconds": 1, "x": 2}, [1]],
+)
+async def test_admin_outage_refuses_a_body_that_is_not_seconds(
+    simulator: Simulator, http: aiohttp.ClientSession, body: Any
+) -> None:
+    assert_error(await admin_post(http, simulator, "outage", body), 400, "0002")
+    assert simulator.listening
+    assert simulator.outages == []
+
+
+async def test_stopping_during_an_admin_outage_does_not_wait_for_its_end(
+    make_simulator: MakeSimulator, http: aiohttp.ClientSession
+) -> None:
+    sim = await make_simulator()
+    assert (await admin_post(http, sim, "outage", {"seconds": 30})).status == 200
+    await eventually(lambda: not sim.listening)
+    assert await timed(sim.stop()) < 0.9
+    assert not sim.listening
+
+
 # --------------------------------------------------------------------- request record
 
 
@@ -373,6 +539,7 @@ async def test_every_service_start_request_is_recorded_with_its_arrival_time_and
     ]
     everything = await admin_get(http, sim, "requests")
     assert [r["outcome"] for r in everything["requests"]] == [e[1] for e in expected]
+    assert everything["outages"] == []
 
 
 async def test_the_request_record_keeps_only_the_latest_requests(
