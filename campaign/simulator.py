@@ -49,7 +49,12 @@ from campaign.assumptions import InstancePhase
 logger = logging.getLogger(__name__)
 
 AccountType = Literal["trial", "production", "premium"]
-FaultKind = Literal["throttle", "error_before", "error_after", "drop_after", "slow"]
+# New kinds go at the end: a draw matches the kinds in this order, so the same
+# seed and probabilities keep giving the same faults.
+FaultKind = Literal[
+    "throttle", "error_before", "error_after", "drop_after", "slow", "malformed", "trickle"
+]
+MalformedShape = Literal["repeat", "short", "extra", "not_strings", "not_a_list", "reused", "mixed"]
 CallbackOutcome = Literal["sent", "lost", "failed"]
 
 # [doc] §2 and §5.
@@ -67,6 +72,12 @@ DESTINATION_PREFIXES: Final = frozenset({"tel", "sip", "loc", "webrtc", "wss", "
 
 # The order in which a random draw is matched against the fault probabilities.
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
+MALFORMED_SHAPES: Final[tuple[MalformedShape, ...]] = get_args(MalformedShape)
+# "mixed" picks one of these for each malformed answer.
+_CONCRETE_MALFORMED_SHAPES: Final = tuple(s for s in MALFORMED_SHAPES if s != "mixed")
+_FAULT_SECONDS: Final = ("slow_seconds", "trickle_seconds", "delay_before_seconds")
+# What the admin endpoint reads and sets, besides forced faults.
+_FAULT_SETTINGS: Final = (*FAULT_KINDS, *_FAULT_SECONDS, "malformed_shape")
 
 # [doc] §4: only ASCII digits, optionally separated by single '-'.
 _TELEPHONE = re.compile(r"[0-9]+(?:-[0-9]+)*", re.ASCII)
@@ -92,6 +103,15 @@ _MAX_LINE_BYTES: Final = 1024 * 1024
 # Cost model: dollars per answered minute and per instance that ran.
 _PSTN_DOLLARS_PER_MINUTE: Final = 0.01
 _PLATFORM_DOLLARS_PER_INSTANCE: Final = 0.0005
+# A trickled answer is written this many bytes at a time, so that even a one-call
+# answer (about 32 bytes) takes several writes.
+_TRICKLE_CHUNK_BYTES: Final = 4
+# See Simulator.go_down.
+_GO_DOWN_SETTLE_SECONDS: Final = 0.05
+# service_start requests kept in Simulator.start_requests unless configured: about
+# half an hour of the simulator's top rate, a few dozen MB at most, and far less
+# than the calls those requests started, which are all kept anyway.
+DEFAULT_REQUEST_RECORD_LIMIT: Final = 500_000
 
 
 def _default_service_passwords() -> dict[str, str]:
@@ -146,6 +166,8 @@ class SimulatorConfig:
     callback_loss: float = 0.0
     """Share of final-page requests silently not sent."""
     seed: int = 0
+    request_record_limit: int = DEFAULT_REQUEST_RECORD_LIMIT
+    """How many service_start requests Simulator.start_requests keeps (the latest)."""
 
     def __post_init__(self) -> None:
         if not self.service_passwords:
@@ -167,6 +189,8 @@ class SimulatorConfig:
             raise ValueError("calls_per_second must be a positive number")
         if self.max_list_length < 1:
             raise ValueError("max_list_length must be at least 1")
+        if self.request_record_limit < 1:
+            raise ValueError("request_record_limit must be at least 1")
         unknown = set(self.cause_weights) - set(CALL_CAUSES)
         if unknown:
             raise ValueError(f"unknown call causes: {sorted(unknown)}; known: {CALL_CAUSES}")
@@ -187,10 +211,13 @@ class SimulatorConfig:
 class Faults:
     """Injected failures of service_start, changeable while the simulator runs.
 
-    They apply only to requests that passed authentication and validation. One
-    random draw per request is matched against the probabilities in the order of
-    FAULT_KINDS, so the kinds exclude each other (if they sum past 1, the later
-    kinds get what is left). Forced faults come first, one per request.
+    The fault kinds apply only to requests that passed authentication and
+    validation. One random draw per request is matched against the probabilities
+    in the order of FAULT_KINDS, so the kinds exclude each other (if they sum past
+    1, the later kinds get what is left). Forced faults come first, one per request.
+
+    delay_before_seconds is not a kind: it delays every service_start request,
+    before authentication, whatever the draw.
     """
 
     throttle: float = 0.0
@@ -204,6 +231,20 @@ class Faults:
     slow: float = 0.0
     """The answer is delayed by slow_seconds after the calls were started."""
     slow_seconds: float = 30.0
+    malformed: float = 0.0
+    """HTTP 200 after the calls were started, but a body of malformed_shape that
+    cannot be matched to them. A replay of the unique_id returns the true ones."""
+    malformed_shape: MalformedShape = "repeat"
+    """repeat ([r1, r1, r3]), short (one missing), extra (one made up), not_strings
+    (a null and a number), not_a_list (a JSON object), reused (references of other
+    requests' calls), or mixed (one of these at random each time)."""
+    trickle: float = 0.0
+    """HTTP 200 after the calls were started, its body written a few bytes at a
+    time with trickle_seconds between writes: each read is quick, the whole slow."""
+    trickle_seconds: float = 0.5
+    delay_before_seconds: float = 0.0
+    """Every service_start request waits this long before it is even authenticated,
+    so a test can change things while a request is on the wire."""
     forced: deque[FaultKind] = field(default_factory=deque)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -211,12 +252,16 @@ class Faults:
         # where it is made instead of as a puzzling test result.
         if name in FAULT_KINDS:
             value = _check_probability(name, value)
-        elif name == "slow_seconds" and (
+        elif name in _FAULT_SECONDS and (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not 0 <= value < math.inf
         ):
-            raise ValueError("slow_seconds must be a non-negative number")
+            raise ValueError(f"{name} must be a non-negative number")
+        elif name == "malformed_shape" and value not in MALFORMED_SHAPES:
+            raise ValueError(
+                f"unknown malformed_shape {value!r}; known: {', '.join(MALFORMED_SHAPES)}"
+            )
         super().__setattr__(name, value)
 
     def force(self, kind: str, count: int = 1) -> None:
@@ -228,8 +273,11 @@ class Faults:
         self.forced.extend([kind] * count)
 
     def reset(self) -> None:
+        """Every fault off: probabilities, forced faults and the delay. The
+        parameters of the kinds (seconds, shape) are kept for the next use."""
         for kind in FAULT_KINDS:
             setattr(self, kind, 0.0)
+        self.delay_before_seconds = 0.0
         self.forced.clear()
 
     def draw(self, rng: random.Random) -> FaultKind | None:
@@ -244,16 +292,16 @@ class Faults:
         return None
 
     def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {kind: getattr(self, kind) for kind in FAULT_KINDS}
-        body["slow_seconds"] = self.slow_seconds
+        body: dict[str, Any] = {key: getattr(self, key) for key in _FAULT_SETTINGS}
         body["forced"] = list(self.forced)
         return body
 
     def update(self, body: Mapping[str, Any]) -> None:
-        """Apply a JSON update: probabilities, slow_seconds, "reset": true, and
+        """Apply a JSON update: probabilities, slow_seconds, trickle_seconds,
+        delay_before_seconds, malformed_shape, "reset": true (applied first), and
         "force": [{"kind": ..., "count": n}, ...]. All-or-nothing: ValueError
         leaves the faults unchanged."""
-        known = {*FAULT_KINDS, "slow_seconds", "force", "reset"}
+        known = {*_FAULT_SETTINGS, "force", "reset"}
         unknown = set(body) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -261,12 +309,12 @@ class Faults:
         if not isinstance(reset, bool):
             raise ValueError("reset must be true or false")
         trial = Faults()
-        if not reset:
-            for kind in FAULT_KINDS:
-                setattr(trial, kind, getattr(self, kind))
-            trial.forced.extend(self.forced)
-        trial.slow_seconds = self.slow_seconds
-        for key in (*FAULT_KINDS, "slow_seconds"):
+        for key in _FAULT_SETTINGS:
+            setattr(trial, key, getattr(self, key))
+        trial.forced.extend(self.forced)
+        if reset:
+            trial.reset()
+        for key in _FAULT_SETTINGS:
             if key in body:
                 setattr(trial, key, body[key])
         forces = body.get("force", [])
@@ -279,7 +327,7 @@ class Faults:
             if isinstance(count, bool) or not isinstance(count, int):
                 raise ValueError("force count must be an integer")
             trial.force(str(item.get("kind")), count)
-        for key in (*FAULT_KINDS, "slow_seconds"):
+        for key in _FAULT_SETTINGS:
             setattr(self, key, getattr(trial, key))
         self.forced = trial.forced
 
@@ -387,6 +435,43 @@ class CallbackRecord:
     at: float
     status: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    """One service_start request as the simulator saw it (for timing assertions)."""
+
+    at: float
+    """When it arrived, by the simulator's clock (before any delay_before_seconds)."""
+    answered_at: float
+    """When the simulator was done with it (for a trickle, after the last write)."""
+    unique_id: str | None
+    outcome: str
+    """The label counted in Simulator.requests: ok, replayed, a fault kind,
+    unauthorized, invalid, conflict, ...; "aborted" if the simulator stopped or went
+    down during its delay, "cancelled" if the server's shutdown cut it short."""
+    calls: int | None
+    """Call objects in rest_calls; None if refused before they were counted."""
+    started: bool
+    """Whether this request started its calls (a replay or a refusal starts none)."""
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A time the simulator refused connections (go_down to come_back)."""
+
+    began: float
+    ended: float | None = None
+    """None while it is still down (or if it was stopped while down)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What a service_start request has revealed so far, for its StartRequest."""
+
+    unique_id: str | None = None
+    calls: int | None = None
+    started: bool = False
 
 
 @dataclass(frozen=True)
@@ -558,11 +643,17 @@ class Simulator:
         """(endpoint, outcome) -> number of requests."""
         self.callbacks: list[CallbackRecord] = []
         """Every final-page request sent, lost or failed, in order."""
+        self.start_requests: deque[StartRequest] = deque(maxlen=self.config.request_record_limit)
+        """The latest service_start requests (config.request_record_limit of them),
+        in the order they were answered."""
+        self.outages: list[Outage] = []
+        """Every go_down, in order."""
 
         seed = self.config.seed
         # Separate streams so that, say, adding faults does not change call outcomes.
         self._outcome_rng = random.Random(f"{seed}:outcomes")
         self._fault_rng = random.Random(f"{seed}:faults")
+        self._shape_rng = random.Random(f"{seed}:malformed-shapes")
         self._loss_rng = random.Random(f"{seed}:callback-loss")
         ids_rng = random.Random(f"{seed}:ids")
         self._reference_stem = f"{ids_rng.getrandbits(32):08x}_0.{int(clock())}"
@@ -574,6 +665,10 @@ class Simulator:
         self._index_by_reference: dict[str, int] = {}
         self._calls_by_destination: Counter[str] = Counter()
         self._unique_ids: dict[str, _Remembered] = {}
+        # One time per unique_id ever used to start calls, like _unique_ids itself.
+        self._first_starts: dict[str, float] = {}
+        # The StartRequests of start_requests that carry each unique_id, oldest first.
+        self._requests_by_unique_id: dict[str, deque[StartRequest]] = {}
         # Per service, the indices of calls that may still be queued, in start
         # order; the ones already started are dropped lazily when looked at.
         self._queued: dict[str, deque[int]] = {name: deque() for name in self.service_names}
@@ -586,8 +681,18 @@ class Simulator:
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._stopping = asyncio.Event()
+        # Set when the server starts closing (stop or go_down): answers that are
+        # waiting (delay, slow, trickle) drop their connections instead. A new one
+        # for each start, so a late waiter never sees the next start's.
+        self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._listen: tuple[str, int] | None = None
+        """Host and port of the first start, where come_back listens again."""
+        self._down = False
+        """In an outage: gone down and neither back nor stopped since."""
+        # An outage asked for by the admin endpoint, and the event that ends it
+        # early (without coming back) when the simulator stops.
+        self._outage_task: tuple[asyncio.Task[None], asyncio.Event] | None = None
         self._base_url: str | None = None
         self.app = self._build_app()
 
@@ -618,6 +723,20 @@ class Simulator:
         return sum(
             n for (ep, oc), n in self.requests.items() if ep == endpoint and outcome in (None, oc)
         )
+
+    def first_start(self, unique_id: str) -> float | None:
+        """When calls were first started with this unique_id (simulator clock)."""
+        return self._first_starts.get(unique_id)
+
+    def requests_with(self, unique_id: str) -> list[StartRequest]:
+        """The service_start requests that carried this unique_id, among those kept
+        in start_requests, in the order they were answered."""
+        return list(self._requests_by_unique_id.get(unique_id, ()))
+
+    @property
+    def listening(self) -> bool:
+        """False before start, after stop, and during an outage."""
+        return self._runner is not None
 
     def callback_counts(self) -> Counter[str]:
         return Counter(record.outcome for record in self.callbacks)
@@ -652,7 +771,7 @@ class Simulator:
             raise RuntimeError("the simulator is already started")
         # A stopped simulator may start again (an outage that ends) and keeps its
         # calls and unique_ids, as Aculab would.
-        self._stopping.clear()
+        self._closing = asyncio.Event()
         runner = web.AppRunner(
             self.app,
             handle_signals=False,
@@ -671,7 +790,10 @@ class Simulator:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         self._base_url = _format_base_url(str(bound_host), int(bound_port))
-        if self.config.final_page_url is not None:
+        if self._listen is None:
+            self._listen = (host, int(bound_port))
+        # After go_down the final-page sender is still running.
+        if self.config.final_page_url is not None and self._sender is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=_CALLBACK_TIMEOUT_SECONDS)
             )
@@ -679,11 +801,15 @@ class Simulator:
         return self._base_url
 
     async def stop(self) -> None:
-        # Slow answers wait on this, so the server's shutdown does not wait for them.
-        self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._outage_task is not None:
+            # Not cancelled: it might be half-way through closing or starting the
+            # server. Told to stop, it finishes what it is doing and stays down.
+            task, stopped = self._outage_task
+            stopped.set()
+            await asyncio.gather(task, return_exceptions=True)
+            self._outage_task = None
+        await self._close_server()
+        self._down = False
         tasks = [t for t in (self._sender, *self._callback_tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -692,6 +818,59 @@ class Simulator:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def go_down(self) -> None:
+        """An outage: close the listening socket, so that new connections are
+        refused (ECONNREFUSED), and every open connection, answers still waiting
+        included. Everything else is kept: calls, unique_ids, the queue, and the
+        final pages of calls that finish meanwhile (only the web services are down).
+        """
+        if self._runner is None:
+            raise RuntimeError("the simulator is not listening")
+        self._begin_outage()
+        await self._close_server()
+        # The connections are closed, but a client in this process sees that only
+        # when its loop next reads them; until then it would reuse a pooled one and
+        # fail mid-request instead of being refused. A moment lets it notice.
+        await asyncio.sleep(_GO_DOWN_SETTLE_SECONDS)
+
+    async def come_back(self) -> str:
+        """End an outage: listen again on the same host and port; the base URL.
+        (A stopped simulator is started again with start, not this.)"""
+        if not self._down or self._listen is None:
+            raise RuntimeError("the simulator is not down")
+        base_url = await self.start(*self._listen)
+        self._down = False
+        self.outages[-1] = dataclasses.replace(self.outages[-1], ended=self.clock())
+        return base_url
+
+    async def outage(self, seconds: float) -> None:
+        """go_down, wait `seconds` of real time (whatever the clock), come_back;
+        stays down if the simulator was stopped meanwhile."""
+        await self.go_down()
+        await asyncio.sleep(seconds)
+        if self._down:
+            await self.come_back()
+
+    def _begin_outage(self) -> None:
+        self._down = True
+        self.outages.append(Outage(self.clock()))
+
+    async def _close_server(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        # Refuse new connections first, then let waiting answers drop theirs; the
+        # runner then closes idle connections and waits (at most its shutdown
+        # timeout) for requests being answered.
+        await self._stop_listening(runner)
+        self._closing.set()
+        await runner.cleanup()
+
+    @staticmethod
+    async def _stop_listening(runner: web.AppRunner) -> None:
+        for site in list(runner.sites):
+            await site.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -717,6 +896,8 @@ class Simulator:
             (("DELETE",), "/service/v1/outbound/{name}/queue", "queue_purge", self._purge),
             (("GET",), _ADMIN_PREFIX + "calls", "admin_calls", self._admin_calls),
             (("GET", "POST"), _ADMIN_PREFIX + "faults", "admin_faults", self._admin_faults),
+            (("GET",), _ADMIN_PREFIX + "requests", "admin_requests", self._admin_requests),
+            (("POST",), _ADMIN_PREFIX + "outage", "admin_outage", self._admin_outage),
         ]
         for methods, path, endpoint, impl in routes:
             handler = self._counted(endpoint, impl)
@@ -855,6 +1036,31 @@ class Simulator:
     # ------------------------------------------------------------ service_start
 
     async def _service_start(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        arrived = self.clock()
+        pending = _Pending()
+        outcome = "bug"
+        try:
+            outcome, response = await self._answer_service_start(request, pending)
+        except _Refused as refusal:
+            outcome = refusal.outcome
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._record_start_request(arrived, outcome, pending)
+        return outcome, response
+
+    async def _answer_service_start(
+        self, request: web.Request, pending: _Pending
+    ) -> tuple[str, web.StreamResponse]:
+        closing = self._closing
+        delay = self.faults.delay_before_seconds
+        if delay > 0 and not await self._wait_unless_closing(closing, delay):
+            # The simulator stopped or went down while the request was on the
+            # wire: it neither answers nor starts anything.
+            self._drop_connection(request)
+            return "aborted", web.Response()
         service = self._service_auth(request)
         params = await self._params(request)
         given = params.getall("rest_calls", []) + params.getall("outbound_parameters", [])
@@ -871,9 +1077,10 @@ class Simulator:
             )
         rest_calls = given[0]
         unique_id = self._single(params, "unique_id")
+        pending.unique_id = unique_id
         if unique_id == "":
             raise _bad_request(assumptions.EMPTY_UNIQUE_ID_CODE, "unique_id: empty")
-        specs = self._parse_rest_calls(rest_calls)
+        specs = self._parse_rest_calls(rest_calls, pending)
 
         replayed: tuple[str, ...] | None = None
         if unique_id is not None:
@@ -895,9 +1102,15 @@ class Simulator:
                 outcome="error_before",
             )
 
-        references = (
-            replayed if replayed is not None else self._start(service, specs, unique_id, rest_calls)
-        )
+        if replayed is not None:
+            references = replayed
+        else:
+            references = self._start(service, specs, unique_id, rest_calls)
+            pending.started = True
+        if fault == "malformed":
+            return "malformed", web.json_response(self._malformed_body(references))
+        if fault == "trickle":
+            return "trickle", await self._trickle(request, closing, references)
         ok = web.json_response(list(references))
         outcome = "replayed" if replayed is not None else "ok"
         if fault == "error_after":
@@ -905,15 +1118,117 @@ class Simulator:
                 500, assumptions.http_error_code(500), "internal error", outcome="error_after"
             )
         if fault == "drop_after":
-            if request.transport is not None:
-                request.transport.close()
-            # Nothing reaches the client: aiohttp drops writes to a closed transport.
+            self._drop_connection(request)
             return "drop_after", ok
         if fault == "slow":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.faults.slow_seconds)
+            if not await self._wait_unless_closing(closing, self.faults.slow_seconds):
+                # Stopping or going down: the answer is lost with the connection.
+                self._drop_connection(request)
             return "slow", ok
         return outcome, ok
+
+    @staticmethod
+    async def _wait_unless_closing(closing: asyncio.Event, seconds: float) -> bool:
+        """Wait `seconds`, less if the server starts closing; False if it did."""
+        if not closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), seconds)
+        return not closing.is_set()
+
+    @staticmethod
+    def _drop_connection(request: web.Request) -> None:
+        # Nothing more reaches the client: aiohttp drops writes to a closed transport.
+        if request.transport is not None:
+            request.transport.close()
+
+    def _malformed_body(self, references: tuple[str, ...]) -> Any:
+        """A 200 body that cannot be matched to `references` (never empty)."""
+        shape = self.faults.malformed_shape
+        if shape == "mixed":
+            shape = self._shape_rng.choice(_CONCRETE_MALFORMED_SHAPES)
+        refs = list(references)
+        if shape == "repeat":
+            # The right length with one reference twice: [r1, r1, r3]. A single
+            # reference cannot repeat within its length, so it gets [r1, r1].
+            return [refs[0], *refs] if len(refs) == 1 else [refs[0], refs[0], *refs[2:]]
+        if shape == "short":
+            return refs[:-1]
+        if shape == "extra":
+            return [*refs, self._unstarted_reference()]
+        if shape == "not_strings":
+            # null where the first reference goes, its number where the second does.
+            return [
+                None if i == 0 else int(ref.rsplit(".", 1)[1]) if i == 1 else ref
+                for i, ref in enumerate(refs)
+            ]
+        if shape == "not_a_list":
+            return {"application_instance_ids": refs}
+        return self._earlier_references(references)
+
+    def _unstarted_reference(self) -> str:
+        """A reference shaped like the others, of no call (application_status: 404)."""
+        return f"{self._reference_stem}.{next(self._reference_numbers)}"
+
+    def _earlier_references(self, own: tuple[str, ...]) -> list[str]:
+        """As many references as `own`, of the latest calls started by other
+        requests; where there are not that many, unstarted ones make up the rest."""
+        mine = set(own)
+        found: list[str] = []
+        index = len(self.calls) - 1
+        while len(found) < len(own) and index >= 0:
+            reference = self.calls[index].reference
+            if reference not in mine:
+                found.append(reference)
+            index -= 1
+        found.reverse()
+        found.extend(self._unstarted_reference() for _ in range(len(own) - len(found)))
+        return found
+
+    async def _trickle(
+        self, request: web.Request, closing: asyncio.Event, references: tuple[str, ...]
+    ) -> web.StreamResponse:
+        """The true answer, its body written _TRICKLE_CHUNK_BYTES at a time with
+        trickle_seconds between writes (the headers go at once)."""
+        body = json.dumps(list(references)).encode()
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/json"
+        response.content_length = len(body)
+        try:
+            await response.prepare(request)
+            for offset in range(0, len(body), _TRICKLE_CHUNK_BYTES):
+                if offset and not await self._wait_unless_closing(
+                    closing, self.faults.trickle_seconds
+                ):
+                    # Stopping or going down: the client sees its answer cut short.
+                    self._drop_connection(request)
+                    return response
+                await response.write(body[offset : offset + _TRICKLE_CHUNK_BYTES])
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client gave up (its total timeout, say): nobody to answer
+        return response
+
+    def _record_start_request(self, arrived: float, outcome: str, pending: _Pending) -> None:
+        record = StartRequest(
+            at=arrived,
+            answered_at=self.clock(),
+            unique_id=pending.unique_id,
+            outcome=outcome,
+            calls=pending.calls,
+            started=pending.started,
+        )
+        kept = self.start_requests
+        if len(kept) == kept.maxlen:
+            # The deque drops its oldest on append; the index must drop it too.
+            oldest = kept[0]
+            if oldest.unique_id is not None:
+                same = self._requests_by_unique_id[oldest.unique_id]
+                same.popleft()
+                if not same:
+                    del self._requests_by_unique_id[oldest.unique_id]
+        kept.append(record)
+        if record.unique_id is not None:
+            self._requests_by_unique_id.setdefault(record.unique_id, deque()).append(record)
 
     def _replayed(self, unique_id: str, service: str, rest_calls: str) -> tuple[str, ...] | None:
         remembered = self._unique_ids.get(unique_id)
@@ -931,11 +1246,13 @@ class Simulator:
             )
         return remembered.references
 
-    def _parse_rest_calls(self, rest_calls: str) -> list[_CallSpec]:
+    def _parse_rest_calls(self, rest_calls: str, pending: _Pending) -> list[_CallSpec]:
         try:
             value = json.loads(rest_calls, parse_constant=_reject_constant)
         except (ValueError, RecursionError):
             raise _bad_request("0002", "rest_calls: not valid JSON") from None
+        if isinstance(value, dict | list):
+            pending.calls = len(value) if isinstance(value, list) else 1
         if isinstance(value, dict):
             objects: list[Any] = [value]
         elif isinstance(value, list):
@@ -1103,6 +1420,7 @@ class Simulator:
         refs = tuple(references)
         if unique_id is not None:
             self._unique_ids[unique_id] = _Remembered(service, rest_calls, refs, now)
+            self._first_starts.setdefault(unique_id, now)
         return refs
 
     # ------------------------------------------------------------ application_status
@@ -1169,8 +1487,73 @@ class Simulator:
                 for (endpoint, outcome), count in sorted(self.requests.items())
             ],
             "callbacks": [dataclasses.asdict(record) for record in self.callbacks],
+            "outages": [dataclasses.asdict(outage) for outage in self.outages],
         }
         return "ok", web.json_response(body)
+
+    async def _admin_requests(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        """The kept service_start requests; with ?unique_id=, only those carrying it,
+        and when that unique_id first started calls."""
+        unique_id = request.query.get("unique_id")
+        body: dict[str, Any] = {}
+        if unique_id is None:
+            records: Sequence[StartRequest] = self.start_requests
+        else:
+            records = self.requests_with(unique_id)
+            body["first_start"] = self.first_start(unique_id)
+        body["requests"] = [dataclasses.asdict(record) for record in records]
+        body["outages"] = [dataclasses.asdict(outage) for outage in self.outages]
+        return "ok", web.json_response(body)
+
+    async def _admin_outage(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        """{"seconds": N}: answer 200, then go down for N seconds (real time) and
+        come back on the same port; for a simulator run as its own process."""
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _bad_request("0002", "body: not valid JSON") from None
+        seconds = body.get("seconds") if isinstance(body, dict) else None
+        if (
+            not isinstance(body, dict)
+            or set(body) != {"seconds"}
+            or isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds < math.inf
+        ):
+            raise _bad_request("0002", 'body: must be {"seconds": N}, N >= 0')
+        if self._outage_task is not None and not self._outage_task[0].done():
+            raise _Refused(
+                409, assumptions.http_error_code(409), "an outage is under way", outcome="conflict"
+            )
+        runner = self._runner
+        assert runner is not None  # this very request came in through it
+        self._begin_outage()
+        # Refuse new connections before the answer leaves, so that a client holding
+        # the 200 can count on the next connection being refused.
+        await self._stop_listening(runner)
+        response = web.json_response(
+            {"seconds": seconds, "outages": len(self.outages)}, headers={"Connection": "close"}
+        )
+        await response.prepare(request)
+        await response.write_eof()
+        stopped = asyncio.Event()
+        task = asyncio.create_task(self._outage_then_back(seconds, stopped), name="outage")
+        task.add_done_callback(self._outage_done)
+        self._outage_task = (task, stopped)
+        return "ok", response
+
+    async def _outage_then_back(self, seconds: float, stopped: asyncio.Event) -> None:
+        await self._close_server()
+        try:
+            await asyncio.wait_for(stopped.wait(), seconds)
+        except TimeoutError:
+            await self.come_back()
+
+    @staticmethod
+    def _outage_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Nobody awaits it: a port taken meanwhile, say, must not go unseen.
+            logger.error("simulator outage failed", exc_info=task.exception())
 
     async def _admin_faults(self, request: web.Request) -> tuple[str, web.StreamResponse]:
         if request.method == "POST":
@@ -1324,6 +1707,18 @@ def _service_password(text: str) -> tuple[str, str]:
     return name, password
 
 
+_FAULT_HELP: Final[Mapping[FaultKind, str]] = {
+    "throttle": "answered 429, nothing started",
+    "error_before": "answered 500, nothing started",
+    "error_after": "answered 500 after the calls started",
+    "drop_after": "connection closed without an answer after the calls started",
+    "slow": "answered after --slow-seconds, the calls started at once",
+    "malformed": "answered 200 after the calls started, with references of "
+    "--malformed-shape that cannot be matched to them (a replay gets the true ones)",
+    "trickle": "answered 200 after the calls started, a few bytes every --trickle-seconds",
+}
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = SimulatorConfig()
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -1359,11 +1754,59 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="repeatable; without it any valid international number is accepted",
     )
     parser.add_argument("--final-page-url", default=None)
-    parser.add_argument("--callback-loss", type=_probability, default=0.0)
+    parser.add_argument(
+        "--callback-loss",
+        type=_probability,
+        default=0.0,
+        help="share of final-page requests silently not sent",
+    )
+    faults = parser.add_argument_group(
+        "faults",
+        "Each SHARE (0 to 1) is the part of service_start requests, once authenticated "
+        "and valid, that get that fault; the other options tune them.",
+    )
     for kind in FAULT_KINDS:
-        parser.add_argument(f"--{kind.replace('_', '-')}", type=_probability, default=0.0)
-    parser.add_argument("--slow-seconds", type=_non_negative_float, default=30.0)
-    parser.add_argument("--seed", type=int, default=0)
+        faults.add_argument(
+            f"--{kind.replace('_', '-')}",
+            type=_probability,
+            default=0.0,
+            metavar="SHARE",
+            help=_FAULT_HELP[kind],
+        )
+    defaults_faults = Faults()
+    faults.add_argument(
+        "--slow-seconds",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        default=defaults_faults.slow_seconds,
+        help="how long a slow answer is delayed (default %(default)s)",
+    )
+    faults.add_argument(
+        "--malformed-shape",
+        choices=MALFORMED_SHAPES,
+        default=defaults_faults.malformed_shape,
+        help="the shape of a malformed answer: one reference repeated, one missing, one "
+        "too many, non-strings, an object, other requests' references, or a mix "
+        "(default %(default)s)",
+    )
+    faults.add_argument(
+        "--trickle-seconds",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        default=defaults_faults.trickle_seconds,
+        help="the pause between the writes of a trickled answer (default %(default)s)",
+    )
+    faults.add_argument(
+        "--delay-before-seconds",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        default=defaults_faults.delay_before_seconds,
+        help="every service_start request waits this long before it is even "
+        "authenticated (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the call outcomes and the fault draws"
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -1384,13 +1827,24 @@ def run_from_args(args: argparse.Namespace) -> int:
             callback_loss=args.callback_loss,
             seed=args.seed,
         )
-        faults = Faults(slow_seconds=args.slow_seconds)
-        for kind in FAULT_KINDS:
-            setattr(faults, kind, getattr(args, kind))
+        faults = faults_from_args(args)
     except ValueError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_serve(config, faults, args.host, args.port))
+
+
+def faults_from_args(args: argparse.Namespace) -> Faults:
+    """The faults that configure_parser's options ask for."""
+    faults = Faults(
+        slow_seconds=args.slow_seconds,
+        malformed_shape=args.malformed_shape,
+        trickle_seconds=args.trickle_seconds,
+        delay_before_seconds=args.delay_before_seconds,
+    )
+    for kind in FAULT_KINDS:
+        setattr(faults, kind, getattr(args, kind))
+    return faults
 
 
 async def _serve(config: SimulatorConfig, faults: Faults, host: str, port: int) -> int:

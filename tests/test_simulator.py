@@ -1384,6 +1384,20 @@ async def test_failed_final_pages_are_counted_and_the_simulator_carries_on(
     assert (await service_start(http, unreachable, call())).status == 200
 
 
+async def test_final_pages_are_still_sent_while_the_web_services_are_down(
+    make_simulator: MakeSimulator, http: aiohttp.ClientSession, final_page: FinalPage
+) -> None:
+    sim = await make_simulator(SimulatorConfig(final_page_url=final_page.url))
+    refs = (await service_start(http, sim, [call(number(i)) for i in range(3)])).body
+    await sim.go_down()
+    await final_page.wait_for(3)
+    assert not sim.listening
+    assert {info["application_instance_id"] for info in final_page.received} == set(refs)
+    await sim.come_back()
+    await service_start(http, sim, call())
+    await final_page.wait_for(4)
+
+
 async def test_a_stopped_simulator_restarts_on_its_port_remembering_calls_and_unique_ids(
     http: aiohttp.ClientSession,
 ) -> None:
