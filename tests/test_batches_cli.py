@@ -225,6 +225,20 @@ async def test_malformed_commands_are_refused_with_one_line_and_status_2(
     assert await resolutions(db_pool) == []
 
 
+@pytest.mark.parametrize("argv", [("batches",), ("resolve", "7", "--not-started")])
+async def test_an_unreachable_database_is_one_line_and_status_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]
+) -> None:
+    point_at(monkeypatch, "postgresql://bob:s3cret@127.0.0.1:1/campaigns")
+
+    status, out, err = await Cli(capsys)(*argv)
+
+    assert (status, out) == (1, "")
+    assert one_line(err).startswith(
+        f"campaign {argv[0]}: cannot reach PostgreSQL at 127.0.0.1:1/campaigns"
+    )
+
+
 # --- campaign resolve --resend --------------------------------------------------------------
 
 
