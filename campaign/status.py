@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from campaign.db import admin
@@ -12,6 +12,9 @@ from campaign.db.admin import CONTACT_STATES, CallingWindow, CampaignState, Cont
 
 MAX_PARKED_SHOWN = 20
 """Parked batches listed per campaign in the table (JSON lists them all)."""
+
+RESOLUTIONS_SHOWN = 5
+"""The latest resolutions of parked batches shown per campaign (table and JSON)."""
 
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 """ISO weekdays 1-7."""
@@ -24,6 +27,20 @@ class ParkedBatch:
     age_seconds: float
     contacts: int
     reason: str | None
+    in_doubt: bool
+    """A send of it may have started calls at Aculab."""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An operator's `campaign resolve` of a parked batch."""
+
+    batch_id: int
+    action: str
+    contacts: int
+    reason: str | None
+    resolved_by: str
+    resolved_at: datetime
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,10 @@ class CampaignStatus:
     batches_in_flight: int
     """Batches persisted but not yet acknowledged by Aculab (batches.state = 'pending')."""
     parked: list[ParkedBatch]
+    released_batches: int
+    """Batches that started nothing and gave their contacts back to the queue."""
+    resolutions: list[Resolution]
+    """The latest RESOLUTIONS_SHOWN resolutions, newest first."""
     as_of: datetime
     outcomes: dict[str, int]
     """Calls per call_cause; 'awaiting' for calls whose outcome has not arrived."""
@@ -52,11 +73,16 @@ class CampaignStatus:
 
 async def gather_status(pool: admin.Pool, name: str | None = None) -> list[CampaignStatus]:
     """Status of every campaign (by id), or of the named one (CampaignNotFound if none)."""
-    snap = await admin.status_snapshot(pool, name)
+    snap = await admin.status_snapshot(pool, name, resolutions_shown=RESOLUTIONS_SHOWN)
     parked: dict[int, list[ParkedBatch]] = {}
     for b in snap.parked:
         parked.setdefault(b.campaign_id, []).append(
-            ParkedBatch(b.id, b.created_at, b.age_seconds, b.contacts, b.last_error)
+            ParkedBatch(b.id, b.created_at, b.age_seconds, b.contacts, b.last_error, b.in_doubt)
+        )
+    resolutions: dict[int, list[Resolution]] = {}
+    for r in snap.resolutions:
+        resolutions.setdefault(r.campaign_id, []).append(
+            Resolution(r.batch_id, r.action, r.contacts, r.reason, r.resolved_by, r.resolved_at)
         )
     result = []
     for c in snap.campaigns:
@@ -72,6 +98,8 @@ async def gather_status(pool: admin.Pool, name: str | None = None) -> list[Campa
                 calls_started=snap.calls_started.get(c.id, 0),
                 batches_in_flight=snap.batches_in_flight.get(c.id, 0),
                 parked=parked.get(c.id, []),
+                released_batches=snap.released.get(c.id, 0),
+                resolutions=resolutions.get(c.id, []),
                 as_of=snap.taken_at,
                 outcomes=dict(sorted(snap.outcomes.get(c.id, {}).items())),
                 attempts=dict(sorted(snap.attempts.get(c.id, {}).items())),
@@ -150,8 +178,21 @@ def to_json_document(statuses: list[CampaignStatus]) -> dict[str, Any]:
                         "age_seconds": round(b.age_seconds, 3),
                         "contacts": b.contacts,
                         "reason": b.reason,
+                        "in_doubt": b.in_doubt,
                     }
                     for b in s.parked
+                ],
+                "released_batches": s.released_batches,
+                "resolutions": [
+                    {
+                        "resolved_at": r.resolved_at.isoformat(),
+                        "resolved_by": r.resolved_by,
+                        "action": r.action,
+                        "batch_id": r.batch_id,
+                        "contacts": r.contacts,
+                        "reason": r.reason,
+                    }
+                    for r in s.resolutions
                 ],
                 "as_of": s.as_of.isoformat(),
             }
@@ -201,6 +242,7 @@ def _block(s: CampaignStatus) -> list[str]:
     rows += [
         ("batches in flight", f"{s.batches_in_flight:,}"),
         ("parked batches", f"{len(s.parked):,}"),
+        ("released batches", f"{s.released_batches:,}"),
     ]
     label_width = max(len(label) for label, _ in rows)
     # Numbers right-aligned in one column; the state and window (text) are left as they are.
@@ -212,12 +254,23 @@ def _block(s: CampaignStatus) -> list[str]:
         lines.append(f"  {label.ljust(label_width)}  {shown}")
     for b in s.parked[:MAX_PARKED_SHOWN]:
         reason = _one_line(b.reason) if b.reason else "no reason recorded"
+        doubt = "in doubt" if b.in_doubt else "not in doubt"
         lines.append(
             f"    batch {b.id}: age {format_age(b.age_seconds)}, "
-            f"{b.contacts} contact{'s' if b.contacts != 1 else ''}: {reason}"
+            f"{b.contacts} contact{'s' if b.contacts != 1 else ''}, {doubt}: {reason}"
         )
     if len(s.parked) > MAX_PARKED_SHOWN:
         lines.append(f"    ... and {len(s.parked) - MAX_PARKED_SHOWN} more (see --json)")
+    if s.resolutions:
+        lines.append("  last resolutions")
+    for r in s.resolutions:
+        # Whole seconds in UTC: enough to match the row in batch_resolutions.
+        when = r.resolved_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        reason = f": {_one_line(r.reason)}" if r.reason else ""
+        lines.append(
+            f"    {when} {r.resolved_by}: {r.action} batch {r.batch_id}, "
+            f"{r.contacts} contact{'s' if r.contacts != 1 else ''}{reason}"
+        )
     return lines
 
 

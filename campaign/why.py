@@ -386,7 +386,8 @@ def render_text(r: WhyReport) -> str:
     if r.parked.count:
         lines.append(
             f"  parked batches: {r.parked.count:,} holding {_plural(r.parked.contacts, 'contact')}"
-            " - an operator must decide (README: dispatch protocol, step 4)"
+            " - an operator must decide: `campaign resolve BATCH_ID` (README: Resolving a "
+            "parked batch)"
         )
         for b in r.parked.first:
             reason = _one_line(b.last_error) if b.last_error else "no reason recorded"

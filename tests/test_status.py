@@ -164,7 +164,9 @@ async def test_the_table_lists_states_counts_and_parked_batches_one_per_line(
     for state in CONTACT_STATES:
         assert re.search(rf"^    {state} +[\d,]+$", table, re.M), state
     assert re.search(r"^  parked batches +1$", table, re.M)
-    assert f"    batch {parked}: age 3h12m, 2 contacts: too old: resend refused" in lines
+    assert (
+        f"    batch {parked}: age 3h12m, 2 contacts, not in doubt: too old: resend refused" in lines
+    )
 
 
 def test_ages_are_short_and_readable() -> None:

@@ -403,6 +403,21 @@ class ParkedBatchRow:
     age_seconds: float
     last_error: str | None
     contacts: int
+    in_doubt: bool
+    """A send of it may have started calls at Aculab."""
+
+
+@dataclass(frozen=True)
+class ResolutionRow:
+    """An operator's decision on a parked batch (`campaign resolve`)."""
+
+    campaign_id: int
+    batch_id: int
+    action: str
+    reason: str | None
+    contacts: int
+    resolved_by: str
+    resolved_at: datetime
 
 
 @dataclass(frozen=True)
@@ -419,6 +434,10 @@ class StatusSnapshot:
     """Calls per call_cause ('awaiting' while no outcome has arrived)."""
     attempts: dict[int, dict[int, int]]
     """Contacts per number of calls started for them."""
+    released: dict[int, int]
+    """Batches that started nothing and gave their contacts back to the queue."""
+    resolutions: list[ResolutionRow]
+    """The latest resolutions per campaign, newest first."""
 
 
 STATUS_CAMPAIGNS = f"""
@@ -460,16 +479,38 @@ GROUP BY campaign_id
 STATUS_PARKED_BATCHES = """
 SELECT id, campaign_id, created_at,
        extract(epoch FROM now() - created_at)::float8 AS age_seconds,
-       last_error, cardinality(contact_ids) AS contacts
+       last_error, cardinality(contact_ids) AS contacts, in_doubt
 FROM batches
 WHERE campaign_id = ANY($1::bigint[]) AND state = 'parked'
 ORDER BY campaign_id, id
 """
 
+STATUS_RELEASED_BATCHES = """
+SELECT campaign_id, count(*) AS n
+FROM batches
+WHERE campaign_id = ANY($1::bigint[]) AND state = 'released'
+GROUP BY campaign_id
+"""
+
+# The newest few per campaign, each read through batch_resolutions_campaign_idx.
+STATUS_RESOLUTIONS = """
+SELECT r.campaign_id, r.batch_id, r.action, r.reason, r.contacts, r.resolved_by, r.resolved_at
+FROM unnest($1::bigint[]) AS k(id)
+CROSS JOIN LATERAL (
+    SELECT * FROM batch_resolutions
+    WHERE campaign_id = k.id
+    ORDER BY resolved_at DESC, id DESC
+    LIMIT $2
+) r
+ORDER BY r.campaign_id, r.resolved_at DESC, r.id DESC
+"""
+
 STATUS_NOW = "SELECT now()"
 
 
-async def status_snapshot(pool: Pool, name: str | None = None) -> StatusSnapshot:
+async def status_snapshot(
+    pool: Pool, name: str | None = None, *, resolutions_shown: int = 5
+) -> StatusSnapshot:
     """The status of every campaign, or of the one named (CampaignNotFound if none)."""
     async with (
         pool.acquire() as conn,
@@ -505,10 +546,37 @@ async def status_snapshot(pool: Pool, name: str | None = None) -> StatusSnapshot
                 age_seconds=r["age_seconds"],
                 last_error=r["last_error"],
                 contacts=r["contacts"],
+                in_doubt=r["in_doubt"],
             )
             for r in await conn.fetch(STATUS_PARKED_BATCHES, ids)
         ]
-    return StatusSnapshot(taken_at, campaigns, counts, calls, in_flight, parked, outcomes, attempts)
+        released = {
+            r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_RELEASED_BATCHES, ids)
+        }
+        resolutions = [
+            ResolutionRow(
+                campaign_id=r["campaign_id"],
+                batch_id=r["batch_id"],
+                action=r["action"],
+                reason=r["reason"],
+                contacts=r["contacts"],
+                resolved_by=r["resolved_by"],
+                resolved_at=r["resolved_at"],
+            )
+            for r in await conn.fetch(STATUS_RESOLUTIONS, ids, resolutions_shown)
+        ]
+    return StatusSnapshot(
+        taken_at,
+        campaigns,
+        counts,
+        calls,
+        in_flight,
+        parked,
+        outcomes,
+        attempts,
+        released,
+        resolutions,
+    )
 
 
 # --- cancel: Aculab's queue -------------------------------------------------------------
@@ -786,7 +854,7 @@ GROUP BY state
 WHY_FIRST_PARKED = """
 SELECT id, campaign_id, created_at,
        extract(epoch FROM now() - created_at)::float8 AS age_seconds,
-       last_error, cardinality(contact_ids) AS contacts
+       last_error, cardinality(contact_ids) AS contacts, in_doubt
 FROM batches
 WHERE campaign_id = $1 AND state = 'parked'
 ORDER BY id
@@ -844,6 +912,7 @@ async def why_snapshot(
                 age_seconds=r["age_seconds"],
                 last_error=r["last_error"],
                 contacts=r["contacts"],
+                in_doubt=r["in_doubt"],
             )
             for r in await conn.fetch(WHY_FIRST_PARKED, campaign.id, parked_shown)
         ]
