@@ -67,7 +67,11 @@ class Breaker:
         return max(0.0, self.next_probe_at - self.clock())
 
     def probe_sent(self) -> None:
+        """A probe goes out: the next one waits a full backoff, whatever becomes of
+        this one (it may end in neither a failure nor a success: a batch too old to
+        send, a database error)."""
         self.probes += 1
+        self._schedule_probe()
 
     def _schedule_probe(self) -> None:
         delay = min(self.max_delay, self.initial_delay * 2.0**self.probes)

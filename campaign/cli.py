@@ -770,7 +770,13 @@ async def _suppress_load(args: argparse.Namespace, pool: admin.Pool, settings: S
 
 
 async def _why(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
-    report = await why.gather_why(pool, args.name, settings.aculab.calls_per_second)
+    report = await why.gather_why(
+        pool,
+        args.name,
+        settings.aculab.calls_per_second,
+        # The heartbeat refreshes a daemon's row every lease_seconds / 3.
+        alive_within=settings.dispatcher.lease_seconds,
+    )
     print(why.render_json(report) if args.json else why.render_text(report))
     return 0
 

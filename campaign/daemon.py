@@ -124,7 +124,7 @@ async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> 
     trouble = Episode(log, "listen_connection_lost", "listen_connection_restored", level="warning")
     while not stop.is_set():
         try:
-            conn = await connect(dsn, command_timeout=10)
+            conn = await connect(dsn, command_timeout=10, writable=True)
         except DatabaseUnavailable as exc:
             failures += 1
             trouble.failed(error=str(exc))
@@ -279,6 +279,7 @@ async def _run(settings: Settings, stop: asyncio.Event, owner: str) -> int:
             dsn,
             min_size=settings.database.pool_min_size,
             max_size=settings.database.pool_max_size,
+            writable=True,
         ) as pool,
     ):
         problem = await prepare_schema(pool, settings)

@@ -351,6 +351,8 @@ class Dispatcher:
         # batch id -> when (this daemon's clock) it may be taken again, after its
         # send or its acknowledgement failed in a way that left it pending.
         self._cooldown: dict[int, float] = {}
+        # batch id -> such failures in a row, so that the wait grows like a backoff.
+        self._crashes: Counter[int] = Counter()
         # Services whose credentials Aculab accepted since their campaigns became
         # active (for this daemon): until then, one request at a time.
         self._confirmed: set[str] = set()
@@ -865,7 +867,8 @@ class Dispatcher:
                 log.error("batch_send_crashed", error=repr(exc), retry_in=delay, exc_info=exc)
 
     def _cool_down(self, batch: q.BatchRow) -> float:
-        delay = self.backoff(batch.sends + 1)
+        self._crashes[batch.id] += 1
+        delay = self.backoff(batch.sends + self._crashes[batch.id])
         self._cooldown[batch.id] = self._clock() + delay
         return round(delay, 2)
 
@@ -1060,6 +1063,7 @@ class Dispatcher:
             )
             await self._park(batch, self._unmatched(reason), raw)
             return
+        self._crashes.pop(batch.id, None)
         if done is None:
             log.info("batch_already_acknowledged")
             return
@@ -1147,6 +1151,7 @@ class Dispatcher:
                 log.warning("batch_no_longer_ours", action="park", reason=reason)
                 return
         self._outage_batches.discard(batch.id)
+        self._crashes.pop(batch.id, None)
         self.counters.parked += 1
         self._count_batch("parked")
         log.error(
@@ -1163,6 +1168,7 @@ class Dispatcher:
             log.warning("batch_no_longer_ours", action="release", reason=reason)
             return
         self._outage_batches.discard(batch.id)
+        self._crashes.pop(batch.id, None)
         self.counters.released += 1
         self._count_batch("released")
         log.warning(

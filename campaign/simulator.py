@@ -75,7 +75,12 @@ FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
 MALFORMED_SHAPES: Final[tuple[MalformedShape, ...]] = get_args(MalformedShape)
 # "mixed" picks one of these for each malformed answer.
 _CONCRETE_MALFORMED_SHAPES: Final = tuple(s for s in MALFORMED_SHAPES if s != "mixed")
-_FAULT_SECONDS: Final = ("slow_seconds", "trickle_seconds", "delay_before_seconds")
+_FAULT_SECONDS: Final = (
+    "slow_seconds",
+    "trickle_seconds",
+    "delay_before_seconds",
+    "throttle_retry_after",
+)
 # What the admin endpoint reads and sets, besides forced faults.
 _FAULT_SETTINGS: Final = (*FAULT_KINDS, *_FAULT_SECONDS, "malformed_shape")
 
@@ -222,6 +227,8 @@ class Faults:
 
     throttle: float = 0.0
     """HTTP 429, nothing started."""
+    throttle_retry_after: float = 0.0
+    """Seconds sent as the 429's Retry-After header (0: no header)."""
     error_before: float = 0.0
     """HTTP 500 before anything is started."""
     error_after: float = 0.0
@@ -1093,6 +1100,11 @@ class Simulator:
                 assumptions.http_error_code(assumptions.THROTTLED_STATUS),
                 "too many requests; nothing was started",
                 outcome="throttled",
+                headers=(
+                    {"Retry-After": f"{self.faults.throttle_retry_after:g}"}
+                    if self.faults.throttle_retry_after
+                    else None
+                ),
             )
         if fault == "error_before":
             raise _Refused(

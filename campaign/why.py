@@ -1,11 +1,12 @@
 """`campaign why NAME`: why a campaign's contacts are not being dialed right now.
 
 One snapshot of the database (admin.why_snapshot) is read into a report whose sections
-each name one thing that holds contacts back: the campaign's state, the calling window,
-retry delays, not_before, pacing, the concurrency cap, the do-not-call list, parked
-batches and batches still in flight. A section is shown only when it applies; the JSON
-document always carries every key (null when a section does not apply) and lists the
-ones that apply under "reasons", so scripts need not parse the text.
+each name one thing that holds contacts back: the campaign's state, Aculab unreachable
+(from the daemons' own reports), the calling window, retry delays, not_before, pacing,
+the concurrency cap, the do-not-call list, parked batches and batches still in flight.
+A section is shown only when it applies; the JSON document always carries every key
+(null when a section does not apply) and lists the ones that apply under "reasons", so
+scripts need not parse the text.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ GROUPS_SHOWN: Final = 10
 
 Reason = Literal[
     "campaign_not_active",
+    "aculab_unreachable",
     "calling_window",
     "retry_wait",
     "not_before",
@@ -39,7 +41,7 @@ Reason = Literal[
     "batches_in_flight",
     "due_now",
 ]
-HeldBy = Literal["campaign_not_active", "concurrency", "pacing"]
+HeldBy = Literal["campaign_not_active", "aculab_unreachable", "concurrency", "pacing"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class WhyReport:
     parked: ParkedSummary
     in_flight_batches: int
     in_flight_contacts: int
+    daemons: list[admin.DaemonRow]
+    """The daemons alive now, each with whether it can reach Aculab."""
 
     @property
     def active(self) -> bool:
@@ -119,6 +123,11 @@ class WhyReport:
         return self.contact_states.get("suppressed", 0)
 
     @property
+    def aculab_unreachable(self) -> list[admin.DaemonRow]:
+        """The daemons that cannot reach Aculab (their circuit breaker is open)."""
+        return [d for d in self.daemons if d.aculab_unreachable_since is not None]
+
+    @property
     def pacing_at_cap(self) -> bool:
         return self.campaign_pacing.at_cap or self.account_pacing.at_cap
 
@@ -127,6 +136,8 @@ class WhyReport:
         """What keeps due contacts from going out at once (None: nothing)."""
         if not self.active:
             return "campaign_not_active"
+        if self.daemons and len(self.aculab_unreachable) == len(self.daemons):
+            return "aculab_unreachable"
         if self.concurrency.at_cap:
             return "concurrency"
         if self.pacing_at_cap:
@@ -139,6 +150,8 @@ class WhyReport:
         found: list[Reason] = []
         if not self.active:
             found.append("campaign_not_active")
+        if self.aculab_unreachable:
+            found.append("aculab_unreachable")
         if self.calling_window is not None:
             found.append("calling_window")
         if self.retry_wait is not None:
@@ -173,13 +186,20 @@ def _waiting(groups: list[PendingGroup], hold: str) -> Waiting | None:
     )
 
 
-async def gather_why(pool: admin.Pool, name: str, account_calls_per_second: float) -> WhyReport:
+async def gather_why(
+    pool: admin.Pool, name: str, account_calls_per_second: float, alive_within: float = 60.0
+) -> WhyReport:
     """The report for one campaign. Raises CampaignNotFound.
 
-    `account_calls_per_second` is the account's CPS from the settings (aculab.calls_per_second).
+    `account_calls_per_second` is the account's CPS from the settings (aculab.calls_per_second);
+    a daemon that refreshed its row within `alive_within` seconds counts as running.
     """
     snap = await admin.why_snapshot(
-        pool, name, window_seconds=PACING_WINDOW_SECONDS, parked_shown=PARKED_SHOWN
+        pool,
+        name,
+        window_seconds=PACING_WINDOW_SECONDS,
+        parked_shown=PARKED_SHOWN,
+        alive_within=alive_within,
     )
     c = snap.campaign
     return WhyReport(
@@ -202,6 +222,7 @@ async def gather_why(pool: admin.Pool, name: str, account_calls_per_second: floa
         parked=snap.parked,
         in_flight_batches=snap.in_flight_batches,
         in_flight_contacts=snap.in_flight_contacts,
+        daemons=snap.daemons,
     )
 
 
@@ -293,6 +314,18 @@ def to_json_document(r: WhyReport) -> dict[str, Any]:
         if not r.in_flight_batches
         else {"count": r.in_flight_batches, "contacts": r.in_flight_contacts},
         "due": None if not r.due else {"contacts": r.due, "held_by": r.due_held_by},
+        "daemons": {
+            "alive": len(r.daemons),
+            "aculab_unreachable": [
+                {
+                    "owner": d.owner,
+                    "since": _iso(d.aculab_unreachable_since),
+                    "error": d.aculab_error,
+                }
+                for d in r.aculab_unreachable
+                if d.aculab_unreachable_since is not None
+            ],
+        },
     }
 
 
@@ -356,6 +389,19 @@ def render_text(r: WhyReport) -> str:
         lines.append(f"  campaign is {c.state}{reason}: nothing is dialed")
         if c.state == "paused":
             lines.append(f"    `campaign resume {c.name}` dials it again")
+    for d in r.aculab_unreachable:
+        if d.aculab_unreachable_since is None:
+            continue
+        error = f": {_one_line(d.aculab_error)}" if d.aculab_error else ""
+        lasted = format_age((now - d.aculab_unreachable_since).total_seconds())
+        lines.append(
+            f"  Aculab unreachable from daemon {d.owner} for {lasted} "
+            f"(since {_when(d.aculab_unreachable_since, now)}){error}"
+        )
+        lines.append(
+            "    it claims nothing new and probes with one request at a time; "
+            "dialing resumes by itself when Aculab answers"
+        )
     if r.calling_window is not None:
         lines += _waiting_lines("waiting for the calling window", r.calling_window, now)
     if r.retry_wait is not None:
@@ -413,10 +459,14 @@ def render_text(r: WhyReport) -> str:
 def _due_line(r: WhyReport) -> str:
     due = _plural(r.due, "contact")
     held = r.due_held_by
+    if held is None and not r.daemons:
+        return f"  due now: {due}, but no daemon is running: start `campaign run` to dial them"
     if held is None:
         return f"  due now: {due} (a running daemon will pick them up)"
     if held == "campaign_not_active":
         return f"  due: {due}, held while the campaign is {r.campaign.state}"
+    if held == "aculab_unreachable":
+        return f"  due: {due}, held until Aculab can be reached again"
     if held == "concurrency":
         return f"  due: {due}, waiting for calls in progress to finish (concurrency cap)"
     if held == "pacing":

@@ -275,11 +275,67 @@ async def test_due_contacts_with_nothing_in_the_way_are_due_now(db_pool: Pool) -
     r = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
 
     assert r.reasons == ["due_now"]
+    assert render_text(r).splitlines()[-1] == (
+        "  due now: 7 contacts, but no daemon is running: start `campaign run` to dial them"
+    )
+    await db_pool.execute("INSERT INTO daemons (owner) VALUES ('host:1:abc')")
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
+
+    assert r.reasons == ["due_now"]
     assert render_text(r).splitlines()[-2:] == [
         "  pacing over the last 10 s: campaign cap 1/s, achieved 0.00/s (0 granted); "
         "account cap 1/s, achieved 0.00/s (0 granted)",
         "  due now: 7 contacts (a running daemon will pick them up)",
     ]
+
+
+async def test_aculab_unreachable_from_every_daemon_holds_due_contacts_and_says_since_when(
+    db_pool: Pool,
+) -> None:
+    cid = await new_campaign(db_pool)
+    await add_contacts(db_pool, cid, 2)
+    await db_pool.execute(
+        "INSERT INTO daemons (owner, aculab_unreachable_since, aculab_error) VALUES "
+        "('host:1:abc', now() - interval '5 minutes', 'service_start: cannot connect'), "
+        "('host:2:def', now() - interval '4 minutes', 'service_start: no answer in time'), "
+        # Not seen for an hour: dead, so neither alive nor reporting.
+        "('host:3:old', now() - interval '2 hours', 'stale')"
+    )
+    await db_pool.execute(
+        "UPDATE daemons SET seen_at = now() - interval '1 hour' WHERE owner = 'host:3:old'"
+    )
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0, alive_within=30)
+
+    assert r.reasons == ["aculab_unreachable"]
+    assert r.due_held_by == "aculab_unreachable"
+    text = render_text(r).splitlines()
+    unreachable = [line for line in text if "unreachable" in line]
+    assert len(unreachable) == 2
+    assert re.fullmatch(
+        r"  Aculab unreachable from daemon host:1:abc for 5m0\ds \(since .* UTC\): "
+        r"service_start: cannot connect",
+        unreachable[0],
+    )
+    assert re.fullmatch(
+        r"  Aculab unreachable from daemon host:2:def for 4m0\ds \(since .* UTC\): "
+        r"service_start: no answer in time",
+        unreachable[1],
+    )
+    assert text[-1] == "  due: 2 contacts, held until Aculab can be reached again"
+    doc = to_json_document(r)
+    assert doc["daemons"]["alive"] == 2
+    assert [d["owner"] for d in doc["daemons"]["aculab_unreachable"]] == [
+        "host:1:abc",
+        "host:2:def",
+    ]
+    # One daemon that can reach Aculab is enough for the contacts to go out.
+    await db_pool.execute(
+        "UPDATE daemons SET aculab_unreachable_since = NULL WHERE owner = 'host:2:def'"
+    )
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0, alive_within=30)
+    assert r.due_held_by is None
 
 
 async def test_a_campaign_with_nothing_pending_says_so(db_pool: Pool) -> None:

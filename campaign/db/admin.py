@@ -789,7 +789,25 @@ class WhySnapshot:
     in_flight_batches: int
     in_flight_contacts: int
     parked: ParkedSummary
+    daemons: list[DaemonRow]
+    """The daemons alive (seen within the snapshot's `alive_within`)."""
 
+
+@dataclass(frozen=True)
+class DaemonRow:
+    owner: str
+    seen_seconds_ago: float
+    aculab_unreachable_since: datetime | None
+    aculab_error: str | None
+
+
+WHY_DAEMONS = """
+SELECT owner, extract(epoch FROM now() - seen_at)::float8 AS seen_ago,
+       aculab_unreachable_since, aculab_error
+FROM daemons
+WHERE seen_at > now() - make_interval(secs => $1)
+ORDER BY owner
+"""
 
 WHY_CAMPAIGN = f"""
 SELECT id, name, state, state_reason, service_name, calls_per_second, max_concurrent_calls,
@@ -870,9 +888,17 @@ def campaign_budget(campaign_id: int) -> str:
 
 
 async def why_snapshot(
-    pool: Pool, name: str, *, window_seconds: float = 10.0, parked_shown: int = 3
+    pool: Pool,
+    name: str,
+    *,
+    window_seconds: float = 10.0,
+    parked_shown: int = 3,
+    alive_within: float = 60.0,
 ) -> WhySnapshot:
-    """What holds a campaign's contacts back. Raises CampaignNotFound."""
+    """What holds a campaign's contacts back. Raises CampaignNotFound.
+
+    A daemon counts as alive when its heartbeat wrote its row within `alive_within`.
+    """
     async with (
         pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
@@ -916,6 +942,10 @@ async def why_snapshot(
             )
             for r in await conn.fetch(WHY_FIRST_PARKED, campaign.id, parked_shown)
         ]
+        daemons = [
+            DaemonRow(r["owner"], r["seen_ago"], r["aculab_unreachable_since"], r["aculab_error"])
+            for r in await conn.fetch(WHY_DAEMONS, alive_within)
+        ]
     in_flight = batches.get("pending", (0, 0))
     parked = batches.get("parked", (0, 0))
     return WhySnapshot(
@@ -929,4 +959,5 @@ async def why_snapshot(
         in_flight_batches=in_flight[0],
         in_flight_contacts=in_flight[1],
         parked=ParkedSummary(parked[0], parked[1], first_parked),
+        daemons=daemons,
     )

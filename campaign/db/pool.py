@@ -165,19 +165,22 @@ async def connect(
     *,
     command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    writable: bool = False,
 ) -> asyncpg.Connection[asyncpg.Record]:
     """One connection with the json/jsonb codecs (e.g. the dedicated LISTEN connection).
 
     Pass `command_timeout=None` for a connection that runs migrations: a migration may
-    legitimately wait on the migration lock or build an index for minutes.
+    legitimately wait on the migration lock or build an index for minutes. With
+    `writable`, only a server that accepts writes will do (see open_pool).
     Raises DatabaseUnavailable when the server cannot be reached.
     """
     try:
-        conn = await asyncpg.connect(
+        conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
             dsn,
             timeout=connect_timeout,
             command_timeout=command_timeout,
             server_settings={"application_name": APPLICATION_NAME},
+            **_session_attrs(writable),
         )
     except _CONNECT_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
@@ -188,6 +191,10 @@ async def connect(
         conn.terminate()
         raise
     return conn
+
+
+def _session_attrs(writable: bool) -> dict[str, Any]:
+    return {"target_session_attrs": "read-write"} if writable else {}
 
 
 async def _close_bounded(pool: asyncpg.Pool[asyncpg.Record], grace: float) -> None:
@@ -213,12 +220,16 @@ async def open_pool(
     command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    writable: bool = False,
 ) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
     """An asyncpg pool with the json/jsonb codecs, closed on exit within `close_timeout`.
 
     Raises DatabaseUnavailable when the first connections cannot be made. After
     `close_timeout` seconds waiting for connections to come back, the pool is
-    terminated, so leaving the block never hangs.
+    terminated, so leaving the block never hangs. With `writable` (the daemon),
+    a new connection is refused by a server that does not accept writes (a
+    standby, or the old primary after a failover), and with several hosts in the
+    DSN the writable one is found.
     """
     try:
         pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
@@ -229,6 +240,7 @@ async def open_pool(
             timeout=connect_timeout,
             command_timeout=command_timeout,
             server_settings={"application_name": APPLICATION_NAME},
+            **_session_attrs(writable),
         )
     except _CONNECT_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
