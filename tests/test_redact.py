@@ -1,0 +1,125 @@
+"""Reading DSNs without guessing, and scrubbing secrets from text and log lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from campaign.db.dsn import UNKNOWN, describe_dsn, dsn_passwords
+from campaign.redact import REDACTED, Scrubber, basic_token
+from campaign.settings import load_settings
+
+NO_ENV: dict[str, str] = {}
+
+
+# --- describing a DSN ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "described"),
+    [
+        ("postgresql://u:pw@db.example:6543/calls", "db.example:6543/calls"),
+        ("postgres://u:p%2Fw%40x@db.example/calls?sslmode=require", "db.example:5432/calls"),
+        ("postgresql://u@/calls?host=/run/pg&port=5433", "/run/pg:5433/calls"),
+        ("postgresql://u:pw@[::1]:5433/x", "[::1]:5433/x"),
+        ("postgresql://h1:5432,h2:5433/db", "h1:5432,h2:5433/db"),
+        ("postgresql://u:pw@h/?dbname=z", "h:5432/z"),
+        ("postgresql://bob@h", "h:5432/bob"),
+        ("host=db.example port=6543 user=bob password=pw dbname=calls", "db.example:6543/calls"),
+        ("host = /run/pg  password = 'a b\\'c'  dbname = 'my db'", "/run/pg:5432/my db"),
+        ("password=a\\ b host=h", "h:5432/?"),
+        ("hostaddr=10.0.0.1 user=bob password=pw", "10.0.0.1:5432/bob"),
+    ],
+)
+def test_describe_dsn_names_host_port_and_database_of_both_forms(dsn: str, described: str) -> None:
+    assert describe_dsn(dsn, NO_ENV) == described
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        # libpq and asyncpg cut these passwords at different places.
+        "postgresql://bob:pa/ss@host/db",
+        "postgresql://bob:pa#ss@host/db",
+        "postgresql://bob:pa?ss@host/db",
+        "postgresql://bob:p@ss@host/db",
+        "postgresql://bob:1234/ss@host/db",
+        "postgresql://bob:pw@host/db?password=a&b",
+        # Not a string libpq accepts.
+        "host=h password='unterminated",
+        "host=h password=a b",
+        "just some words",
+        "",
+    ],
+)
+def test_describe_dsn_says_dsn_rather_than_guess(dsn: str) -> None:
+    assert describe_dsn(dsn, NO_ENV) == UNKNOWN
+
+
+def test_describe_dsn_falls_back_on_the_pg_environment_as_the_drivers_do() -> None:
+    env = {"PGHOST": "/var/run/postgresql", "PGPORT": "5433", "PGDATABASE": "calls"}
+    assert describe_dsn("postgresql://", env) == "/var/run/postgresql:5433/calls"
+    assert describe_dsn("user=bob", {"PGUSER": "alice"}) == "localhost:5432/bob"
+
+
+# --- finding the password -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "password"),
+    [
+        ("host=h password='it\\'s a \\\\ secret' dbname=d", "it's a \\ secret"),
+        ("host=h password=it\\'s\\ a dbname=d", "it's a"),
+        ("host=h dbname=d password='unterminated and more", "unterminated and more"),
+        ("postgresql://u:p%2Fw%40x@h/d", "p/w@x"),
+        ("postgresql://u:pa/ss@host/db", "pa/ss"),
+        ("postgresql://u:p@ss@host/db", "p@ss"),
+        ("postgresql://u:p#s?s@host/db", "p#s?s"),
+        ("postgresql://u@h/d?password=p%26w", "p&w"),
+        ("postgresql://u@h/d?password=p&w#x&sslmode=require", "p&w#x"),
+    ],
+)
+def test_the_password_is_found_under_every_reading_of_the_dsn(dsn: str, password: str) -> None:
+    assert password in dsn_passwords(dsn)
+
+
+# --- scrubbing text ---------------------------------------------------------------------------
+
+
+def test_a_secret_its_pieces_and_its_escaped_forms_are_scrubbed() -> None:
+    scrub = Scrubber(["Zqxj/Wvkq\\Ђjjj"])
+
+    assert scrub("at bob:Zqxj/Wvkq\\Ђjjj@h") == f"at bob:{REDACTED}@h"
+    # A driver that cut the password at a delimiter echoes a piece of it.
+    assert scrub("invalid port: 'Zqxj'") == f"invalid port: '{REDACTED}'"
+    assert scrub("bad host 'Wvkq\\Ђjjj'") == f"bad host '{REDACTED}'"
+    # As JSON and repr() escape it.
+    assert REDACTED in scrub(json.dumps("Zqxj/Wvkq\\Ђjjj"))
+    assert "Wvkq" not in scrub(repr("Zqxj/Wvkq\\Ђjjj"))
+    assert "Zqxj" not in scrub("Zqxj%2FWvkq")
+
+
+def test_an_http_basic_token_is_scrubbed_whatever_login_precedes_the_secret() -> None:
+    scrub = Scrubber(["s3cret-Pa55word!"])
+    for login in ("1-2-0/bob@example.com", "1-2-0/bob@example.com/Svc", "x", "xy"):
+        token = basic_token(login, "s3cret-Pa55word!")
+        assert token not in scrub(f"Authorization: Basic {token}")
+
+
+def test_short_strings_are_left_alone_so_ordinary_text_stays_readable() -> None:
+    scrub = Scrubber(["ab/c", "x"])
+    assert scrub("a b c x abc") == "a b c x abc"
+    assert scrub("ab/c") == REDACTED
+
+
+def test_the_settings_secrets_are_all_scrubbed() -> None:
+    settings = load_settings(
+        None,
+        database={"dsn": "postgresql://u:Db-Passw0rd@h/d"},
+        aculab={"api_access_key": "Api-Key-0123", "service_passwords": {"Svc": "Svc-Pw-4567"}},
+        listener={"webhook_secret": "Webhook-Secret-890123"},
+    )
+    scrub = Scrubber.from_settings(settings, environ={"PGPASSWORD": "Env-Pw-7777"})
+    text = "Db-Passw0rd Api-Key-0123 Svc-Pw-4567 Webhook-Secret-890123 Env-Pw-7777"
+    assert scrub(text) == " ".join([REDACTED] * 5)
