@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from campaign.db.dsn import UNKNOWN, describe_dsn, dsn_passwords
+from campaign.logs import configure_logging
 from campaign.redact import REDACTED, Scrubber, basic_token
-from campaign.settings import load_settings
+from campaign.settings import LoggingSettings, load_settings
 
 NO_ENV: dict[str, str] = {}
 
@@ -123,3 +129,75 @@ def test_the_settings_secrets_are_all_scrubbed() -> None:
     scrub = Scrubber.from_settings(settings, environ={"PGPASSWORD": "Env-Pw-7777"})
     text = "Db-Passw0rd Api-Key-0123 Svc-Pw-4567 Webhook-Secret-890123 Env-Pw-7777"
     assert scrub(text) == " ".join([REDACTED] * 5)
+
+
+# --- log lines --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
+SECRET = "Zqxj/Wvkq\\Ђjjj"
+
+
+def _log_everything() -> None:
+    log = structlog.get_logger("campaign.test")
+    log.info("dsn_echoed", reason=f"bad port 'Zqxj' in bob:{SECRET}@h", nested={"k": [SECRET]})
+    try:
+        raise ValueError(f"could not parse {SECRET!r}")
+    except ValueError:
+        log.exception("crashed")
+    logging.getLogger("asyncpg").warning("driver says %s", SECRET)
+    try:
+        raise OSError(f"stdlib {SECRET}")
+    except OSError:
+        logging.getLogger("aiohttp.client").exception("failed")
+
+
+@pytest.mark.usefixtures("restored_logging")
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_log_lines_tracebacks_and_library_loggers_are_scrubbed(fmt: str) -> None:
+    out = io.StringIO()
+    settings = LoggingSettings.model_validate({"format": fmt, "level": "debug"})
+    configure_logging(settings, stream=out, secrets=Scrubber([SECRET]))
+
+    _log_everything()
+
+    text = out.getvalue()
+    assert text.count("Traceback") == 2
+    for piece in ("Zqxj", "Wvkq", "Ђjjj", "\\u0402jjj"):
+        assert piece not in text
+    if fmt == "json":
+        events = [json.loads(line) for line in text.splitlines()]
+        assert [e["event"] for e in events] == [
+            "dsn_echoed",
+            "crashed",
+            "driver says ***",
+            "failed",
+        ]
+        assert events[0]["nested"] == {"k": [REDACTED]}
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_log_lines_without_secrets_render_as_before() -> None:
+    plain, scrubbed = io.StringIO(), io.StringIO()
+    settings = LoggingSettings(format="console", level="info")
+    line = {"count": 3, "ids": (1, 2), "ratio": 0.5, "when": None}
+    configure_logging(settings, stream=plain)
+    structlog.get_logger("t").info("same", **line)
+    configure_logging(settings, stream=scrubbed, secrets=Scrubber(["Zqxj/Wvkq"]))
+    structlog.get_logger("t").info("same", **line)
+
+    def without_time(text: str) -> str:
+        return re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "", text)
+
+    assert without_time(plain.getvalue()) == without_time(scrubbed.getvalue())
