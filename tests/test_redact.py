@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from campaign.cli import main
 from campaign.db.dsn import UNKNOWN, describe_dsn, dsn_passwords
 from campaign.logs import configure_logging
 from campaign.redact import REDACTED, Scrubber, basic_token
@@ -201,3 +202,26 @@ def test_log_lines_without_secrets_render_as_before() -> None:
         return re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "", text)
 
     assert without_time(plain.getvalue()) == without_time(scrubbed.getvalue())
+
+
+# --- the CLI's last resort ----------------------------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_scrubbed_line_with_the_traceback_only_at_debug(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, restored_logging: None
+) -> None:
+    # asyncpg 0.32 fails on an empty host in the list with an IndexError of its own.
+    dsn = "postgresql://bob:,&'Zqxj:,/@127.0.0.1:1/calls"
+    monkeypatch.setenv("CAMPAIGN_DATABASE__DSN", dsn)
+
+    assert main(["status"]) == 1
+    err = capfd.readouterr().err
+    assert err.startswith("campaign status: unexpected error: IndexError")
+    assert "logging.level = debug" in err and len(err.splitlines()) == 1
+
+    monkeypatch.setenv("CAMPAIGN_LOGGING__LEVEL", "debug")
+    assert main(["status"]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" in err
+    assert err.splitlines()[-1].startswith("campaign status: unexpected error: IndexError")
+    assert "Zqxj" not in err
