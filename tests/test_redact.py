@@ -225,3 +225,16 @@ def test_an_unexpected_error_is_one_scrubbed_line_with_the_traceback_only_at_deb
     assert "Traceback" in err
     assert err.splitlines()[-1].startswith("campaign status: unexpected error: IndexError")
     assert "Zqxj" not in err
+
+
+def test_a_base_url_with_credentials_is_refused_naming_the_key(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for url in ("https://bob:Zqxj-secret@ws.aculabcloud.net", "https://bob:pa/ss@ws.example"):
+        monkeypatch.setenv("CAMPAIGN_ACULAB__BASE_URL", url)
+
+        assert main(["check-config"]) == 2
+        err = capfd.readouterr().err
+        assert err.startswith("config: aculab.base_url: ") and "credentials" in err
+        assert len(err.splitlines()) == 1
+        assert "Zqxj" not in err and "pa/ss" not in err
