@@ -2,7 +2,10 @@
 
 Settings are loaded once here and passed down. Every failure the operator can fix
 ends as one line on stderr, never a traceback: exit status 2 for usage, settings and
-input errors, 1 for runtime failures (database unreachable, migration failed).
+input errors, 1 for runtime failures (database unreachable, migration failed). An
+unexpected exception is one line too, with its traceback at logging.level debug. No
+secret is ever printed: every message, log line and traceback is scrubbed of the
+secrets the settings hold (see `campaign.redact`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import getpass
 import json
 import os
 import sys
+import traceback
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -43,6 +47,7 @@ from campaign.db.migrate import MigrationError, migrate
 from campaign.db.pool import DatabaseUnavailable, connect, database_dsn, open_pool
 from campaign.destinations import NATIONAL_NEEDS_REGION, Rejected, parse_destination
 from campaign.loader import MAX_REPORTED, load_csv
+from campaign.redact import Scrubber, environment_secrets
 from campaign.settings import ConfigError, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -69,14 +74,21 @@ class CommandLineParser(argparse.ArgumentParser):
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config)
+    settings = load_settings(args.config)
+    # Kept for main(): whatever fails from here on is scrubbed of these settings' secrets.
+    args.loaded_settings = settings
+    return settings
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     from campaign.logs import configure_logging
 
-    # stdout carries the command's own output (JSON for scripts): logs go to stderr.
-    configure_logging(settings.logging, stream=sys.stderr)
+    configure_logging(
+        settings.logging,
+        # stdout carries the command's own output (JSON for scripts): logs go to stderr.
+        stream=sys.stderr if stream is None else stream,
+        secrets=Scrubber.from_settings(settings),
+    )
 
 
 @asynccontextmanager
@@ -133,10 +145,10 @@ async def _migrate_async(settings: Settings) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from campaign.daemon import run_daemon
-    from campaign.logs import configure_logging
 
     settings = _load(args)
-    configure_logging(settings.logging)
+    # The daemon's JSON lines are its output: stdout.
+    _configure_logging(settings, stream=sys.stdout)
     return asyncio.run(run_daemon(settings))
 
 
@@ -428,6 +440,7 @@ async def _purge_aculab_queue(
     except AculabError as exc:
         # Aculab's own words when it answered; else ours, which say what to set.
         detail = exc.reason if exc.status is not None else _one_line(exc)
+        detail = Scrubber.from_settings(settings)(detail)
         print(
             f"warning: Aculab's queue for service {service} was not purged ({detail}); "
             "calls already queued there will still start: fix that and run "
@@ -1193,9 +1206,34 @@ def _add_suppress_parser(commands: Any) -> None:
     listing.set_defaults(handler=_db_command(_suppress_list))
 
 
+def _scrubber(args: argparse.Namespace) -> Scrubber:
+    settings: Settings | None = getattr(args, "loaded_settings", None)
+    if settings is None:  # failed before the settings were loaded: only PGPASSWORD is known
+        return Scrubber(environment_secrets())
+    return Scrubber.from_settings(settings)
+
+
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
-    print(f"campaign {args.command}: {message}", file=sys.stderr)
+    print(f"campaign {args.command}: {_scrubber(args)(message)}", file=sys.stderr)
     return code
+
+
+def _crash(args: argparse.Namespace, exc: Exception) -> int:
+    """A failure nobody foresaw (a bug, a library failing oddly): one scrubbed line.
+
+    Its message may quote anything the failing code held, a DSN included, so it is
+    scrubbed like any other; the traceback (scrubbed too) only at logging.level debug.
+    """
+    settings: Settings | None = getattr(args, "loaded_settings", None)
+    hint = ""
+    if settings is not None and settings.logging.level == "debug":
+        trace = "".join(traceback.format_exception(exc))
+        print(_scrubber(args)(trace), file=sys.stderr, end="")
+    else:
+        hint = " (set logging.level = debug for the traceback)"
+    return _fail(
+        args, f"unexpected error: {type(exc).__name__}: {_one_line(exc)}{hint}", EXIT_RUNTIME
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -1224,4 +1262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, f"database error: {_one_line(exc)}", EXIT_RUNTIME)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:
+        return _crash(args, exc)
     return result

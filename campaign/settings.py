@@ -57,6 +57,20 @@ class AculabSettings(Section):
     allow_plain_http: bool = False
     """Allow an http:// base_url off loopback (a simulator in docker-compose; never Aculab)."""
 
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        # A URL is printed, logged and sent in the clear far more readily than a
+        # SecretStr; Aculab takes its credentials in the Authorization header anyway.
+        # Checked before the URL is parsed: a password with a '/' would otherwise be
+        # reported as a bad port, and an '@' has no other use in Aculab's base URL.
+        if "@" in str(value):
+            raise ValueError(
+                "must not carry credentials (user:password@); set aculab.api_access_key "
+                "and aculab.service_passwords instead"
+            )
+        return value
+
     def service_password(self, service: str) -> SecretStr | None:
         found = self.service_passwords.get(service)
         if found is not None:

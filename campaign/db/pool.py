@@ -27,11 +27,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
 
+from campaign.db.dsn import UNKNOWN, describe_dsn, is_uri
+from campaign.redact import Scrubber
 from campaign.settings import DatabaseSettings
 
 DEFAULT_COMMAND_TIMEOUT = 30.0
@@ -64,81 +66,32 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL cannot be reached or started; the message is one line with no secrets."""
 
 
-# --- DSN description (for error messages) -------------------------------------------------
-
-
-def _query_value(query: dict[str, list[str]], *keys: str) -> str | None:
-    for key in keys:
-        values = query.get(key)
-        if values and values[0]:
-            return values[0]
-    return None
-
-
-def describe_dsn(dsn: str) -> str:
-    """`host:port/database` of a URI DSN, never its password (for messages and logs).
-
-    Mirrors libpq/asyncpg defaults (query parameters, then PG* environment variables) so
-    the description names the server a connection attempt actually targets.
-    """
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        # Say so rather than echo a string that may hold a password.
-        return "<unparsable DSN>"
-    query = parse_qs(parts.query)
-    host = _query_value(query, "host") or unquote(parts.hostname or "")
-    port = _query_value(query, "port") or ""
-    if not port:
-        try:
-            port = str(parts.port or "")
-        except ValueError:  # out of range or not a number: show it as written
-            port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
-    user = _query_value(query, "user") or unquote(parts.username or "")
-    host = host or os.environ.get("PGHOST", "") or "localhost"
-    port = port or os.environ.get("PGPORT", "") or "5432"
-    path_db = unquote(parts.path.lstrip("/"))
-    database = (
-        _query_value(query, "dbname", "database")
-        or path_db
-        or os.environ.get("PGDATABASE", "")
-        or user
-        or os.environ.get("PGUSER", "")
-        or "?"
-    )
-    if ":" in host and not host.startswith("/"):
-        host = f"[{host}]"  # an IPv6 address: keep host and port apart
-    return f"{host}:{port}/{database}"
-
-
-def _secrets_of(dsn: str) -> list[str]:
-    found: list[str] = []
-    try:
-        parts = urlsplit(dsn)
-        if parts.password:
-            found += [parts.password, unquote(parts.password)]
-        found += parse_qs(parts.query).get("password", [])
-    except ValueError:
-        pass
-    env_password = os.environ.get("PGPASSWORD")
-    if env_password:
-        found.append(env_password)
-    return [s for s in found if s]
+# --- error messages -----------------------------------------------------------------------
 
 
 def _reason(exc: BaseException, dsn: str) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    # Belt and braces: drivers do not usually echo passwords, but a malformed DSN can
-    # end up verbatim in an exception message.
-    for secret in _secrets_of(dsn):
-        text = text.replace(secret, "***")
-    return text
+    # Drivers echo the piece of a DSN they could not parse (asyncpg quotes a "port"
+    # that is really half a password): scrub every reading of the password.
+    return Scrubber.for_dsn(dsn)(text)
 
 
 def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
-    return DatabaseUnavailable(
-        f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {_reason(exc, dsn)}"
-    )
+    where = describe_dsn(dsn)
+    reason = _reason(exc, dsn)
+    if isinstance(exc, ValueError) and not is_uri(dsn):
+        reason += (
+            "; database.dsn must be a postgresql:// URI (asyncpg does not read the "
+            "keyword=value form)"
+        )
+    elif isinstance(exc, ValueError) and where == UNKNOWN:
+        # The driver choked on the DSN and quotes the piece it could not read: with a
+        # password that is not percent-encoded, that piece is part of the password.
+        reason = (
+            f"database.dsn cannot be read ({type(exc).__name__}): characters such as "
+            "/ # ? @ : in a URI password must be percent-encoded"
+        )
+    return DatabaseUnavailable(f"cannot reach PostgreSQL at {where}: {reason}")
 
 
 # --- connections and the pool -------------------------------------------------------------
