@@ -18,6 +18,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -173,6 +174,20 @@ class Settings(BaseSettings):
     poller: PollerSettings = PollerSettings()
     logging: LoggingSettings = LoggingSettings()
 
+    @model_validator(mode="after")
+    def _window_outlasts_a_request(self) -> Settings:
+        # No send may begin later than one request's longest time before the end of
+        # the idempotency window: with a window shorter than that, nothing is ever sent.
+        longest = self.http.connect_timeout + self.http.read_timeout
+        if self.dispatcher.idempotency_window_seconds <= longest:
+            raise ValueError(
+                f"dispatcher.idempotency_window_seconds "
+                f"({self.dispatcher.idempotency_window_seconds:g}) must be longer than "
+                f"http.connect_timeout + http.read_timeout ({longest:g}): no batch could "
+                "ever be sent"
+            )
+        return self
+
     @field_validator("aculab")
     @classmethod
     def _loopback_http_only(cls, value: AculabSettings) -> AculabSettings:
@@ -240,7 +255,11 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
-            problems.append(f"config: {_location(err['loc'])}: {err['msg']}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["loc"]:
+                problems.append(f"config: {_location(err['loc'])}: {message}")
+            else:  # a rule across sections names its keys itself
+                problems.append(f"config: {message}")
         raise ConfigError(problems) from None
     except ValueError as exc:  # e.g. an environment value that is not valid JSON
         raise ConfigError([f"config: {exc}"]) from None

@@ -119,3 +119,22 @@ def test_cli_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path: Path) 
     assert any("aculab.account_type" in line for line in lines)
     assert any("http.connect_timeout" in line for line in lines)
     assert "Traceback" not in proc.stderr and "k-secret" not in proc.stderr
+
+
+def test_an_idempotency_window_no_request_fits_in_is_refused_naming_both_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            None,
+            dispatcher={"idempotency_window_seconds": 15},
+            http={"connect_timeout": 5, "read_timeout": 15},
+        )
+    assert err.value.problems == [
+        "config: dispatcher.idempotency_window_seconds (15) must be longer than "
+        "http.connect_timeout + http.read_timeout (20): no batch could ever be sent"
+    ]
+    window = load_settings(
+        None,
+        dispatcher={"idempotency_window_seconds": 15},
+        http={"connect_timeout": 1, "read_timeout": 2},
+    ).dispatcher.idempotency_window_seconds
+    assert window == 15
