@@ -78,6 +78,7 @@ OPEN_COUNT_REUSE_SECONDS = 1.0
 HELD_FOR_WINDOW = "re-send held outside the calling window:"
 
 REJECTED_STATUSES = frozenset({400, 413, 422})
+MAX_REMEMBERED_CRASHES = 10_000
 VALIDATION_CODES = frozenset({"0001", "0002", "0003", "0004"})
 
 
@@ -867,6 +868,10 @@ class Dispatcher:
                 log.error("batch_send_crashed", error=repr(exc), retry_in=delay, exc_info=exc)
 
     def _cool_down(self, batch: q.BatchRow) -> float:
+        if len(self._crashes) > MAX_REMEMBERED_CRASHES:
+            # Batches another daemon finished are never forgotten otherwise; losing
+            # the counts only makes their next wait start small again.
+            self._crashes.clear()
         self._crashes[batch.id] += 1
         delay = self.backoff(batch.sends + self._crashes[batch.id])
         self._cooldown[batch.id] = self._clock() + delay
