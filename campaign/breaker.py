@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from campaign.runtime import doubling
+
 
 @dataclass
 class Breaker:
@@ -74,5 +76,5 @@ class Breaker:
         self._schedule_probe()
 
     def _schedule_probe(self) -> None:
-        delay = min(self.max_delay, self.initial_delay * 2.0**self.probes)
+        delay = doubling(self.initial_delay, self.probes, self.max_delay)
         self.next_probe_at = self.clock() + delay

@@ -36,6 +36,7 @@ from campaign.runtime import (
     after_database_error,
     database_episode,
     describe_db_error,
+    doubling,
     sleep_until_woken,
 )
 from campaign.server import build_app, serve
@@ -128,7 +129,7 @@ async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> 
         except DatabaseUnavailable as exc:
             failures += 1
             trouble.failed(error=str(exc))
-            await sleep_until_woken(stop, never, min(30.0, 2.0**failures))
+            await sleep_until_woken(stop, never, doubling(1.0, failures, 30.0))
             continue
         failures = 0
         trouble.recovered()

@@ -54,6 +54,7 @@ from campaign.runtime import (
     backoff_delay,
     database_episode,
     describe_db_error,
+    doubling,
     sleep_until_woken,
 )
 from campaign.settings import DispatcherSettings, Settings
@@ -78,6 +79,13 @@ OPEN_COUNT_REUSE_SECONDS = 1.0
 HELD_FOR_WINDOW = "re-send held outside the calling window:"
 
 REJECTED_STATUSES = frozenset({400, 413, 422})
+# While Aculab is unreachable, a pending batch due within this many seconds is the
+# next probe; one due later does not hold the probing up.
+PROBE_WAITS_FOR_DUE_BATCH = 1.0
+# Answers that cannot be matched to the calls, in a row for one service, after
+# which its campaigns pause: something between us and Aculab answers 200 with
+# the wrong body, and every further batch would park for a person.
+UNUSABLE_PAUSE_AFTER = 3
 MAX_REMEMBERED_CRASHES = 10_000
 VALIDATION_CODES = frozenset({"0001", "0002", "0003", "0004"})
 
@@ -360,6 +368,14 @@ class Dispatcher:
         self._active: set[int] = set()
         # service_start requests under way (sends, not batches being closed).
         self._requests = 0
+        # Batches whose request this daemon began and whose end it has not recorded
+        # yet: at a stop, only these may have gone out (the others taken and not sent
+        # are handed back without doubt).
+        self._requested: set[int] = set()
+        # service -> answers in a row that could not be matched to the calls.
+        self._unusable: Counter[str] = Counter()
+        # service -> when (this daemon's clock) Aculab's last Retry-After for it ends.
+        self._service_wait: dict[str, float] = {}
         self.breaker = Breaker(
             self._cfg.breaker_threshold,
             self._cfg.retry_initial_delay,
@@ -467,6 +483,10 @@ class Dispatcher:
             known_good = campaign.service_name in self._confirmed
             if not known_good and campaign.service_name in self._inflight_services.values():
                 continue
+            wait = self._service_wait.get(campaign.service_name, 0.0) - self._clock()
+            if wait > 0:
+                self._note_pacing(wait)
+                continue
             queue_delay = await self.queue_delay(campaign.service_name)
             if queue_delay > self._cfg.max_queue_seconds:
                 # Aculab already holds enough for this service: what we send now
@@ -522,16 +542,36 @@ class Dispatcher:
             self.breaker.probe_sent()
             self._spawn(due[0])
             return True
-        if later is not None:
-            self._note_pacing(max(later, 0.2))
+        if later is not None and later <= PROBE_WAITS_FOR_DUE_BATCH:
+            self._note_pacing(max(later, 0.05))
             return bool(expired)
+        # Nothing due soon (a batch held for its window, another daemon's): a batch
+        # of new contacts is the probe, lest recovery wait for that one.
         for campaign in self._fair_order(campaigns):
             claimed, _ = await self.claim(campaign, 0.0, 1)
             if claimed:
                 self.breaker.probe_sent()
                 self._spawn(claimed[0])
                 return True
+        await self._probe_without_a_batch()
         return bool(expired)
+
+    async def _probe_without_a_batch(self) -> None:
+        """Nothing to send at all: ask Aculab something harmless, so that the breaker
+        (and what `campaign why` and /healthz say) closes when Aculab is back."""
+        if not self.settings.aculab.api_access_key.get_secret_value():
+            return
+        self.breaker.probe_sent()
+        try:
+            await self.client.outbound_queues()
+        except TransientError as exc:
+            if exc.outage:
+                self.breaker.failure(exc.reason)
+                return
+        except AculabError as exc:
+            if exc.status is None:
+                return
+        self._answered(None)
 
     def _note_active(self, campaigns: list[q.CampaignRow]) -> None:
         """A campaign that became active (at start, after a resume) must prove its
@@ -633,7 +673,7 @@ class Dispatcher:
         try:
             async with asyncio.timeout(3):
                 async with self.pool.acquire() as conn:
-                    released = await q.release_leases(conn, self.owner)
+                    released = await q.release_leases(conn, self.owner, sorted(self._requested))
             if released:
                 log.info("leases_released", batches=released)
         except Exception as exc:  # shutting down: a failure here only delays takeover
@@ -854,6 +894,8 @@ class Dispatcher:
         ):
             try:
                 await self._send_and_record(batch)
+                self._requested.discard(batch.id)  # what became of it is recorded
+                self._crashes.pop(batch.id, None)
             except DB_ERRORS as exc:
                 # Recording the result failed (the database went away): the batch
                 # stays pending under our lease and is re-sent by its unique_id,
@@ -878,10 +920,17 @@ class Dispatcher:
         return round(delay, 2)
 
     async def _send_and_record(self, batch: q.BatchRow) -> None:
+        taken = self._clock()
         if batch.age_seconds >= self._expire_after:
             await self._expire(batch, batch.in_doubt, self._too_late(batch.age_seconds))
             return
-        if not batch.first_send and await self._outside_window(batch):
+        if not batch.first_send and await self._held_back(batch):
+            return
+        # The checks above may have waited (Aculab's queue, the database): the age
+        # is counted again right before the request, so none begins too late.
+        age = batch.age_seconds + (self._clock() - taken)
+        if age >= self._expire_after:
+            await self._expire(batch, batch.in_doubt, self._too_late(age))
             return
         if batch.sends > 0:
             self.counters.resends += 1
@@ -889,6 +938,7 @@ class Dispatcher:
             log.info("batch_resending", sends=batch.sends, age_seconds=round(batch.age_seconds, 1))
         began = self._clock()
         self._requests += 1
+        self._requested.add(batch.id)
         try:
             references = await self.client.service_start(
                 batch.service_name, batch.rest_calls, batch.unique_id
@@ -922,6 +972,7 @@ class Dispatcher:
                 f"({exc.reason}); the calls started"
             )
             await self._shielded(self._park(batch, self._unmatched(reason), exc.raw))
+            await self._shielded(self._unusable_answer(batch))
             return
         except Exception as exc:
             # A bug of ours: the request may have gone out, so it counts as in doubt.
@@ -978,28 +1029,38 @@ class Dispatcher:
             log.warning("batches_not_rescheduled", **describe_db_error(exc))
         self._wake.set()
 
-    async def _outside_window(self, batch: q.BatchRow) -> bool:
-        """Hold, release or park a re-send whose calls would now start outside their window.
+    async def _held_back(self, batch: q.BatchRow) -> bool:
+        """Hold, release or park a re-send that must not go out now.
 
-        A re-send can come long after the claim (backoff, a takeover, a resume),
-        and if the first send started nothing, this one starts the calls: the
-        window is checked again for every contact, as at the claim. The batch
-        cannot lose a contact (its bytes and id are fixed), so it waits for the
-        next moment all of them are open; when that is beyond the idempotency
-        window it is released (never reached Aculab) or parked (in doubt).
+        A re-send can come long after the claim (backoff, a takeover, a resume).
+        Its campaign may have been paused or cancelled since: it is handed back,
+        to be taken again after a resume. And if the first send started nothing,
+        this one starts the calls: the window is checked again for every contact,
+        as at the claim. The batch cannot lose a contact (its bytes and id are
+        fixed), so it waits for the next moment all of them are open; when that
+        is beyond the idempotency window it is released (never reached Aculab)
+        or parked (in doubt). Aculab's queue is read first: that can take a
+        request's time, and the rest must be decided on what holds when the
+        request goes out.
         """
+        queue = await self.queue_delay(batch.service_name)
         async with self.pool.acquire() as conn:
             found = await q.batch_places(conn, batch.campaign_id, batch.contact_ids)
+            if found is not None and found.campaign_state != "active":
+                reason = f"re-send held while the campaign is {found.campaign_state}"
+                await q.hold(conn, batch.id, self.owner, 0.0, reason)
+                log.info("batch_held_for_campaign", state=found.campaign_state)
+                return True
         if found is None:
             return False
-        campaign, places = found
+        campaign = found.campaign
         window = windows.Window.from_row(
             campaign.window_start or "00:00", campaign.window_end or "24:00", campaign.window_days
         )
         if window.always_open:
             return False
         zones: set[str] = set()
-        for destination, timezone in places:
+        for destination, timezone in found.places:
             parsed = parse_destination(destination, default_region=campaign.default_country)
             number_zones = () if isinstance(parsed, Rejected) else parsed.timezones
             found_zones = windows.contact_zones(timezone, number_zones, campaign.default_timezone)
@@ -1008,7 +1069,6 @@ class Dispatcher:
                 return True
             zones.update(found_zones)
         now = datetime.now(UTC)
-        queue = await self.queue_delay(batch.service_name)
         verdict = window_verdict(sorted(zones), window, now, now + timedelta(seconds=queue))
         if verdict is None:
             return False
@@ -1053,6 +1113,7 @@ class Dispatcher:
         if problem is not None:
             reason = f"Aculab's answer cannot be matched to the calls ({problem}); they started"
             await self._park(batch, self._unmatched(reason), raw)
+            await self._unusable_answer(batch)
             return
         try:
             async with self.pool.acquire() as conn:
@@ -1067,10 +1128,12 @@ class Dispatcher:
                 f"({exc.constraint_name}); the calls started"
             )
             await self._park(batch, self._unmatched(reason), raw)
+            await self._unusable_answer(batch)
             return
         self._crashes.pop(batch.id, None)
+        self._unusable.pop(batch.service_name, None)
         if done is None:
-            log.info("batch_already_acknowledged")
+            await self._answered_too_late(batch, raw)
             return
         self._outage_batches.discard(batch.id)
         self.counters.submitted += len(references)
@@ -1088,6 +1151,39 @@ class Dispatcher:
             sends=batch.sends + 1,
         )
 
+    async def _answered_too_late(self, batch: q.BatchRow, raw: str) -> None:
+        """References for a batch that was closed meanwhile (acknowledged by another
+        daemon, or released or failed by a person): say so, loudly if they contradict."""
+        async with self.pool.acquire() as conn:
+            state = await q.batch_state(conn, batch.id)
+        if state == "submitted":
+            log.info("batch_already_acknowledged")
+            return
+        # Released: it was judged never to have reached Aculab, yet it started calls;
+        # failed: a person gave up on it. Either way its contacts may be dialled again.
+        log.error(
+            "batch_answered_after_it_was_closed",
+            state=state,
+            references=raw,
+            reason="these calls started; check the batch's contacts by hand",
+        )
+
+    async def _unusable_answer(self, batch: q.BatchRow) -> None:
+        """One more answer that cannot be used: pause the service after a few in a row."""
+        self._unusable[batch.service_name] += 1
+        if self._unusable[batch.service_name] < UNUSABLE_PAUSE_AFTER:
+            return
+        self._unusable.pop(batch.service_name, None)
+        reason = (
+            f"Aculab answered {UNUSABLE_PAUSE_AFTER} requests in a row for service "
+            f"{batch.service_name!r} with a body that cannot be matched to the calls: check "
+            "aculab.base_url (a proxy or another server answering?), then resolve the parked "
+            "batches and resume"
+        )
+        async with self.pool.acquire() as conn:
+            paused = await q.pause_service(conn, batch.service_name, reason)
+        log.error("campaign_paused", service=batch.service_name, campaigns=paused, reason=reason)
+
     @staticmethod
     def _unmatched(reason: str) -> str:
         return (
@@ -1099,7 +1195,7 @@ class Dispatcher:
 
     def backoff(self, sends: int, retry_after: float | None = None) -> float:
         """Capped exponential backoff with equal jitter; never sooner than Retry-After."""
-        ceiling = min(self._cfg.retry_max_delay, self._cfg.retry_initial_delay * 2.0**sends)
+        ceiling = doubling(self._cfg.retry_initial_delay, sends, self._cfg.retry_max_delay)
         delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
         if retry_after is not None:
             delay = max(delay, retry_after)
@@ -1107,7 +1203,18 @@ class Dispatcher:
 
     async def _retry_later(self, batch: q.BatchRow, exc: TransientError) -> None:
         in_doubt = batch.in_doubt or exc.may_have_started
+        if exc.retry_after:
+            # New claims for the service wait too (up to the backoff cap): a released
+            # batch's contacts must not come straight back through a fresh claim.
+            self._service_wait[batch.service_name] = self._clock() + min(
+                exc.retry_after, self._cfg.retry_max_delay
+            )
         delay = self.backoff(batch.sends, exc.retry_after)
+        plain = self.backoff(batch.sends)
+        if in_doubt and batch.age_seconds + delay >= self._expire_after > batch.age_seconds + plain:
+            # Retry-After reaches past the window, the backoff alone does not: one
+            # last try under this id can still settle the doubt, which parking cannot.
+            delay = plain
         if batch.age_seconds + delay >= self._expire_after:
             reason = f"{self._too_late(batch.age_seconds + delay)}; last error: {exc.reason}"
             await self._expire(batch, in_doubt, reason)
@@ -1223,6 +1330,19 @@ class Dispatcher:
             # Not about a call object (404, 405, ...): likely configuration; pause, lose nothing.
             reason = f"service_start refused for service {batch.service_name!r}: {exc.reason}"
             await self._pause_service(batch, reason)
+            return
+        if batch.in_doubt:
+            # An earlier send may have started these calls; a refusal now may mean
+            # that Aculab changed (a shorter list limit, a caller ID withdrawn), not
+            # that the first send started nothing. New ids, or marking the contacts
+            # invalid, could call them twice or lose live calls: a person decides.
+            await self._park(
+                batch,
+                f"Aculab refused a re-send ({exc.reason}) of a batch an earlier send of "
+                "which may have started the calls: not split under new ids. Check with "
+                "Aculab whether this unique_id started calls, then run `campaign resolve` "
+                "for this batch",
+            )
             return
         if len(batch.contact_ids) == 1:
             state = "invalid" if exc.code in VALIDATION_CODES else "failed"

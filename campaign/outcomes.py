@@ -43,6 +43,9 @@ class Outcome:
     raw_cause: str | None = None
     duration: float | None = None
     reason: str | None = None
+    retryable: bool = True
+    """False for a call given up while Aculab still showed it queued or running: it
+    may yet ring the contact, so another attempt could call them twice."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,10 @@ async def record(
             )
             if decision.state == "pending" and contact.campaign_state == "cancelled":
                 decision = Decision("cancelled", None, f"{outcome.cause}; campaign cancelled")
+            elif decision.state == "pending" and not outcome.retryable:
+                decision = Decision(
+                    "failed", None, f"{outcome.cause}: not retried, the call may still be live"
+                )
             reason = decision.reason
             if outcome.reason is not None:
                 reason = f"{reason} ({outcome.reason})"

@@ -32,6 +32,7 @@ from campaign.runtime import (
     after_database_error,
     database_episode,
     describe_db_error,
+    doubling,
     sleep_until_woken,
 )
 from campaign.settings import Settings
@@ -113,7 +114,7 @@ class Poller:
 
     def _pause(self, round_seconds: float) -> float:
         if self._failed_rounds:
-            return min(self.settings.poller.max_interval, round_seconds * 2.0**self._failed_rounds)
+            return doubling(round_seconds, self._failed_rounds, self.settings.poller.max_interval)
         return round_seconds
 
     async def round(self) -> bool:
@@ -161,12 +162,13 @@ class Poller:
             await self._give_up(call, "polling is off")
         return len(due) >= cfg.batch
 
-    async def _give_up(self, call: oq.DueCall, why: str = "") -> None:
+    async def _give_up(self, call: oq.DueCall, why: str = "", *, retryable: bool = True) -> None:
         because = f" ({why})" if why else ""
         outcome = outcomes.Outcome(
             call.reference,
             outcomes.UNKNOWN,
             reason=f"no outcome {call.age_seconds:.0f}s after the start{because}; gave up",
+            retryable=retryable,
         )
         await self._record(outcome, "give_up")
         self.stats.given_up += 1
@@ -201,7 +203,9 @@ class Poller:
         if finished is not None:
             await self._record(finished, "poll")
         elif late:
-            await self._give_up(call, f"Aculab still shows it {assumptions.instance_phase(body)}")
+            # Still queued or running: it may yet ring, so it is not retried.
+            phase = assumptions.instance_phase(body)
+            await self._give_up(call, f"Aculab still shows it {phase}", retryable=False)
         return True
 
     def _observe(self, began: float, result: str) -> None:

@@ -120,9 +120,19 @@ def database_episode(log: Any, task: str) -> Episode:
     return Episode(log, "database_unavailable", "database_available", {"task": task})
 
 
+# Doublings past this are beyond any cap in use; 2.0 ** 1024 would overflow, and an
+# outage of weeks reaches that many failures.
+MAX_DOUBLINGS = 30
+
+
+def doubling(initial: float, times: int, cap: float) -> float:
+    """`initial` doubled `times` times, at most `cap`; never overflows, however long."""
+    return float(min(cap, initial * 2.0 ** min(max(0, times), MAX_DOUBLINGS)))
+
+
 def backoff_delay(failures: int, *, initial: float = 0.5, cap: float = 30.0) -> float:
     """Doubling from `initial` up to `cap` (no jitter: loops of one daemon, not a herd)."""
-    return float(min(cap, initial * 2.0 ** max(0, failures - 1)))
+    return doubling(initial, failures - 1, cap)
 
 
 async def sleep_until_woken(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:

@@ -79,7 +79,8 @@ _FAULT_SECONDS: Final = (
     "slow_seconds",
     "trickle_seconds",
     "delay_before_seconds",
-    "throttle_retry_after",
+    "retry_after_seconds",
+    "queue_delay_seconds",
 )
 # What the admin endpoint reads and sets, besides forced faults.
 _FAULT_SETTINGS: Final = (*FAULT_KINDS, *_FAULT_SECONDS, "malformed_shape")
@@ -227,8 +228,12 @@ class Faults:
 
     throttle: float = 0.0
     """HTTP 429, nothing started."""
-    throttle_retry_after: float = 0.0
-    """Seconds sent as the 429's Retry-After header (0: no header)."""
+    retry_after_seconds: float = 0.0
+    """Seconds sent as a Retry-After header with the 429 and the 500s of the fault
+    kinds (0: no header)."""
+    queue_delay_seconds: float = 0.0
+    """The queue endpoints (GET .../outbound/<name>/queue, outbound_queues) answer
+    this much later: a struggling Aculab's slowest answers."""
     error_before: float = 0.0
     """HTTP 500 before anything is started."""
     error_after: float = 0.0
@@ -1100,11 +1105,7 @@ class Simulator:
                 assumptions.http_error_code(assumptions.THROTTLED_STATUS),
                 "too many requests; nothing was started",
                 outcome="throttled",
-                headers=(
-                    {"Retry-After": f"{self.faults.throttle_retry_after:g}"}
-                    if self.faults.throttle_retry_after
-                    else None
-                ),
+                headers=self._retry_after(),
             )
         if fault == "error_before":
             raise _Refused(
@@ -1112,6 +1113,7 @@ class Simulator:
                 assumptions.http_error_code(500),
                 "internal error",
                 outcome="error_before",
+                headers=self._retry_after(),
             )
 
         if replayed is not None:
@@ -1127,7 +1129,11 @@ class Simulator:
         outcome = "replayed" if replayed is not None else "ok"
         if fault == "error_after":
             raise _Refused(
-                500, assumptions.http_error_code(500), "internal error", outcome="error_after"
+                500,
+                assumptions.http_error_code(500),
+                "internal error",
+                outcome="error_after",
+                headers=self._retry_after(),
             )
         if fault == "drop_after":
             self._drop_connection(request)
@@ -1469,13 +1475,23 @@ class Simulator:
         return name
 
     async def _outbound_queues(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        await self._queue_delay()
         self._account_auth(request)
         body = [
             {"service_name": name, "length": self.queue_length(name)} for name in self.service_names
         ]
         return "ok", web.json_response(body)
 
+    def _retry_after(self) -> dict[str, str] | None:
+        seconds = self.faults.retry_after_seconds
+        return {"Retry-After": f"{seconds:g}"} if seconds else None
+
+    async def _queue_delay(self) -> None:
+        if self.faults.queue_delay_seconds > 0:
+            await self._wait_unless_closing(self._closing, self.faults.queue_delay_seconds)
+
     async def _queue(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        await self._queue_delay()
         self._account_auth(request)
         name = self._known_service(request)
         key_name, key_length = assumptions.QUEUE_BODY_KEYS

@@ -9,13 +9,16 @@
 -- sending: an owner took the batch to send it and has not yet recorded what
 --   became of that send. When anyone takes the batch again (the owner died, or
 --   its send crashed), that send may have gone out, so the batch becomes in doubt.
+--   It defaults to true so that a batch stored by a daemon of an earlier version
+--   (still running during a rolling upgrade, knowing nothing of this column)
+--   counts as in doubt once a daemon of this version takes it.
 -- raw_answer: Aculab's answer when it could not be matched to the calls (kept
 --   for the person who resolves the parked batch).
 -- window_from: set by `campaign resolve --resend`; the idempotency window is
 --   then counted from here instead of from created_at.
 ALTER TABLE batches
     ADD COLUMN in_doubt    boolean NOT NULL DEFAULT false,
-    ADD COLUMN sending     boolean NOT NULL DEFAULT false,
+    ADD COLUMN sending     boolean NOT NULL DEFAULT true,
     ADD COLUMN raw_answer  text,
     ADD COLUMN window_from timestamptz,
     DROP CONSTRAINT batches_state_check,

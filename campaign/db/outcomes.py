@@ -172,7 +172,10 @@ WITH due AS (
 )
 UPDATE calls c
 SET polls = c.polls + 1,
-    next_poll_at = now() + make_interval(secs => least($3::float8, $2::float8 * 2 ^ c.polls))
+    -- polls capped in the exponent: 2 ^ 1024 overflows, and a call polled every
+    -- max_interval for a week gets there.
+    next_poll_at = now() + make_interval(
+        secs => least($3::float8, $2::float8 * 2 ^ least(c.polls, 30)))
 FROM due
 WHERE c.id = due.id
 RETURNING c.id, c.reference, c.campaign_id, c.polls,

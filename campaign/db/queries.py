@@ -313,8 +313,8 @@ async def defer(
 # them (not `sending` yet: nothing can have gone out under their new ids).
 INSERT_BATCH = """
 INSERT INTO batches (campaign_id, parent_id, service_name, unique_id, rest_calls, contact_ids,
-                     owner, lease_until)
-VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+                     owner, lease_until, sending)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), false)
 RETURNING id
 """
 
@@ -394,8 +394,10 @@ async def insert_dispatching_batch(
 
 # One statement, so it is atomic without a transaction: the batch becomes
 # `submitted` with its references, each contact gets its reference (in request
-# order) and a `calls` row for the poller. Only a pending batch is acknowledged;
-# a batch another daemon already acknowledged returns no row and changes nothing.
+# order) and a `calls` row for the poller. A pending batch is acknowledged, and so
+# is a parked one: a late answer (the daemon that sent it lost its lease, another
+# parked it) settles the very doubt it was parked for. A batch already
+# acknowledged (or released, or failed) returns no row and changes nothing.
 # A contact that was cancelled while its batch was in flight keeps its state,
 # but its call is still recorded: it was started.
 ACKNOWLEDGE = """
@@ -403,7 +405,7 @@ WITH b AS (
     UPDATE batches
     SET state = 'submitted', references_ = $2::text[], sends = sends + 1, finished_at = now(),
         last_error = NULL, owner = NULL, lease_until = NULL, sending = false
-    WHERE id = $1 AND state = 'pending'
+    WHERE id = $1 AND state IN ('pending', 'parked')
     RETURNING contact_ids
 ), t AS (
     SELECT t.contact_id, t.reference
@@ -466,10 +468,10 @@ async def reschedule(
     return status.endswith(" 1")
 
 
-# What a re-send needs to check the calling window again: the campaign's window
-# and each contact's destination and time zone.
+# What a re-send needs to check again: the campaign's state and window, and each
+# contact's destination and time zone.
 BATCH_WINDOW = f"""
-SELECT {_CAMPAIGN_COLUMNS}
+SELECT {_CAMPAIGN_COLUMNS}, state
 FROM campaigns WHERE id = $1
 """
 
@@ -478,15 +480,25 @@ SELECT destination, timezone FROM contacts WHERE id = ANY($1::bigint[])
 """
 
 
+@dataclass(frozen=True)
+class BatchPlaces:
+    campaign: CampaignRow
+    campaign_state: str
+    places: list[tuple[str, str | None]]
+    """Each contact's (destination, timezone)."""
+
+
 async def batch_places(
     conn: Conn, campaign_id: int, contact_ids: Sequence[int]
-) -> tuple[CampaignRow, list[tuple[str, str | None]]] | None:
-    """The campaign and each contact's (destination, timezone), for a window check."""
+) -> BatchPlaces | None:
+    """The campaign, its state and each contact's place, for the checks before a re-send."""
     row = await conn.fetchrow(BATCH_WINDOW, campaign_id)
     if row is None:
         return None
     places = await conn.fetch(BATCH_CONTACT_PLACES, list(contact_ids))
-    return _campaign(row), [(r["destination"], r["timezone"]) for r in places]
+    return BatchPlaces(
+        _campaign(row), row["state"], [(r["destination"], r["timezone"]) for r in places]
+    )
 
 
 # Not sent: the batch waits, unowned, `$3` seconds by the database's clock (a
@@ -772,17 +784,27 @@ async def heartbeat(conn: Conn, owner: str, lease_seconds: float) -> None:
 
 # On a clean stop the leases are handed back at once, so another daemon can
 # take the batches over without waiting for them to expire.
-# A send still `sending` was cut off by the stop: it may have gone out.
+# A send still `sending` whose request had begun (`$2`) was cut off by the stop:
+# it may have gone out. One taken but never requested is handed back as it was.
 RELEASE_LEASES = """
-UPDATE batches SET owner = NULL, lease_until = NULL, in_doubt = in_doubt OR sending,
+UPDATE batches SET owner = NULL, lease_until = NULL,
+                   in_doubt = in_doubt OR (sending AND id = ANY($2::bigint[])),
                    sending = false
 WHERE owner = $1 AND state = 'pending'
 """
 
 
-async def release_leases(conn: Conn, owner: str) -> int:
-    status: str = await conn.execute(RELEASE_LEASES, owner)
+async def release_leases(conn: Conn, owner: str, requested: Sequence[int] = ()) -> int:
+    status: str = await conn.execute(RELEASE_LEASES, owner, list(requested))
     return int(status.split()[-1])
+
+
+BATCH_STATE = "SELECT state FROM batches WHERE id = $1"
+
+
+async def batch_state(conn: Conn, batch_id: int) -> str | None:
+    state: str | None = await conn.fetchval(BATCH_STATE, batch_id)
+    return state
 
 
 NOTHING_TO_DO = """
