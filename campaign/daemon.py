@@ -35,6 +35,7 @@ from campaign.runtime import (
     Episode,
     after_database_error,
     database_episode,
+    db_error_kind,
     describe_db_error,
     doubling,
     sleep_until_woken,
@@ -109,7 +110,7 @@ async def heartbeat(
                 await q.forget_daemons(conn, FORGET_DAEMON_SECONDS)
             trouble.recovered()
         except DB_ERRORS as exc:
-            trouble.failed(**describe_db_error(exc))
+            trouble.failed(db_error_kind(exc), **describe_db_error(exc))
             await after_database_error(pool, exc)
         await sleep_until_woken(stop, never, lease / 3)
 
@@ -144,7 +145,7 @@ async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> 
                     # asyncpg listeners die silently with a half-open socket: probe it.
                     await q.ping(conn)
         except DB_ERRORS as exc:
-            trouble.failed(**describe_db_error(exc))
+            trouble.failed(db_error_kind(exc), **describe_db_error(exc))
         finally:
             if not conn.is_closed():
                 try:

@@ -53,6 +53,7 @@ from campaign.runtime import (
     after_database_error,
     backoff_delay,
     database_episode,
+    db_error_kind,
     describe_db_error,
     doubling,
     sleep_until_woken,
@@ -425,7 +426,7 @@ class Dispatcher:
                     worked = await self.tick()
                 except DB_ERRORS as exc:
                     failures += 1
-                    self._db_trouble.failed(**describe_db_error(exc))
+                    self._db_trouble.failed(db_error_kind(exc), **describe_db_error(exc))
                     await after_database_error(self.pool, exc)
                     await sleep_until_woken(stop, never, backoff_delay(failures))
                     continue

@@ -31,6 +31,7 @@ from campaign.runtime import (
     Episode,
     after_database_error,
     database_episode,
+    db_error_kind,
     describe_db_error,
     doubling,
     sleep_until_woken,
@@ -97,7 +98,7 @@ class Poller:
                 self._db_trouble.recovered()
                 self._bug.recovered()
             except DB_ERRORS as exc:
-                self._db_trouble.failed(**describe_db_error(exc))
+                self._db_trouble.failed(db_error_kind(exc), **describe_db_error(exc))
                 await after_database_error(self.pool, exc)
                 busy = False
                 self._failed_rounds += 1

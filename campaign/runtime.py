@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,11 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+def db_error_kind(exc: BaseException) -> str:
+    """What kind of database failure: its SQLSTATE, else its class."""
+    return str(getattr(exc, "sqlstate", None) or type(exc).__name__)
 
 
 def describe_db_error(exc: BaseException) -> dict[str, Any]:
@@ -72,7 +78,9 @@ class Episode:
     """Logs the start and the end of a run of failures, once each.
 
     `failed` logs `started_event` on the first failure only; `recovered` logs
-    `ended_event` with the duration and the number of failures, if there were any.
+    `ended_event` with the duration, the number of failures and, when the failures
+    named their kind (a SQLSTATE, say), how many of each: the trouble may change
+    on the way (a connection killed, then too many connections).
     """
 
     log: Any
@@ -84,14 +92,17 @@ class Episode:
     clock: Callable[[], float] = time.monotonic
     since: float | None = None
     failures: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
 
     @property
     def ongoing(self) -> bool:
         return self.since is not None
 
-    def failed(self, **details: Any) -> bool:
+    def failed(self, kind: str | None = None, **details: Any) -> bool:
         """Count a failure; True (and one log line) when it starts an episode."""
         self.failures += 1
+        if kind is not None:
+            self.kinds[kind] += 1
         if self.since is not None:
             return False
         self.since = self.clock()
@@ -103,6 +114,8 @@ class Episode:
         if self.since is None:
             return None
         lasted = self.clock() - self.since
+        if self.kinds:
+            details = {"errors": dict(self.kinds), **details}
         self.log.info(
             self.ended_event,
             **self.fields,
@@ -112,6 +125,7 @@ class Episode:
         )
         self.since = None
         self.failures = 0
+        self.kinds = Counter()
         return lasted
 
 
