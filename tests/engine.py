@@ -103,6 +103,22 @@ async def dispatcher(
         yield Dispatcher(pool, client, settings, owner, rng=random.Random(seed))
 
 
+@asynccontextmanager
+async def running_dispatcher(
+    pool: asyncpg.Pool, settings: Settings, owner: str = "test-daemon", seed: int = 0
+) -> AsyncIterator[Dispatcher]:
+    """A dispatcher running in the background while the block runs, then stopped
+    (its in-flight sends drained) before the block is left."""
+    async with dispatcher(pool, settings, owner, seed) as d:
+        stop = asyncio.Event()
+        running = asyncio.create_task(d.run(stop))
+        try:
+            yield d
+        finally:
+            stop.set()
+            await running
+
+
 async def run_until_idle(
     pool: asyncpg.Pool,
     settings: Settings,

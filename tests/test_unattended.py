@@ -36,6 +36,7 @@ from tests.engine import (
     engine_settings,
     run_engine,
     run_until_idle,
+    running_dispatcher,
     states,
     uk_numbers,
 )
@@ -74,6 +75,17 @@ async def everyone_called(pool: asyncpg.Pool, campaign_id: int) -> Callable[[], 
 async def batch_states(pool: asyncpg.Pool) -> dict[str, int]:
     rows = await pool.fetch("SELECT state, count(*) AS n FROM batches GROUP BY state")
     return {r["state"]: r["n"] for r in rows}
+
+
+async def park_in_doubt(pool: asyncpg.Pool, sim: Simulator, settings: Settings) -> None:
+    """Send the campaign's one batch, lose the answer after its calls started, then
+    keep Aculab away until the batch is too old to send: it is parked in doubt."""
+    calls = await pool.fetchval("SELECT count(*) FROM contacts")
+    sim.faults.force("drop_after")
+    async with running_dispatcher(pool, settings) as d:
+        await wait_until(lambda: sim.started_count() == calls, 5, "the calls to start")
+        await sim.go_down()
+        await wait_until(lambda: d.counters.parked == 1, 10, "the batch to be parked")
 
 
 async def back_after(sim: Simulator, seconds: float) -> None:
@@ -129,15 +141,9 @@ async def test_a_batch_in_doubt_is_parked_when_the_outage_outlasts_its_window(
     settings = engine_settings(sim, **SHORT_WINDOW)
     cid = await create_campaign(db_pool, batch_size=5)
     await add_contacts(db_pool, cid, uk_numbers(5))
-    sim.faults.force("drop_after")
-    async with dispatcher(db_pool, settings) as d:
-        stop = asyncio.Event()
-        running = asyncio.create_task(d.run(stop))
-        await wait_until(lambda: sim.started_count() == 5, 5)
-        await sim.go_down()
-        await wait_until(lambda: d.counters.parked == 1, 10)
-        stop.set()
-        await running
+
+    await park_in_doubt(db_pool, sim, settings)
+
     batch = await db_pool.fetchrow("SELECT state, in_doubt, last_error FROM batches")
     assert (batch["state"], batch["in_doubt"]) == ("parked", True)
     assert "may have started the calls" in batch["last_error"]
@@ -506,9 +512,7 @@ async def test_a_cancel_during_a_first_send_refused_for_credentials_cancels_its_
     settings = engine_settings(sim, aculab={"service_passwords": {SERVICE: "not-the-one"}})
     cid = await create_campaign(db_pool, batch_size=5)
     await add_contacts(db_pool, cid, uk_numbers(5))
-    stop = asyncio.Event()
-    async with dispatcher(db_pool, settings) as d:
-        running = asyncio.create_task(d.run(stop))
+    async with running_dispatcher(db_pool, settings) as d:
 
         async def on_the_wire() -> bool:
             return await states(db_pool, cid) == {"dispatching": 5}
@@ -517,8 +521,6 @@ async def test_a_cancel_during_a_first_send_refused_for_credentials_cancels_its_
         await change_state(db_pool, "spring", "cancel", None)
         await wait_until(lambda: sim.request_count("service_start") == 1, 5, "the 401")
         await wait_until(lambda: not d._inflight, 5, "the refusal to be recorded")
-        stop.set()
-        await running
     assert await states(db_pool, cid) == {"cancelled": 5}
     assert await db_pool.fetchval("SELECT state FROM campaigns") == "cancelled"
 
@@ -582,15 +584,7 @@ async def test_a_parked_batch_resent_by_the_operator_gets_its_original_reference
     cid = await create_campaign(db_pool, batch_size=5)
     numbers = uk_numbers(5)
     await add_contacts(db_pool, cid, numbers)
-    sim.faults.force("drop_after")  # started, answer lost: in doubt
-    async with dispatcher(db_pool, settings) as d:
-        stop = asyncio.Event()
-        running = asyncio.create_task(d.run(stop))
-        await wait_until(lambda: sim.started_count() == 5, 5)
-        await sim.go_down()
-        await wait_until(lambda: d.counters.parked == 1, 10)
-        stop.set()
-        await running
+    await park_in_doubt(db_pool, sim, settings)
     await sim.come_back()
     batch_id = await db_pool.fetchval("SELECT id FROM batches WHERE state = 'parked'")
     point_at(monkeypatch, db_dsn)
@@ -647,14 +641,10 @@ async def test_an_in_doubt_batch_refused_on_its_resend_is_parked_not_split(
     numbers = uk_numbers(4)
     await add_contacts(db_pool, cid, numbers)
     sim.faults.force("drop_after")
-    stop = asyncio.Event()
-    async with dispatcher(db_pool, settings) as d:
-        running = asyncio.create_task(d.run(stop))
+    async with running_dispatcher(db_pool, settings) as d:
         await wait_until(lambda: sim.request_count("service_start") == 1, 5, "the first send")
         sim.config.max_list_length = 2
         await wait_until(lambda: d.counters.parked == 1, 10, "the refused re-send")
-        stop.set()
-        await running
     batches = await db_pool.fetch("SELECT state, in_doubt, last_error FROM batches")
     assert [(b["state"], b["in_doubt"]) for b in batches] == [("parked", True)]
     assert "not split" in batches[0]["last_error"]
@@ -713,9 +703,7 @@ async def test_a_pause_during_a_resends_slow_checks_holds_it_back(
     numbers = uk_numbers(3)
     await add_contacts(db_pool, cid, numbers)
     sim.faults.force("throttle")
-    stop = asyncio.Event()
-    async with dispatcher(db_pool, settings) as d:
-        running = asyncio.create_task(d.run(stop))
+    async with running_dispatcher(db_pool, settings):
         await wait_until(lambda: sim.request_count("service_start") == 1, 5, "the 429")
         sim.faults.queue_delay_seconds = 1.5
         lease = await db_pool.fetchval("SELECT lease_until FROM batches")
@@ -734,8 +722,6 @@ async def test_a_pause_during_a_resends_slow_checks_holds_it_back(
         sim.faults.queue_delay_seconds = 0
         await change_state(db_pool, "spring", "resume", None)
         await wait_until(lambda: sim.started_count() == 3, 10, "the re-send after the resume")
-        stop.set()
-        await running
     assert_each_called_once(sim, numbers)
 
 
@@ -781,16 +767,12 @@ async def test_an_idle_daemon_notices_when_aculab_is_back(
     cid = await create_campaign(db_pool, batch_size=5)
     await add_contacts(db_pool, cid, uk_numbers(5))
     await sim.go_down()
-    stop = asyncio.Event()
-    async with dispatcher(db_pool, settings) as d:
-        running = asyncio.create_task(d.run(stop))
+    async with running_dispatcher(db_pool, settings) as d:
         await wait_until(lambda: d.breaker.is_open, 5, "the breaker to open")
         await change_state(db_pool, "spring", "cancel", None)
         await db_pool.execute("UPDATE batches SET state = 'rejected'")  # nothing to send
         await sim.come_back()
         await wait_until(lambda: not d.breaker.is_open, 5, "the breaker to close")
-        stop.set()
-        await running
     assert sim.request_count("outbound_queues") >= 1
 
 
