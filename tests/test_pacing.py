@@ -16,6 +16,7 @@ from campaign.daemon import GRANT_HISTORY_SECONDS
 from campaign.db import queries as q
 from campaign.dispatch import Budget, Dispatcher, pacing_room
 from campaign.simulator import Simulator, SimulatorConfig
+from tests.daemons import daemon_env, sim_config, start_daemon, stop
 from tests.engine import (
     add_contacts,
     create_campaign,
@@ -25,7 +26,6 @@ from tests.engine import (
     states,
     uk_numbers,
 )
-from tests.test_daemon import daemon_env, sim_config, start_daemon, stop
 
 MakeSim = Callable[[SimulatorConfig], Awaitable[Simulator]]
 

@@ -53,9 +53,9 @@ from campaign.db.pool import connect, dsn_with_database, open_pool
 from campaign.runtime import DB_ERRORS
 from campaign.simulator import Simulator
 from tests.chaos.faults import add_poll_faults
+from tests.daemons import daemon_env, sim_config, start_daemon, stop
 from tests.engine import add_contacts, create_campaign, uk_numbers
 from tests.fixtures_db import TEST_DSN_ENV, create_database, drop_database
-from tests.test_daemon import daemon_env, sim_config, start_daemon, stop
 
 CONTACTS = int(os.environ.get("CHAOS_CONTACTS", "2000"))
 DAEMONS = int(os.environ.get("CHAOS_DAEMONS", "3"))
