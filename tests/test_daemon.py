@@ -162,7 +162,7 @@ async def test_sigterm_with_a_request_in_flight_exits_0_in_time_and_loses_nothin
         return await states(db_pool, cid) == {"dialing": 5}
 
     await wait_for(all_dialing, 30, "the batch to be acknowledged")
-    await stop(proc)
+    assert (await stop(proc))[0] == 0
     assert started_once(sim, numbers) == (0, 0)
 
 
