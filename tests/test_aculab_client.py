@@ -384,8 +384,17 @@ def test_client_refuses_call_objects_aculab_would_reject(
     assert fragment in err.value.details[0]
 
 
-def test_token_of_exactly_5000_characters_is_accepted() -> None:
-    encode_rest_calls([{"to": "sip:a@b.example", "token": "x" * MAX_TOKEN_LENGTH}], "production")
+async def test_token_of_exactly_5000_characters_reaches_aculab_intact(simulator: Simulator) -> None:
+    # Characters, not bytes: 5000 of them, most of them more than one byte in UTF-8.
+    token = ("é€😀" * MAX_TOKEN_LENGTH)[: MAX_TOKEN_LENGTH - 1] + "x"
+    assert len(token) == MAX_TOKEN_LENGTH < len(token.encode())
+    payload = encode_rest_calls([{"to": "sip:a@b.example", "token": token}], "production")
+    assert json.loads(payload) == [{"to": "sip:a@b.example", "token": token}]
+
+    async with client_for(simulator.base_url) as client:
+        [reference] = await client.service_start(SERVICE, payload, "uid-long-token")
+
+    assert simulator.call(reference).token == token
 
 
 def test_plain_http_is_refused_except_on_loopback() -> None:

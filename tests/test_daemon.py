@@ -4,89 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
+from campaign.db.migrate import LOCK_KEY
+from campaign.db.pool import connect
 from campaign.simulator import Simulator, SimulatorConfig
-from tests.engine import SERVICE, add_contacts, create_campaign, states, uk_numbers
+from tests.daemons import (
+    API_KEY,
+    BAD_PASSWORD,
+    BAD_SERVICE,
+    PASSWORD,
+    daemon_env,
+    log_events,
+    log_size,
+    sim_config,
+    start_daemon,
+    stop,
+    submitted_batches,
+    wait_for,
+    wait_for_event,
+)
+from tests.engine import add_contacts, create_campaign, states, uk_numbers
 
 pytestmark = pytest.mark.slow
-
-API_KEY = "sim-api-key-7f3a9c"
-PASSWORD = "sim-password-2b8e41"
-BAD_SERVICE = "BadService"
-BAD_PASSWORD = "wrong-password-c0ffee"
-
-
-def daemon_env(sim: Simulator, dsn: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
-    env.update(
-        {
-            "CAMPAIGN_DATABASE__DSN": dsn,
-            "CAMPAIGN_ACULAB__BASE_URL": sim.base_url,
-            "CAMPAIGN_ACULAB__CLOUD_ID": sim.config.cloud_id,
-            "CAMPAIGN_ACULAB__USERNAME": sim.config.username,
-            "CAMPAIGN_ACULAB__API_ACCESS_KEY": API_KEY,
-            "CAMPAIGN_ACULAB__CALLS_PER_SECOND": "10000",
-            "CAMPAIGN_ACULAB__SERVICE_PASSWORDS": json.dumps(
-                {SERVICE: PASSWORD, BAD_SERVICE: BAD_PASSWORD}
-            ),
-            "CAMPAIGN_DISPATCHER__LEASE_SECONDS": "2",
-            "CAMPAIGN_DISPATCHER__POLL_INTERVAL": "0.2",
-            "CAMPAIGN_DISPATCHER__RETRY_INITIAL_DELAY": "0.05",
-            "CAMPAIGN_DISPATCHER__RETRY_MAX_DELAY": "0.5",
-            "CAMPAIGN_DISPATCHER__PROGRESS_INTERVAL": "1",
-            "CAMPAIGN_HTTP__CONNECT_TIMEOUT": "1",
-            "CAMPAIGN_HTTP__READ_TIMEOUT": "1",
-            "CAMPAIGN_LISTENER__PORT": "0",
-            **extra,
-        }
-    )
-    return env
-
-
-def sim_config(**kw: Any) -> SimulatorConfig:
-    return SimulatorConfig(
-        api_access_key=API_KEY,
-        service_passwords={SERVICE: PASSWORD, BAD_SERVICE: "the-real-one"},
-        calls_per_second=100_000,
-        **kw,
-    )
-
-
-async def start_daemon(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
-    out = log.open("ab")
-    try:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "campaign", "run", env=env, stdout=out, stderr=out
-        )
-    finally:
-        out.close()
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def stop(proc: asyncio.subprocess.Process, timeout: float = 15) -> tuple[int, float]:
-    began = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = await asyncio.wait_for(proc.wait(), timeout)
-    return code, time.monotonic() - began
 
 
 def started_once(sim: Simulator, numbers: list[str]) -> tuple[int, int]:
@@ -118,8 +65,11 @@ async def test_kill_9_at_random_moments_starts_every_contact_exactly_once(
     kills = 0
     mid_flight = 0  # kills that left a persisted, unacknowledged batch behind
     for _ in range(6):
+        offset = log_size(log)
         proc = await start_daemon(env, log)
-        await asyncio.sleep(rng.uniform(1.2, 2.5))  # startup takes ~1 s
+        # However long the start takes on a busy machine, the kill lands while it dials.
+        await wait_for_event(proc, log, "listener_started", offset=offset)
+        await asyncio.sleep(rng.uniform(0.2, 1.5))
         proc.kill()
         await proc.wait()
         kills += 1
@@ -169,10 +119,13 @@ async def test_two_daemons_share_a_campaign_without_duplicates(
     codes = [(await stop(p))[0] for p in procs]
     assert codes == [0, 0]
     assert started_once(sim, numbers) == (0, 0)
-    owners = await db_pool.fetchval(
-        "SELECT count(DISTINCT unique_id) FROM batches WHERE state = 'submitted'"
-    )
-    assert owners >= 2
+    # Who sent what, from each daemon's own log: both did some of the work, no
+    # batch was acknowledged by both, and every acknowledged batch is in a log.
+    by_daemon = [submitted_batches(tmp_path / f"d{i}.log") for i in range(2)]
+    assert all(by_daemon), f"batches acknowledged per daemon: {[len(b) for b in by_daemon]}"
+    assert not by_daemon[0] & by_daemon[1]
+    submitted = await db_pool.fetch("SELECT id FROM batches WHERE state = 'submitted'")
+    assert by_daemon[0] | by_daemon[1] == {r["id"] for r in submitted}
 
 
 async def test_sigterm_with_a_request_in_flight_exits_0_in_time_and_loses_nothing(
@@ -209,7 +162,7 @@ async def test_sigterm_with_a_request_in_flight_exits_0_in_time_and_loses_nothin
         return await states(db_pool, cid) == {"dialing": 5}
 
     await wait_for(all_dialing, 30, "the batch to be acknowledged")
-    await stop(proc)
+    assert (await stop(proc))[0] == 0
     assert started_once(sim, numbers) == (0, 0)
 
 
@@ -234,7 +187,7 @@ async def test_daemon_logs_are_json_lines_with_ids_and_never_secrets_or_full_num
         return paused == "paused" and await states(db_pool, good) == {"dialing": 10, "invalid": 1}
 
     await wait_for(settled, 30, "both campaigns to settle")
-    await asyncio.sleep(1.2)  # one progress line
+    await wait_for_event(proc, log, "campaign_progress")
     assert (await stop(proc))[0] == 0
 
     text = log.read_text()
@@ -291,10 +244,13 @@ async def test_without_an_api_key_the_daemon_says_once_that_it_will_not_poll(
     db_dsn: str, simulator: Simulator, tmp_path: Path
 ) -> None:
     env = daemon_env(simulator, db_dsn, CAMPAIGN_ACULAB__API_ACCESS_KEY="")
-    proc = await start_daemon(env, tmp_path / "d.log")
+    log = tmp_path / "d.log"
+    proc = await start_daemon(env, log)
+    await wait_for_event(proc, log, "listener_started")
+    # Running: its poller goes round a few times (once a second) before it stops.
     await asyncio.sleep(2.5)
     assert (await stop(proc))[0] == 0
-    events = [json.loads(line) for line in (tmp_path / "d.log").read_text().splitlines()]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["event"] for e in events].count("polling_disabled") == 1
     assert not any(e["event"] == "poll_refused" for e in events)
 
@@ -302,8 +258,30 @@ async def test_without_an_api_key_the_daemon_says_once_that_it_will_not_poll(
 async def test_sigterm_while_the_daemon_is_still_starting_exits_0(
     db_dsn: str, simulator: Simulator, tmp_path: Path
 ) -> None:
-    proc = await start_daemon(daemon_env(simulator, db_dsn), tmp_path / "d.log")
-    await asyncio.sleep(0.15)
-    code, took = await stop(proc)
+    log = tmp_path / "d.log"
+    # Holding the migrations' lock keeps the daemon in its start, however fast it is.
+    holder = await connect(db_dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        proc = await start_daemon(daemon_env(simulator, db_dsn), log)
+        await wait_for_event(proc, log, "daemon_starting")
+
+        async def waiting_for_the_lock() -> bool:
+            waiting = await holder.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            return bool(waiting)
+
+        await wait_for(waiting_for_the_lock, 30, "the daemon to wait for the migrations")
+        proc.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    finally:
+        await holder.close()
+    code = await asyncio.wait_for(proc.wait(), 15)
     assert code == 0
-    assert took < 10
+    assert time.monotonic() - began < 10
+    names = [e["event"] for e in log_events(log)]
+    assert "daemon_stopped" in names
+    assert "listener_started" not in names[: names.index("daemon_stopping")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -68,6 +69,55 @@ async def terminate(admin: asyncpg.Connection, role: str) -> int:
     return n
 
 
+async def until_the_engine_waits_for(admin: asyncpg.Connection, role: str) -> None:
+    """Return once a statement of `role` is waiting for a lock (one `admin` holds)."""
+    for _ in range(500):
+        # Inside admin's transaction the statistics are a snapshot: take a fresh one.
+        await admin.execute("SELECT pg_stat_clear_snapshot()")
+        waiting = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND wait_event_type = 'Lock'",
+            role,
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no statement of {role} waited for the lock in 10 s")
+
+
+@asynccontextmanager
+async def every_connection_of(
+    pool: asyncpg.Pool, admin: asyncpg.Connection, role: str
+) -> AsyncIterator[None]:
+    """Hold every connection of the engine's pool, then drop them all at the server.
+
+    While the block runs no statement of the engine is in flight (its tasks wait for
+    a connection), so the drops interrupt nothing: the first thing each task meets
+    afterwards is a new connection, under whatever the block changed. Left to
+    chance, a drop could land mid-statement and begin the task's episode of
+    failures with "connection lost" instead of the trouble under test.
+    """
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        yield
+        assert await terminate(admin, role) == len(held)
+        for _ in range(500):
+            if all(map(dropped, held)):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the engine's connections did not see the server drop them")
+    finally:
+        for c in held:
+            await pool.release(c)  # a no-op for a dropped one: the pool took it back
+
+
+def dropped(connection: asyncpg.Connection) -> bool:
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:  # seeing it closed, the pool took it back
+        return True
+
+
 @dataclass(frozen=True)
 class Scene:
     """The test's database (as the superuser, to make trouble) and the engine's role."""
@@ -90,7 +140,7 @@ async def scene(
 
 
 async def run_through(
-    trouble: Callable[[asyncpg.Connection], Awaitable[None]],
+    trouble: Callable[[asyncpg.Connection, asyncpg.Pool], Awaitable[None]],
     scene: Scene,
     *,
     writable: bool = True,
@@ -117,7 +167,7 @@ async def run_through(
                     run_engine(pool, settings, until=everyone_called, timeout=60)
                 )
                 await asyncio.sleep(0.5)  # dialing under way
-                await trouble(admin)
+                await trouble(admin, pool)
                 await engine
     finally:
         await admin.close()
@@ -138,10 +188,15 @@ def assert_one_episode_per_task(logs: list[dict[str, object]], sqlstate: str | N
 
 
 async def test_connections_killed_under_the_engine_are_replaced(scene: Scene) -> None:
-    async def kill_three_times(admin: asyncpg.Connection) -> None:
+    async def kill_three_times(admin: asyncpg.Connection, _: asyncpg.Pool) -> None:
         for _ in range(3):
-            assert await terminate(admin, scene.role.name) >= 1
-            await asyncio.sleep(0.3)
+            # Each kill cuts a claim in the middle of a statement (an idle pooled
+            # connection would be replaced without anyone noticing): the claim
+            # waits for the pacing budget's lock while its connection is killed.
+            async with admin.transaction():
+                await admin.execute("LOCK TABLE rate_budgets IN ACCESS EXCLUSIVE MODE")
+                await until_the_engine_waits_for(admin, scene.role.name)
+                assert await terminate(admin, scene.role.name) >= 1
 
     logs = await run_through(kill_three_times, scene)
 
@@ -153,9 +208,9 @@ async def test_connections_killed_under_the_engine_are_replaced(scene: Scene) ->
 async def test_too_many_connections_is_waited_out(scene: Scene) -> None:
     role = quote_ident(scene.role.name)
 
-    async def exhaust(admin: asyncpg.Connection) -> None:
-        await admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
-        await terminate(admin, scene.role.name)
+    async def exhaust(admin: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+        async with every_connection_of(pool, admin, scene.role.name):
+            await admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
         await asyncio.sleep(2.0)
         await admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
 
@@ -174,9 +229,9 @@ async def test_a_read_only_server_after_a_failover_is_waited_out_and_left(
     # to reconnect, since a session keeps its read-only default for its lifetime.
     role = quote_ident(scene.role.name)
 
-    async def demote(admin: asyncpg.Connection) -> None:
-        await admin.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
-        await terminate(admin, scene.role.name)
+    async def demote(admin: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+        async with every_connection_of(pool, admin, scene.role.name):
+            await admin.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
         await asyncio.sleep(2.0)
         await admin.execute(f"ALTER ROLE {role} RESET default_transaction_read_only")
 
@@ -188,15 +243,34 @@ async def test_a_read_only_server_after_a_failover_is_waited_out_and_left(
 async def test_statements_cancelled_by_a_statement_timeout_are_retried(scene: Scene) -> None:
     role = quote_ident(scene.role.name)
 
-    async def lock_out(admin: asyncpg.Connection) -> None:
+    async def lock_out(admin: asyncpg.Connection, _: asyncpg.Pool) -> None:
         await admin.execute(f"ALTER ROLE {role} SET statement_timeout = '100ms'")
+        claimed = await admin.fetchval("SELECT count(*) FROM batches")
         await terminate(admin, scene.role.name)  # new sessions take the timeout
+        # Once the engine claims again it is over whatever the kill interrupted, so
+        # the cancellations below begin an episode of their own (logged once each).
+        for _ in range(500):
+            if await admin.fetchval("SELECT count(*) FROM batches") > claimed:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the engine did not claim again after its sessions were killed")
         async with admin.transaction():
             await admin.execute("LOCK TABLE contacts, batches IN ACCESS EXCLUSIVE MODE")
-            await asyncio.sleep(1.5)
+            # Held until a statement of the engine waits for it, and then past its
+            # timeout (100 ms): at least one statement is cancelled, whatever the load.
+            await until_the_engine_waits_for(admin, scene.role.name)
+            await asyncio.sleep(0.5)
         await admin.execute(f"ALTER ROLE {role} RESET statement_timeout")
 
     logs = await run_through(lock_out, scene)
 
+    # The first failure of the episode, the episode's count of every kind met, or a
+    # batch's own recording failure: the timeout was met and waited out.
     seen = {k for e in events(logs, "database_available") for k in e.get("errors", {})}
+    seen |= {
+        e.get("sqlstate")
+        for e in logs
+        if e.get("event") in ("database_unavailable", "batch_record_failed")
+    }
     assert "57014" in seen, seen

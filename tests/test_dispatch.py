@@ -23,6 +23,7 @@ from tests.engine import (
     states,
     uk_numbers,
 )
+from tests.helpers import db_clock_offset, worst_window
 
 
 async def references_by_contact(pool: asyncpg.Pool, campaign_id: int) -> dict[int, str]:
@@ -244,7 +245,8 @@ async def test_batch_older_than_the_idempotency_window_is_parked_not_resent(
     await run_until_idle(db_pool, settings)
 
     assert simulator.started_count() == 0
-    row = await db_pool.fetchrow("SELECT state, last_error FROM batches")
+    row = await db_pool.fetchrow("SELECT state, unique_id, last_error FROM batches")
+    assert simulator.requests_with(row["unique_id"]) == []  # not even a request
     assert row["state"] == "parked"
     assert "idempotency window" in row["last_error"]
     contacts = await db_pool.fetch("SELECT state, last_error FROM contacts")
@@ -252,12 +254,26 @@ async def test_batch_older_than_the_idempotency_window_is_parked_not_resent(
     assert all("idempotency window" in c["last_error"] for c in contacts)
 
 
+async def sends_of_the_batch(
+    pool: asyncpg.Pool, sim: Simulator
+) -> tuple[asyncpg.Record, list[float]]:
+    """The only batch, and when each request carrying its unique_id reached the
+    simulator, in seconds after the batch was stored (by the simulator's clock)."""
+    batch = await pool.fetchrow(
+        "SELECT state, sends, unique_id, last_error,"
+        " extract(epoch FROM created_at)::float8 AS created FROM batches"
+    )
+    stored = batch["created"] + await db_clock_offset(pool)
+    return batch, [r.at - stored for r in sim.requests_with(batch["unique_id"])]
+
+
 async def test_transient_failures_until_the_window_closes_park_the_batch(
     db_pool: asyncpg.Pool, simulator: Simulator
 ) -> None:
+    window = 4.0
     settings = engine_settings(
         simulator,
-        dispatcher={"idempotency_window_seconds": 4.0, "retry_initial_delay": 0.2},
+        dispatcher={"idempotency_window_seconds": window, "retry_initial_delay": 0.2},
         http={"connect_timeout": 0.5, "read_timeout": 0.5},
     )
     cid = await create_campaign(db_pool)
@@ -266,11 +282,61 @@ async def test_transient_failures_until_the_window_closes_park_the_batch(
 
     await run_until_idle(db_pool, settings, timeout=30)
 
-    row = await db_pool.fetchrow("SELECT state, sends, last_error FROM batches")
-    assert row["state"] == "parked"
-    assert row["sends"] >= 2
-    # Every send reused the id, so the first start is the only one.
+    batch, sent = await sends_of_the_batch(db_pool, simulator)
+    assert batch["state"] == "parked"
+    # The simulator answers every repeat of the id with the calls it started, so
+    # the calls it started cannot tell a late re-send: the requests can.
+    assert len(sent) >= max(2, batch["sends"])
+    assert max(sent) < window, f"re-sent {max(sent):.2f}s after the batch was stored"
     assert simulator.started_count() == 2
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"error_after": 1.0},
+        {"slow": 1.0},
+        {"error_after": 0.4, "drop_after": 0.3, "slow": 0.3},
+    ],
+    ids=["5xx", "timeouts", "mixed"],
+)
+async def test_no_resend_begins_later_than_the_http_timeouts_before_the_window_ends(
+    db_pool: asyncpg.Pool, simulator: Simulator, faults: dict[str, float]
+) -> None:
+    # Guarantee 1's bound: a request may take connect + read timeouts, so none may
+    # begin later than that before the end of the window, or it could still be
+    # starting calls once Aculab may have forgotten the id.
+    window, connect, read = 4.0, 0.4, 0.6
+    settings = engine_settings(
+        simulator,
+        dispatcher={"idempotency_window_seconds": window, "retry_max_delay": 0.2},
+        http={"connect_timeout": connect, "read_timeout": read},
+    )
+    cid = await create_campaign(db_pool)
+    await add_contacts(db_pool, cid, uk_numbers(2))
+    simulator.faults.slow_seconds = read + 0.3  # the client has given up by then
+    for kind, share in faults.items():
+        setattr(simulator.faults, kind, share)
+
+    await run_until_idle(db_pool, settings, timeout=30)
+
+    # The simulator records a request once it is done with it; stopping it ends
+    # the slow answers still waiting, so that every request is in the record.
+    await simulator.stop()
+    batch, sent = await sends_of_the_batch(db_pool, simulator)
+    assert batch["state"] == "parked"
+    assert len(sent) >= max(3, batch["sends"])
+    # A request reaches the simulator a moment after the engine begins it (on a
+    # busy machine, tens of milliseconds): that much slack, no more.
+    latest = window - (connect + read)
+    assert max(sent) <= latest + 0.15, (
+        f"a send began {max(sent):.2f}s after the batch was stored; the last allowed "
+        f"moment is {latest:.2f}s"
+    )
+    # And it re-sent as late as it could: it stops only when the next send could not
+    # begin in time, one failed request (at most the read timeout) and one backoff
+    # (at most 0.2 s) after the last.
+    assert max(sent) >= latest - (read + 0.2) - 0.15
 
 
 async def test_batch_of_a_dead_daemon_is_taken_over_and_resent_with_its_stored_id(
@@ -417,11 +483,21 @@ async def test_campaign_cps_paces_submissions(db_pool: asyncpg.Pool, simulator: 
     cid = await create_campaign(db_pool, calls_per_second=20, batch_size=50)
     await add_contacts(db_pool, cid, uk_numbers(30))
     await run_until_idle(db_pool, settings)
-    starts = sorted(c.submitted_at for c in simulator.calls)
-    # 30 calls at 20/s with a one-second bucket: at least half a second from first to last.
-    assert starts[-1] - starts[0] >= 0.45
-    sizes = await db_pool.fetch("SELECT cardinality(contact_ids) AS n FROM batches")
-    assert max(r["n"] for r in sizes) <= 20
+    assert simulator.started_count() == 30
+    # 20 calls/s: at most 20 calls reach Aculab in any one second, slid over the
+    # simulator's own arrival times; the grants hold the same over the window
+    # plus the guard. 30 calls need the whole budget, so it really held some back.
+    arrivals = [c.submitted_at for c in simulator.calls]
+    assert worst_window(arrivals, 1.0) == 20
+    grants = await db_pool.fetch(
+        "SELECT extract(epoch FROM granted_at)::float8 AS at, calls FROM rate_grants"
+        " WHERE key = $1",
+        f"campaign:{cid}",
+    )
+    granted = [r["at"] for r in grants for _ in range(r["calls"])]
+    guard = settings.dispatcher.pacing_guard_seconds
+    assert len(granted) == 30
+    assert worst_window(granted, 1.0 + guard) == 20
 
 
 async def test_client_and_dispatcher_agree_on_the_stored_payload_shape(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from campaign import outcomes
+from campaign import assumptions, outcomes
 from campaign.aculab import AculabClient
 from campaign.db import outcomes as oq
 from campaign.metrics import new_metrics
@@ -72,24 +74,202 @@ def test_a_cause_absent_from_retry_delays_is_never_retried() -> None:
     assert decide("busy", 1, 5, {"no_answer": 60}).state == "failed"
 
 
-@given(
-    cause=st.sampled_from([*outcomes.CALL_CAUSES, "unknown"]),
-    attempts=st.integers(0, 200),
-    max_attempts=st.integers(1, 100),
-    delays=st.dictionaries(
-        st.text(max_size=12),
-        st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), st.text(max_size=5)),
-    ),
+# Every cause a call can end with: the only keys retry_delays can usefully hold.
+CAUSES = sorted([*outcomes.CALL_CAUSES, outcomes.UNKNOWN])
+
+# What a retry_delays value may hold in a row the database let through, or in an
+# older row: numbers of every kind (the usable ones most often), and junk.
+delay_values = st.one_of(
+    st.integers(-10, 10**9),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
 )
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> tuple[str, int, int, dict[str, Any]]:
+    """(cause, attempts, max_attempts, retry_delays), keyed by the real causes.
+
+    The call's cause has a delay in most examples (else only the "not retried"
+    branch would run), attempts sit around the budget, and a few keys outside
+    the vocabulary are mixed in.
+    """
+    cause = draw(st.sampled_from(CAUSES))
+    max_attempts = draw(st.integers(1, 12))
+    attempts = draw(st.integers(0, max_attempts + 3))
+    strangers = draw(st.dictionaries(st.text(max_size=12), delay_values, max_size=2))
+    known = draw(st.dictionaries(st.sampled_from(CAUSES), delay_values, max_size=len(CAUSES)))
+    own = {cause: draw(delay_values)} if draw(st.integers(0, 9)) < 8 else {}
+    return cause, attempts, max_attempts, {**strangers, **known, **own}
+
+
+def usable(delay: Any) -> bool:
+    """A delay the policy can wait for: a finite number (a bool is not one)."""
+    return isinstance(delay, int | float) and not isinstance(delay, bool) and math.isfinite(delay)
+
+
+@given(policies())
 @settings(max_examples=300, deadline=None)
 def test_policy_never_raises_and_never_exceeds_the_budget(
-    cause: str, attempts: int, max_attempts: int, delays: dict[str, Any]
+    policy: tuple[str, int, int, dict[str, Any]],
 ) -> None:
+    cause, attempts, max_attempts, delays = policy
     d = decide(cause, attempts, max_attempts, delays)
-    if attempts >= max_attempts:
-        assert d.state != "pending"
-    if d.state == "pending":
-        assert d.delay is not None and d.delay >= 0
+    delay = delays.get(cause)
+    usable = isinstance(delay, int | float) and not isinstance(delay, bool) and math.isfinite(delay)
+    if cause in assumptions.ANSWERED_CAUSES:
+        assert (d.state, d.delay) == ("completed", None)
+    elif attempts >= max_attempts:
+        # The budget is spent, whatever the delay says.
+        assert (d.state, d.delay) == ("failed", None), d
+        if usable:
+            assert f"{attempts} of {max_attempts}" in d.reason
+    elif usable:
+        assert d.state == "pending", d
+        assert d.delay == min(max(0.0, float(delay)), outcomes.MAX_RETRY_DELAY_SECONDS)
+    else:
+        assert (d.state, d.delay) == ("failed", None), d
+    assert cause in d.reason
+
+
+def test_policy_examples_reach_every_branch() -> None:
+    # The property above is only as good as its examples: each branch of the
+    # policy (answered, budget spent with a delay, retried, no delay) must be
+    # drawn, many times, in any run.
+    seen: Counter[str] = Counter()
+
+    @given(policies())
+    @settings(max_examples=300, deadline=None, database=None)
+    def tally(policy: tuple[str, int, int, dict[str, Any]]) -> None:
+        cause, attempts, max_attempts, delays = policy
+        if cause in assumptions.ANSWERED_CAUSES:
+            seen["answered"] += 1
+        elif usable(delays.get(cause)):
+            seen["spent" if attempts >= max_attempts else "retried"] += 1
+        else:
+            seen["not retried"] += 1
+
+    tally()
+    assert min(seen[b] for b in ("answered", "spent", "retried", "not retried")) >= 15, seen
+
+
+# --- the final page's body ------------------------------------------------------------
+
+# What Aculab may put in this_call's fields (aculab-api.md §5), and worse.
+durations = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**6), 10**9),
+    st.sampled_from(["12.5", "0", "-3", "nan", "inf", "", "soon"]),
+    st.none(),
+    st.booleans(),
+)
+raw_causes = st.one_of(
+    st.sampled_from(["486", "-1", "200", "404"]),
+    st.integers(-1000, 1000),
+    st.text(max_size=100),
+    st.none(),
+)
+# The other fields of a real final page, each maybe there, maybe odd.
+call_extras = st.dictionaries(
+    st.sampled_from(
+        ["call_id", "call_direction", "call_from", "call_to", "call_state", "outbound_parameters"]
+    ),
+    st.one_of(st.text(max_size=20), st.none(), st.integers()),
+)
+body_extras = st.dictionaries(
+    st.sampled_from(["token", "application_name", "x"]), st.one_of(st.text(max_size=20), st.none())
+)
+references = st.text(min_size=1, max_size=200)
+
+
+def expected_duration(value: Any) -> float | None:
+    """seconds_call_duration as the engine must store it: a finite number >= 0, else none."""
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+@st.composite
+def final_pages(draw: st.DrawFn) -> tuple[dict[str, Any], Outcome]:
+    """A final-page body the engine must read, and the outcome it must read from it."""
+    reference = draw(references)
+    cause = draw(st.sampled_from(sorted(outcomes.CALL_CAUSES)))
+    this_call: dict[str, Any] = {**draw(call_extras), "call_cause": cause}
+    raw: Any = None
+    if draw(st.booleans()):
+        raw = this_call["call_raw_cause"] = draw(raw_causes)
+    seconds: Any = None
+    if draw(st.booleans()):
+        seconds = this_call["seconds_call_duration"] = draw(durations)
+    body = {**draw(body_extras), "application_instance_id": reference, "this_call": this_call}
+    expected = Outcome(
+        reference=reference,
+        cause=cause,
+        raw_cause=None if raw is None else str(raw)[:64],
+        duration=expected_duration(seconds),
+    )
+    return body, expected
+
+
+@given(final_pages())
+@settings(max_examples=300, deadline=None)
+def test_every_readable_final_page_gives_its_own_outcome(
+    page: tuple[dict[str, Any], Outcome],
+) -> None:
+    body, expected = page
+    assert outcomes.from_instance_info(body) == expected
+
+
+@st.composite
+def broken_final_pages(draw: st.DrawFn) -> Any:
+    """A readable final page with one thing wrong that makes it unusable."""
+    body, _ = draw(final_pages())
+    this_call = dict(body["this_call"])
+    flaw = draw(
+        st.sampled_from(["no_reference", "reference", "no_call", "call", "no_cause", "cause"])
+    )
+    if flaw == "no_reference":
+        del body["application_instance_id"]
+    elif flaw == "reference":
+        body["application_instance_id"] = draw(
+            st.one_of(
+                st.just(""),
+                st.text(min_size=201, max_size=300),
+                st.integers(),
+                st.none(),
+                st.lists(references, min_size=1, max_size=2),
+            )
+        )
+    elif flaw == "no_call":
+        del body["this_call"]
+    elif flaw == "call":
+        body["this_call"] = draw(st.one_of(st.none(), st.text(max_size=5), st.just([this_call])))
+    elif flaw == "no_cause":
+        del this_call["call_cause"]
+        body["this_call"] = this_call
+    else:
+        this_call["call_cause"] = draw(
+            st.one_of(
+                st.text(max_size=12).filter(lambda t: t not in outcomes.CALL_CAUSES),
+                st.sampled_from(["unknown", "Completed", " busy", None, 486]),
+            )
+        )
+        body["this_call"] = this_call
+    return body
+
+
+@given(broken_final_pages())
+@settings(max_examples=300, deadline=None)
+def test_a_final_page_missing_its_reference_call_or_known_cause_is_refused(body: Any) -> None:
+    with pytest.raises(outcomes.BadOutcome):
+        outcomes.from_instance_info(body)
 
 
 @given(
@@ -103,6 +283,7 @@ def test_policy_never_raises_and_never_exceeds_the_budget(
                         "application_instance_id",
                         "this_call",
                         "call_cause",
+                        "call_raw_cause",
                         "seconds_call_duration",
                         "x",
                     ]
@@ -113,6 +294,7 @@ def test_policy_never_raises_and_never_exceeds_the_budget(
         ),
         max_leaves=12,
     )
+    | final_pages().map(lambda page: page[0])
 )
 @settings(max_examples=300, deadline=None)
 def test_hostile_instance_info_is_refused_with_bad_outcome_or_parsed(body: Any) -> None:
@@ -120,8 +302,10 @@ def test_hostile_instance_info_is_refused_with_bad_outcome_or_parsed(body: Any) 
         o = outcomes.from_instance_info(body)
     except outcomes.BadOutcome:
         return
-    assert o.cause in outcomes.CALL_CAUSES
-    assert o.duration is None or o.duration >= 0
+    assert o.reference == body["application_instance_id"]
+    assert o.cause == body["this_call"]["call_cause"] in outcomes.CALL_CAUSES
+    assert o.duration is None or (math.isfinite(o.duration) and o.duration >= 0)
+    assert o.raw_cause is None or len(o.raw_cause) <= 64
 
 
 # --- end to end, poll only -----------------------------------------------------------

@@ -180,12 +180,17 @@ async def _claimed_by_a_dead_daemon(
     db_pool: asyncpg.Pool, simulator: Simulator, settings_: Settings
 ) -> int:
     """A batch claimed while its window was open, by a daemon that died before sending."""
-    today = datetime.now(UTC).isoweekday()
+    # Open all day on every day but one three days off: not "always open" (so the
+    # contacts' zones are checked), and open whichever side of midnight the claim
+    # falls (today's weekday alone would close at 00:00 UTC, mid-test).
+    closed_day = (datetime.now(UTC).isoweekday() + 2) % 7 + 1
     cid = await create_campaign(
         db_pool, window_start=time(0), window_end=time(12), default_timezone="UTC"
     )
     await db_pool.execute(
-        "UPDATE campaigns SET window_end = '24:00', window_days = $2 WHERE id = $1", cid, [today]
+        "UPDATE campaigns SET window_end = '24:00', window_days = $2 WHERE id = $1",
+        cid,
+        [day for day in range(1, 8) if day != closed_day],
     )
     await add_contacts(db_pool, cid, ["sip:alice@example.com", "sip:bob@example.com"])
     async with dispatcher(db_pool, settings_, owner="dead-daemon") as d:

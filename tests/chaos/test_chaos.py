@@ -23,7 +23,8 @@ its rows in `calls`, and every contact ends terminal with a reason.
 
 Size and shape from the environment: CHAOS_CONTACTS (default 2000; the full run
 is CHAOS_CONTACTS=5000), CHAOS_DAEMONS (3), CHAOS_CPS (calls per second, 150),
-CHAOS_SEED (random by default, printed in the summary line),
+CHAOS_SEED (random by default; printed at the start, in the summary line, with
+any failure and at the end of the session: tests/chaos/seed.py),
 CHAOS_PG_DOWNTIME (seconds PostgreSQL stays down, 2).
 
     .venv/bin/python -m pytest -m chaos -s tests/chaos
@@ -53,14 +54,14 @@ from campaign.db.pool import connect, dsn_with_database, open_pool
 from campaign.runtime import DB_ERRORS
 from campaign.simulator import Simulator
 from tests.chaos.faults import add_poll_faults
+from tests.chaos.seed import REPRODUCE, SEED
+from tests.daemons import daemon_env, sim_config, start_daemon, stop
 from tests.engine import add_contacts, create_campaign, uk_numbers
 from tests.fixtures_db import TEST_DSN_ENV, create_database, drop_database
-from tests.test_daemon import daemon_env, sim_config, start_daemon, stop
 
 CONTACTS = int(os.environ.get("CHAOS_CONTACTS", "2000"))
 DAEMONS = int(os.environ.get("CHAOS_DAEMONS", "3"))
 CPS = float(os.environ.get("CHAOS_CPS", "150"))
-SEED = int(os.environ.get("CHAOS_SEED", str(random.SystemRandom().randrange(1_000_000))))
 PG_DOWNTIME = float(os.environ.get("CHAOS_PG_DOWNTIME", "2"))
 
 # Generous: a stuck engine fails on the wait below, with the counts, before this.
@@ -401,6 +402,7 @@ async def test_chaos_every_attempt_started_exactly_once_and_nobody_lost(
     faulty_simulator: tuple[Simulator, Counter[str]],
     tmp_path: Path,
 ) -> None:
+    print(REPRODUCE)  # first, so that even a run that hangs or crashes shows it
     began = time.monotonic()
     rng = random.Random(SEED)
     sim, poll_faults = faulty_simulator
@@ -472,7 +474,10 @@ async def test_chaos_every_attempt_started_exactly_once_and_nobody_lost(
             "WHERE c.campaign_id = $1 GROUP BY c.id ORDER BY c.id",
             campaign_id,
         )
-        db_references = {r["reference"] for r in await _db(pool, "SELECT reference FROM calls")}
+        recorded = await _db(
+            pool, "SELECT reference, call_cause, call_raw_cause, outcome_source FROM calls"
+        )
+        db_references = {r["reference"] for r in recorded}
         batches = {
             r["state"]: r["n"]
             for r in await _db(pool, "SELECT state, count(*) AS n FROM batches GROUP BY state")
@@ -508,6 +513,16 @@ async def test_chaos_every_attempt_started_exactly_once_and_nobody_lost(
         elif c["state"] != "completed" and not (c["last_error"] or "").strip():
             no_reason.append(who)
     sim_references = {call.reference for call in sim.calls}
+    # How each call ended, as the engine recorded it and as "Aculab" ended it.
+    wrong_cause = [
+        f"{r['reference']}: recorded {r['call_cause']}/{r['call_raw_cause']} "
+        f"({r['outcome_source']}), ended {sim.call(r['reference']).call_cause}/"
+        f"{sim.call(r['reference']).call_raw_cause}"
+        for r in recorded
+        if r["reference"] in sim_references
+        and (r["call_cause"], r["call_raw_cause"])
+        != (sim.call(r["reference"]).call_cause, sim.call(r["reference"]).call_raw_cause)
+    ]
     # Anything else (a 409 conflict: the same unique_id with other bytes; a 400) is a bug.
     expected_outcomes = {"ok", "replayed", *FAULT_OUTCOMES}
 
@@ -542,7 +557,8 @@ async def test_chaos_every_attempt_started_exactly_once_and_nobody_lost(
         f"({dict(poll_faults)}), {overall_share:.1%} of all {all_requests} requests "
         f"calls_started={sim.started_count()} replayed={service_start['replayed']} "
         f"duplicates={len(duplicated)} lost={len(lost)} phantom={len(phantom)} "
-        f"unrecorded={len(unrecorded)} parked={batches.get('parked', 0)} "
+        f"unrecorded={len(unrecorded)} wrong_cause={len(wrong_cause)} "
+        f"parked={batches.get('parked', 0)} "
         f"states={dict(states)} batches={batches} campaign={campaign_state} "
         f"run={run_seconds:.1f}s wall={wall:.1f}s"
     )
@@ -580,6 +596,7 @@ async def test_chaos_every_attempt_started_exactly_once_and_nobody_lost(
     assert misnumbered == [], f"attempt numbers with gaps or repeats: {misnumbered[:10]}"
     assert no_reason == [], f"terminal without a reason: {no_reason[:10]}"
     assert unfinished_calls == 0, f"{unfinished_calls} calls never got an outcome"
+    assert wrong_cause == [], f"{len(wrong_cause)} outcomes not Aculab's: {wrong_cause[:10]}"
     assert batches.get("pending", 0) == 0, f"batches left pending: {batches}"
     assert batches.get("parked", 0) == 0, f"batches parked (1-hour window): {batches}"
     assert campaign_state == "completed"
@@ -591,6 +608,9 @@ async def test_chaos_every_attempt_started_exactly_once_and_nobody_lost(
     assert fault_share >= 0.25, f"only {fault_share:.1%} of service_start requests faulted"
     assert overall_share >= 0.25, f"only {overall_share:.1%} of all requests faulted"
     assert chaos.kills >= 3, f"only {chaos.kills} kills: the run was too short"
+    assert chaos.kills_mid_flight >= 1, (
+        f"none of the {chaos.kills} kills left a batch in flight: nothing was interrupted"
+    )
     assert len(chaos.disruptions) == 1, "PostgreSQL was never restarted"
     assert states["completed"] > 0 and sum(states.values()) == CONTACTS
     assert sim.started_count() > CONTACTS, "no contact was retried"

@@ -21,8 +21,8 @@ import pytest
 
 from campaign.simulator import Simulator
 from tests.chaos.faults import add_poll_faults
+from tests.daemons import daemon_env, sim_config, start_daemon, stop, wait_for
 from tests.engine import add_contacts, create_campaign, states, uk_numbers
-from tests.test_daemon import daemon_env, sim_config, start_daemon, stop, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
