@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import asyncpg
+import pytest
+import structlog
+
+from campaign.cli import main
 from campaign.simulator import StartRequest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 Check = Callable[[], bool] | Callable[[], Awaitable[bool]]
 
@@ -53,3 +66,81 @@ def max_overlap(requests: Iterable[StartRequest]) -> int:
 
 def counts(rows: Iterable[Mapping[str, Any]], key: str = "state", n: str = "n") -> dict[Any, int]:
     return {r[key]: r[n] for r in rows}
+
+
+# --- the campaign command ---------------------------------------------------------------
+
+
+class Cli:
+    """Runs `campaign` in-process against one database; returns (status, stdout, stderr)."""
+
+    def __init__(self, dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.dsn = dsn
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        status = main(list(argv))
+        out, err = self.capsys.readouterr()
+        return status, out, err
+
+    async def run(self, *argv: str) -> tuple[int, str, str]:
+        """The same from an async test: in a thread, so the test's loop (and a simulator
+        served by it) keeps running while the command runs its own loop."""
+        self.capsys.readouterr()
+        status = await asyncio.to_thread(main, list(argv))
+        out, err = self.capsys.readouterr()
+        return status, out, err
+
+    def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async def run() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                return await conn.fetch(sql, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+
+@contextmanager
+def logging_restored() -> Iterator[None]:
+    # The commands configure logging for the process; put it back for the next test.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
+def point_at(monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
+    """Settings for in-process commands: this database, nothing else from the environment."""
+    monkeypatch.delenv("CAMPAIGN_CONFIG", raising=False)
+    for name in list(os.environ):
+        if name.startswith("CAMPAIGN_") and name != "CAMPAIGN_TEST_DSN":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CAMPAIGN_DATABASE__DSN", dsn)
+
+
+def one_line(text: str) -> str:
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    env["CAMPAIGN_DATABASE__DSN"] = dsn
+    return subprocess.run(
+        [sys.executable, "-m", "campaign", *argv],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

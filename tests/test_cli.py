@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
-import structlog
 
 from campaign.aculab import AculabClient, encode_rest_calls
 from campaign.cli import command_word, main
@@ -31,69 +26,15 @@ from campaign.settings import load_settings
 from campaign.simulator import Simulator, SimulatorConfig
 from tests.fixtures_db import create_database, drop_database
 from tests.fixtures_sim import MakeSimulator, ManualClock
+from tests.helpers import REPO_ROOT, Cli, logging_restored, one_line, point_at, run_campaign
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS = sorted(p.name for p in (REPO_ROOT / "migrations").glob("*.sql"))
-
-
-class Cli:
-    """Runs `campaign` in-process against one database; returns (status, stdout, stderr)."""
-
-    def __init__(self, dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
-        self.dsn = dsn
-        self.capsys = capsys
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        status = main(list(argv))
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    async def run(self, *argv: str) -> tuple[int, str, str]:
-        """The same from an async test: in a thread, so the test's loop (and a simulator
-        served by it) keeps running while the command runs its own loop."""
-        self.capsys.readouterr()
-        status = await asyncio.to_thread(main, list(argv))
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async def run() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                return await conn.fetch(sql, *args)
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
-
-
-@contextmanager
-def logging_restored() -> Iterator[None]:
-    # The commands configure logging for the process; put it back for the next test.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     with logging_restored():
         yield
-
-
-def point_at(monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
-    """Settings for in-process commands: this database, nothing else from the environment."""
-    monkeypatch.delenv("CAMPAIGN_CONFIG", raising=False)
-    for name in list(os.environ):
-        if name.startswith("CAMPAIGN_") and name != "CAMPAIGN_TEST_DSN":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("CAMPAIGN_DATABASE__DSN", dsn)
 
 
 @pytest.fixture
@@ -121,13 +62,6 @@ def empty_cli(
     return Cli(empty_dsn, capsys)
 
 
-def one_line(text: str) -> str:
-    lines = text.splitlines()
-    assert len(lines) == 1, text
-    assert "Traceback" not in text
-    return lines[0]
-
-
 def csv_file(tmp_path: Path, text: str) -> str:
     path = tmp_path / "contacts.csv"
     path.write_text(text, encoding="utf-8")
@@ -135,20 +69,6 @@ def csv_file(tmp_path: Path, text: str) -> str:
 
 
 # --- end to end, as a subprocess ---------------------------------------------------------------
-
-
-def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
-    env["CAMPAIGN_DATABASE__DSN"] = dsn
-    return subprocess.run(
-        [sys.executable, "-m", "campaign", *argv],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_create_load_and_status_work_end_to_end(db_dsn: str, tmp_path: Path) -> None:
