@@ -143,6 +143,8 @@ class Deferred:
     contact_id: int
     until: datetime
     reason: str
+    # What it will be checked against (do-not-call list, duplicates) once its window opens.
+    destination: Destination | None = None
 
 
 @dataclass
@@ -270,7 +272,7 @@ def contact_verdict(
         if isinstance(verdict, Skipped):
             return Skipped(contact.id, verdict.state, verdict.reason)
         if isinstance(verdict, Deferred):
-            return Deferred(contact.id, verdict.until, verdict.reason)
+            return Deferred(contact.id, verdict.until, verdict.reason, parsed)
     return Ready(contact, parsed, call)
 
 

@@ -11,8 +11,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -24,6 +26,15 @@ from campaign.simulator import StartRequest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 Check = Callable[[], bool] | Callable[[], Awaitable[bool]]
+
+
+def window_closed_now(zone: str, opens_within_hours: int = 2) -> tuple[str, str]:
+    """A one-hour calling window ('HH:00', 'HH:00'), every day, that is closed now in
+    `zone` and opens within `opens_within_hours` hours (at least an hour from now): picked
+    from the clock, so that a test about "outside the window" means the same at any hour.
+    """
+    opens = datetime.now(ZoneInfo(zone)) + timedelta(hours=opens_within_hours)
+    return f"{opens:%H}:00", f"{(opens + timedelta(hours=1)):%H}:00"
 
 
 async def wait_until(check: Check, timeout: float, what: str = "the condition") -> None:

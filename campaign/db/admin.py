@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
 
 import asyncpg
 
+from campaign.db import queries as q
 from campaign.db.migrate import pending
 
 if TYPE_CHECKING:
@@ -757,14 +758,29 @@ class WhyCampaign:
     window: CallingWindow
 
 
+Hold = Literal["due", "not_before", "window", "retry"]
+
+
 @dataclass(frozen=True)
 class PendingGroup:
-    hold: Literal["due", "not_before", "window", "retry"]
+    hold: Hold
     detail: str | None
     """window: the dispatcher's last_error (names the opening); retry: last_result."""
     contacts: int
     earliest: datetime
     """When the first of them becomes due."""
+    examinable: int = 0
+    """Of them, due now or never judged by a claim (see `Examinable`)."""
+
+
+@dataclass(frozen=True)
+class Examinable:
+    """A pending contact a claim has yet to judge, as the claim will read it."""
+
+    contact: q.ContactRow
+    hold: Hold
+    detail: str | None
+    due_at: datetime
 
 
 @dataclass(frozen=True)
@@ -791,6 +807,10 @@ class WhySnapshot:
     parked: ParkedSummary
     daemons: list[DaemonRow]
     """The daemons alive (seen within the snapshot's `alive_within`)."""
+    rules: q.CampaignRow
+    """The campaign as the claim reads it (dispatch.contact_verdict)."""
+    examined: list[Examinable]
+    """The first `examine` pending contacts a claim has yet to judge, in claim order."""
 
 
 @dataclass(frozen=True)
@@ -819,36 +839,62 @@ WHY_CONTACT_STATES = """
 SELECT state, count(*) AS n FROM contacts WHERE campaign_id = $1 GROUP BY state
 """
 
-# Each pending contact in exactly one group, by what holds it longest: due now, a
-# not_before later than its next attempt, the calling window (the dispatcher deferred
-# it with last_result 'outside_window'), or a retry delay (per last_result).
-WHY_PENDING = """
+# Each pending contact held by what holds it longest: due now, a not_before later than
+# its next attempt, the calling window (the dispatcher deferred it with last_result
+# 'outside_window'), or a retry delay (per last_result). Shared by the counts and by
+# the contacts `campaign why` examines, so that both put a contact in the same group.
+_HELD = """
 WITH pending AS (
-    SELECT greatest(next_attempt_at, coalesce(not_before, next_attempt_at)) AS due_at,
-           not_before, next_attempt_at, last_result, last_error
+    SELECT *, greatest(next_attempt_at, coalesce(not_before, next_attempt_at)) AS due_at
     FROM contacts
     WHERE campaign_id = $1 AND state = 'pending'
-), held AS (
-    SELECT due_at,
+), classified AS (
+    SELECT *,
            CASE
                WHEN due_at <= now() THEN 'due'
                WHEN not_before IS NOT NULL AND not_before >= next_attempt_at THEN 'not_before'
                WHEN last_result = 'outside_window' THEN 'window'
                ELSE 'retry'
-           END AS hold,
-           last_result, last_error
+           END AS hold
     FROM pending
+), held AS (
+    SELECT *,
+           CASE hold
+               WHEN 'window' THEN coalesce(last_error, 'outside the calling window')
+               WHEN 'retry' THEN coalesce(last_result, 'scheduled')
+           END AS detail,
+           -- What a claim has yet to judge: due now, or never looked at by a daemon
+           -- (its not_before is still ahead, or the dispatcher deferred it to its
+           -- window before checking the do-not-call list and duplicates).
+           hold = 'due' OR dispatch_count = 0 AS examinable
+    FROM classified
 )
-SELECT hold,
-       CASE hold
-           WHEN 'window' THEN coalesce(last_error, 'outside the calling window')
-           WHEN 'retry' THEN coalesce(last_result, 'scheduled')
-       END AS detail,
-       count(*) AS n,
-       min(due_at) AS earliest
+"""
+
+WHY_PENDING = f"""
+{_HELD}
+SELECT hold, detail, count(*) AS n, min(due_at) AS earliest,
+       count(*) FILTER (WHERE examinable) AS examinable
 FROM held
 GROUP BY 1, 2
 ORDER BY 4, 2
+"""
+
+# In the order the claim takes them (due first), so that a sample is what the
+# daemons will meet next and the first of two contacts with one number is the one
+# the claim would dial.
+WHY_EXAMINED = f"""
+{_HELD}
+SELECT {q.CONTACT_COLUMNS}, hold, detail, due_at
+FROM held
+WHERE examinable
+ORDER BY hold <> 'due', priority DESC, id
+LIMIT $2
+"""
+
+# Which contact a claim already recorded as dialing each number (own_keys).
+KEY_OWNERS = """
+SELECT key, contact_id FROM contact_keys WHERE campaign_id = $1 AND key = ANY($2::text[])
 """
 
 WHY_OPEN_CALLS = """
@@ -894,10 +940,12 @@ async def why_snapshot(
     window_seconds: float = 10.0,
     parked_shown: int = 3,
     alive_within: float = 60.0,
+    examine: int = 10_000,
 ) -> WhySnapshot:
     """What holds a campaign's contacts back. Raises CampaignNotFound.
 
     A daemon counts as alive when its heartbeat wrote its row within `alive_within`.
+    At most `examine` contacts are read for the claim's rules to be applied to.
     """
     async with (
         pool.acquire() as conn,
@@ -919,8 +967,15 @@ async def why_snapshot(
         )
         states = {r["state"]: r["n"] for r in await conn.fetch(WHY_CONTACT_STATES, campaign.id)}
         pending = [
-            PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"])
+            PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"], r["examinable"])
             for r in await conn.fetch(WHY_PENDING, campaign.id)
+        ]
+        rules = await q.campaign_row(conn, campaign.id)
+        if rules is None:  # cannot happen inside this snapshot; keeps the types honest
+            raise CampaignNotFound(name)
+        examined = [
+            Examinable(q.contact_row(r), r["hold"], r["detail"], r["due_at"])
+            for r in await conn.fetch(WHY_EXAMINED, campaign.id, examine)
         ]
         open_calls: int = await conn.fetchval(WHY_OPEN_CALLS, campaign.id)
         keys = [campaign_budget(campaign.id), ACCOUNT_BUDGET]
@@ -960,4 +1015,30 @@ async def why_snapshot(
         in_flight_contacts=in_flight[1],
         parked=ParkedSummary(parked[0], parked[1], first_parked),
         daemons=daemons,
+        rules=rules,
+        examined=examined,
     )
+
+
+async def key_owners(pool: Pool, campaign_id: int, keys: Sequence[str]) -> dict[str, int]:
+    """The contact a claim recorded as dialing each of these destination keys."""
+    if not keys:
+        return {}
+    rows = await pool.fetch(KEY_OWNERS, campaign_id, list(keys))
+    return {r["key"]: r["contact_id"] for r in rows}
+
+
+async def suppressed_numbers(pool: Pool, campaign_id: int, numbers: Sequence[str]) -> set[str]:
+    """The numbers on the do-not-call list for this campaign, by the claim's own query."""
+    async with pool.acquire() as conn:
+        return await q.suppressed(conn, campaign_id, numbers)
+
+
+OUTLOOK_CAMPAIGNS = """
+SELECT name FROM campaigns WHERE state IN ('active', 'paused') ORDER BY priority DESC, id
+"""
+
+
+async def campaigns_to_dial(pool: Pool) -> list[str]:
+    """The campaigns a daemon may dial, now or after a resume, highest priority first."""
+    return [r["name"] for r in await pool.fetch(OUTLOOK_CAMPAIGNS)]

@@ -118,6 +118,19 @@ async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | No
     return _campaign(row) if row is not None else None
 
 
+# In any state, unlocked: what `campaign why` and `campaign load` judge contacts by.
+CAMPAIGN_BY_ID = f"""
+SELECT {_CAMPAIGN_COLUMNS}
+FROM campaigns
+WHERE id = $1
+"""
+
+
+async def campaign_row(conn: Conn, campaign_id: int) -> CampaignRow | None:
+    row = await conn.fetchrow(CAMPAIGN_BY_ID, campaign_id)
+    return _campaign(row) if row is not None else None
+
+
 # --- pacing: a sliding one-second window shared by every daemon -------------------
 
 # The budget rows' locks serialise every daemon's claims on the same budgets.
@@ -198,11 +211,17 @@ async def forget_old_grants(conn: Conn, older_than_seconds: float) -> None:
 
 # --- step 1: claim and persist --------------------------------------------------
 
-CLAIM_CONTACTS = """
-SELECT id, destination, caller_id, token, outbound_parameters,
-       -- As text, decoded per contact by the dispatcher: one hostile value (JSON
-       -- nested too deep to decode) must make one contact invalid, not fail the claim.
-       extra_sip_headers::text AS extra_sip_headers, dispatch_count, timezone
+# What the claim judges a contact by (dispatch.contact_verdict); `campaign why` and
+# `campaign load` select the same columns.
+CONTACT_COLUMNS = """
+    id, destination, caller_id, token, outbound_parameters,
+    -- As text, decoded per contact by the dispatcher: one hostile value (JSON
+    -- nested too deep to decode) must make one contact invalid, not fail the claim.
+    extra_sip_headers::text AS extra_sip_headers, dispatch_count, timezone
+"""
+
+CLAIM_CONTACTS = f"""
+SELECT {CONTACT_COLUMNS}
 FROM contacts
 WHERE campaign_id = $1
   AND state = 'pending'
@@ -214,21 +233,22 @@ FOR UPDATE SKIP LOCKED
 """
 
 
+def contact_row(r: asyncpg.Record) -> ContactRow:
+    """A row selected with CONTACT_COLUMNS."""
+    return ContactRow(
+        id=r["id"],
+        destination=r["destination"],
+        caller_id=r["caller_id"],
+        token=r["token"],
+        outbound_parameters=r["outbound_parameters"],
+        extra_sip_headers=r["extra_sip_headers"],
+        dispatch_count=r["dispatch_count"],
+        timezone=r["timezone"],
+    )
+
+
 async def claim_contacts(conn: Conn, campaign_id: int, limit: int) -> list[ContactRow]:
-    rows = await conn.fetch(CLAIM_CONTACTS, campaign_id, limit)
-    return [
-        ContactRow(
-            id=r["id"],
-            destination=r["destination"],
-            caller_id=r["caller_id"],
-            token=r["token"],
-            outbound_parameters=r["outbound_parameters"],
-            extra_sip_headers=r["extra_sip_headers"],
-            dispatch_count=r["dispatch_count"],
-            timezone=r["timezone"],
-        )
-        for r in rows
-    ]
+    return [contact_row(r) for r in await conn.fetch(CLAIM_CONTACTS, campaign_id, limit)]
 
 
 SUPPRESSED = """
