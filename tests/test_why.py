@@ -9,6 +9,8 @@ renderers and the command, and the daemon's start-up outlook from the same repor
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -17,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from campaign.daemon import run_daemon
 from campaign.db.admin import Pool
 from campaign.dispatch import DUPLICATE_REASON
+from campaign.logs import configure_logging
 from campaign.simulator import Simulator
 from campaign.why import (
     WhyReport,
@@ -35,6 +39,7 @@ from tests.helpers import (
     one_line,
     point_at,
     run_campaign,
+    wait_until,
     window_closed_now,
 )
 
@@ -556,6 +561,45 @@ async def test_the_outlook_says_dialing_waiting_for_the_window_until_when_or_pau
     assert waiting.reason is not None and waiting.reason.endswith(f"({start} Europe/London)")
     assert (day.doing, day.due, day.until) == ("dialing", 1, None)
     assert (held.doing, held.due, held.reason) == ("paused", 1, "by Ann")
+
+
+async def test_campaign_run_logs_each_campaigns_outlook_before_dialing(
+    db_pool: Pool, db_dsn: str, simulator: Simulator
+) -> None:
+    start, end = window_closed_now("Europe/London")
+    night = await new_campaign(
+        db_pool, "night", service_name="MyOutboundService", window_start=start, window_end=end
+    )
+    await add_destinations(db_pool, night, "+44 1908 273800")
+    settings = engine_settings(
+        simulator,
+        database={"dsn": db_dsn},
+        listener={"port": 0},
+        logging={"format": "json"},
+    )
+    logs = io.StringIO()
+    configure_logging(settings.logging, stream=logs)
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run_daemon(settings, stop))
+    try:
+        await wait_until(lambda: "campaign_outlook" in logs.getvalue(), 20, "the outlook")
+    finally:
+        stop.set()
+        assert await daemon == 0, logs.getvalue()
+
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    (seen,) = [e for e in lines if e["event"] == "campaign_outlook"]
+    assert seen["campaign"] == "night"
+    assert (seen["state"], seen["outlook"], seen["due"], seen["pending"]) == (
+        "active",
+        "waiting_for_window",
+        0,
+        1,
+    )
+    assert seen["until"] > seen["ts"]
+    assert [e["event"] for e in lines].index("campaign_outlook") < [
+        e["event"] for e in lines
+    ].index("daemon_stopped")
 
 
 # --- rendering -------------------------------------------------------------------------------
