@@ -187,6 +187,10 @@ def window_verdict(
     return Deferred(0, opening, windows.describe_opening(after, zones, window))
 
 
+RULES_MEMORY = 10_000
+"""Distinct caller IDs and zones a Rules object remembers the verdict on."""
+
+
 @dataclass
 class Rules:
     """One campaign's per-contact rules at one moment: built once per claim (and per
@@ -197,8 +201,13 @@ class Rules:
     window: windows.Window
     now: datetime
     start_by: datetime
+    always_open: bool
     # Raw caller ID -> normalised (usually the campaign's one caller ID).
     _callers: dict[str | None, str | None] = field(default_factory=dict)
+    # (contacts.timezone, the number's zones) -> the zones that decide, or why none do.
+    _zones: dict[tuple[str | None, tuple[str, ...]], tuple[str, ...] | str] = field(
+        default_factory=dict
+    )
     # Zones -> their window verdict: the same for every contact with those zones.
     _windows: dict[tuple[str, ...], Deferred | Skipped | None] = field(default_factory=dict)
 
@@ -207,13 +216,26 @@ class Rules:
         window = windows.Window.from_row(
             campaign.window_start or "00:00", campaign.window_end or "24:00", campaign.window_days
         )
-        return cls(campaign, window, now, start_by or now)
+        return cls(campaign, window, now, start_by or now, window.always_open)
 
     def caller(self, raw: str | None) -> str | None:
         if raw in self._callers:
             return self._callers[raw]
+        if len(self._callers) >= RULES_MEMORY:
+            self._callers.clear()  # a load of all-different caller IDs: memory stays flat
         caller = self._callers[raw] = normalise_caller_id(raw)
         return caller
+
+    def zones(self, own: str | None, number_zones: tuple[str, ...]) -> tuple[str, ...] | str:
+        key = (own, number_zones)
+        found = self._zones.get(key)
+        if found is None:
+            if len(self._zones) >= RULES_MEMORY:
+                self._zones.clear()
+            found = self._zones[key] = windows.contact_zones(
+                own, number_zones, self.campaign.default_timezone
+            )
+        return found
 
     def window_verdict(self, zones: tuple[str, ...]) -> Deferred | Skipped | None:
         if zones not in self._windows:
@@ -264,8 +286,8 @@ def contact_verdict(
     problem = call_problem(call)
     if problem is not None:
         return Skipped(contact.id, "invalid", problem)
-    if not rules.window.always_open:
-        zones = windows.contact_zones(contact.timezone, parsed.timezones, campaign.default_timezone)
+    if not rules.always_open:
+        zones = rules.zones(contact.timezone, parsed.timezones)
         if isinstance(zones, str):
             return Skipped(contact.id, "invalid", zones)
         verdict = rules.window_verdict(zones)

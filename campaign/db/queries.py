@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -33,8 +33,10 @@ class CampaignRow:
     window_days: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
 
 
-@dataclass(frozen=True)
-class ContactRow:
+class ContactRow(NamedTuple):
+    """A contact as the claim judges it. A named tuple rather than a frozen dataclass:
+    `campaign load` builds one per row of the file, and this is four times cheaper."""
+
     id: int
     destination: str
     caller_id: str | None
