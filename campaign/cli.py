@@ -374,15 +374,40 @@ async def _load_file(args: argparse.Namespace, pool: admin.Pool, settings: Setti
         print(f"{records:,} rows read", file=sys.stderr, flush=True)
 
     result = await load_csv(
-        pool, args.name, Path(args.file), delimiter=args.delimiter, on_progress=progress
+        pool,
+        args.name,
+        Path(args.file),
+        delimiter=args.delimiter,
+        on_progress=progress,
+        strict=args.strict,
     )
     for refusal in result.refusals:
         print(refusal, file=sys.stderr)
     if result.refused > len(result.refusals):
         print(f"... and {result.refused - len(result.refusals):,} more", file=sys.stderr)
+    for warning in result.warnings:
+        print(warning, file=sys.stderr)
+    if result.never_dialed > len(result.warnings):
+        print(f"... and {result.never_dialed - len(result.warnings):,} more", file=sys.stderr)
+    never = ", ".join(f"{n:,} {state}" for state, n in result.never.items() if n)
+    if not result.committed:
+        problems = []
+        if result.refused:
+            problems.append(f"{result.refused:,} rows refused")
+        if result.never_dialed:
+            problems.append(f"{result.never_dialed:,} rows would never be dialed: {never}")
+        print(
+            f"campaign load: nothing loaded (--strict): {'; '.join(problems)} (see above)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     summary = f"loaded {result.loaded:,} rows"
     if result.refused:
-        summary += f", refused {result.refused:,} rows (see above)"
+        summary += f", refused {result.refused:,} rows"
+    if result.never_dialed:
+        summary += f"; {result.never_dialed:,} will never be dialed: {never}"
+    if result.refused or result.never_dialed:
+        summary += " (see above)"
     print(summary)
     if result.loaded and result.campaign_state != "active":
         print(
@@ -1001,11 +1026,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description=(
             "Load contacts from a CSV file whose header names contact columns: destination "
             "(required), caller_id, token, outbound_parameters, extra_sip_headers, timezone, "
-            "priority, not_before. Refused rows are listed on stderr; the rest load."
+            "priority, not_before. Refused rows are listed on stderr; the rest load. "
+            "Rows the dispatcher will never dial (impossible, premium-rate or national-format "
+            "numbers, numbers on the do-not-call list, the same number twice in the file or "
+            "already in the campaign, ...) are loaded, so that they are accounted for as "
+            "invalid, suppressed or duplicate, and listed on stderr by line."
         ),
     )
     load.add_argument("name", metavar="NAME")
     load.add_argument("file", metavar="FILE.csv")
+    load.add_argument(
+        "--strict",
+        action="store_true",
+        help="load nothing if any row is refused or would never be dialed",
+    )
     load.add_argument(
         "--delimiter",
         default=",",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import json
 import zoneinfo
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
@@ -41,7 +42,9 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from campaign.db import admin
+from campaign.db import queries as q
 from campaign.db.admin import CampaignState, CommandError
+from campaign.dispatch import Rules, Skipped, contact_verdict
 
 COLUMNS: Final = (
     "destination",
@@ -98,6 +101,24 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class NeverDialed:
+    """A loaded row the claim will mark `state` instead of dialing it."""
+
+    line: int
+    """The line the record starts on."""
+    state: str
+    """invalid, suppressed or duplicate: the state the claim will give the contact."""
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: will be {self.state}: {self.reason}"
+
+
+NEVER_STATES: Final = ("invalid", "suppressed", "duplicate")
+"""What the claim marks a contact it will never dial, in the order a summary counts them."""
+
+
+@dataclass(frozen=True)
 class LoadResult:
     campaign: str
     campaign_state: CampaignState
@@ -105,6 +126,16 @@ class LoadResult:
     refused: int
     refusals: list[Refusal]
     """The first `max_reported` refusals, in file order; `refused` counts them all."""
+    never: dict[str, int] = field(default_factory=dict)
+    """Loaded rows the claim will never dial, by the state it will give them."""
+    warnings: list[NeverDialed] = field(default_factory=list)
+    """The first `max_reported` of those rows, in file order."""
+    committed: bool = True
+    """False when --strict refused the file: nothing was loaded."""
+
+    @property
+    def never_dialed(self) -> int:
+        return sum(self.never.values())
 
 
 class _RowError(Exception):
@@ -356,34 +387,122 @@ def _rows_are_clean(rows: list[list[str]]) -> bool:
     return True
 
 
+class _Judge:
+    """The claim's verdict on each loaded row, by the claim's own `contact_verdict`.
+
+    A row the claim would mark invalid is noted with its reason; any other row gives its
+    destination key and number, to be checked against the do-not-call list and the other
+    contacts of the campaign in the database once the whole file is in (a duplicate may
+    be a million lines away). Runs in the worker thread, beside the conversion.
+    """
+
+    def __init__(self, columns: list[str], rules: Rules) -> None:
+        self._rules = rules
+        at = {name: i for i, name in enumerate(columns)}
+        self._destination = at["destination"]
+        self._caller_id = at.get("caller_id")
+        self._token = at.get("token")
+        self._outbound_parameters = at.get("outbound_parameters")
+        self._extra_sip_headers = at.get("extra_sip_headers")
+        self._timezone = at.get("timezone")
+        self._priority = at.get("priority")
+
+    def __call__(
+        self, rows: Sequence[list[str]], lines: Sequence[int], invalid: list[tuple[int, str]]
+    ) -> str:
+        """COPY text for load_keys (line, priority, key, number) of the rows that may be
+        dialed; the others go into `invalid` as (line, reason)."""
+        rules = self._rules
+        out: list[str] = []
+        for row, line in zip(rows, lines, strict=True):
+            # As the database will hold them (see the column converters): stripped or
+            # verbatim, and empty as NULL.
+            contact = q.ContactRow(
+                line,
+                row[self._destination].strip(),
+                _stripped(row, self._caller_id),
+                _verbatim(row, self._token),
+                _verbatim(row, self._outbound_parameters),
+                _stripped(row, self._extra_sip_headers),
+                0,
+                _stripped(row, self._timezone),
+            )
+            verdict = contact_verdict(contact, rules)
+            if isinstance(verdict, Skipped):
+                invalid.append((line, verdict.reason))
+                continue
+            destination = verdict.destination
+            if destination is None:  # a Deferred always carries it; keeps the types honest
+                continue
+            priority = _stripped(row, self._priority) or _DEFAULT_PRIORITY
+            number = destination.number or _COPY_NULL
+            out.append(f"{line}\t{priority}\t{_copy_escape(destination.key)}\t{number}\n")
+        return "".join(out)
+
+
+def _stripped(row: list[str], at: int | None) -> str | None:
+    return None if at is None else row[at].strip() or None
+
+
+def _verbatim(row: list[str], at: int | None) -> str | None:
+    return None if at is None else row[at] or None
+
+
+@dataclass
+class _Converted:
+    """A batch of CSV rows as COPY text."""
+
+    contacts: str
+    loaded: int
+    records: int
+    """Rows that are records (blank lines are not)."""
+    keys: str = ""
+    """load_keys rows (see _Judge) of the loaded rows the claim may dial."""
+
+
 class _RowsToCopy:
     """Turns a batch of CSV rows into COPY text lines; one per load (converters remember)."""
 
-    def __init__(self, columns: list[str], campaign_id: int) -> None:
+    def __init__(self, columns: list[str], campaign_id: int, judge: _Judge | None = None) -> None:
         converters = _column_converters()
         self._convert = [converters[c] for c in columns]
         self._width = len(columns)
         self._prefix = f"{campaign_id}\t"
+        self._judge = judge
 
-    def __call__(self, rows: list[list[str]], refused: _Refused) -> tuple[str, int, int]:
-        """(COPY text of the good rows, how many, how many records) for `rows`.
+    def __call__(
+        self,
+        rows: list[list[str]],
+        refused: _Refused,
+        lines: Sequence[int] = (),
+        invalid: list[tuple[int, str]] | None = None,
+    ) -> _Converted:
+        """The COPY text of the good rows of `rows`, which start on `lines`.
 
         Refused rows go into `refused` by position in `rows`; blank rows are no records.
+        With a judge, the rows the claim will mark invalid go into `invalid`.
         """
         good, positions, blank = self._well_formed(rows, refused)
         if not good:
-            return "", 0, len(rows) - blank
+            return _Converted("", 0, len(rows) - blank)
         refused_here: _Refused = {}
         by_column = zip(self._convert, zip(*good, strict=True), strict=True)
         columns = [conv(col, refused_here) for conv, col in by_column]
         values: Iterable[tuple[str, ...]] = zip(*columns, strict=True)
+        kept: Sequence[int] = range(len(good))
         if refused_here:
             for position, reason in refused_here.items():
                 refused[positions[position]] = reason
             values = (v for i, v in enumerate(values) if i not in refused_here)
+            kept = [i for i in kept if i not in refused_here]
+        keys = ""
+        if self._judge is not None and invalid is not None:
+            keys = self._judge(
+                [good[i] for i in kept], [lines[positions[i]] for i in kept], invalid
+            )
         prefix = self._prefix
         text = prefix + ("\n" + prefix).join(map("\t".join, values)) + "\n"
-        return text, len(good) - len(refused_here), len(rows) - blank
+        return _Converted(text, len(good) - len(refused_here), len(rows) - blank, keys)
 
     def _well_formed(
         self, rows: list[list[str]], refused: _Refused
@@ -422,6 +541,8 @@ class _Chunk:
     """Rows in `data`."""
     records_read: int
     """Records read so far in the file (loaded, refused and this chunk's)."""
+    keys: bytes = b""
+    """load_keys rows for the rows in `data` the claim may dial."""
 
 
 @dataclass
@@ -436,6 +557,9 @@ class _CsvSource:
     max_reported: int
     refusals: list[Refusal] = field(default_factory=list)
     refused: int = 0
+    invalid: list[NeverDialed] = field(default_factory=list)
+    """The first `max_reported` loaded rows the claim will mark invalid."""
+    invalid_count: int = 0
 
     def close(self) -> None:
         self.handle.close()
@@ -445,13 +569,22 @@ class _CsvSource:
         if len(self.refusals) < self.max_reported:
             self.refusals.append(Refusal(start, reason, end))
 
-    def chunks(self, campaign_id: int, chunk_rows: int) -> Generator[_Chunk, None, None]:
+    def _invalid(self, found: list[tuple[int, str]]) -> None:
+        self.invalid_count += len(found)
+        room = self.max_reported - len(self.invalid)
+        self.invalid.extend(NeverDialed(line, "invalid", why) for line, why in found[:room])
+
+    def chunks(
+        self, campaign_id: int, chunk_rows: int, rules: Rules | None = None
+    ) -> Generator[_Chunk, None, None]:
         """COPY text for the good rows, a chunk per `chunk_rows` records; records refusals.
 
+        With `rules`, each loaded row is also judged by the claim's rules (see _Judge).
         Runs in a worker thread (one call of next() at a time). Raises LoadError when
         the file cannot be parsed further: then nothing of it may be loaded.
         """
-        to_copy = _RowsToCopy(self.columns, campaign_id)
+        judge = None if rules is None else _Judge(self.columns, rules)
+        to_copy = _RowsToCopy(self.columns, campaign_id, judge)
         # Rows are read and converted in small batches (see _BATCH_ROWS), which makes the
         # pass about twice as fast as converting a chunk at once; a chunk gathers the
         # batches' text.
@@ -459,26 +592,38 @@ class _CsvSource:
         last_end = self.header_line
         records = 0
         pieces: list[str] = []
+        keys: list[str] = []
         loaded = 0
         taken = 0
         while True:
             rows, ends = self._read(batch_rows, last_end)
             if rows:
                 refused: _Refused = {}
-                text, good, read = to_copy(rows, refused)
+                invalid: list[tuple[int, str]] = []
+                # The line each record starts on (a quoted field may span lines).
+                starts = [last_end + 1, *(end + 1 for end in ends[:-1])]
+                converted = to_copy(rows, refused, starts, invalid)
                 for i in sorted(refused):
-                    self._refuse(ends[i - 1] + 1 if i else last_end + 1, ends[i], refused[i])
+                    self._refuse(starts[i], ends[i], refused[i])
+                if invalid:
+                    self._invalid(invalid)
                 last_end = ends[-1]
-                records += read
+                records += converted.records
                 taken += len(rows)
-                if good:
-                    pieces.append(text)
-                    loaded += good
+                if converted.loaded:
+                    pieces.append(converted.contacts)
+                    keys.append(converted.keys)
+                    loaded += converted.loaded
             # islice stops short only at the end of the file.
             done = len(rows) < batch_rows
             if taken and (taken >= chunk_rows or done):
-                yield _Chunk("".join(pieces).encode("utf-8"), loaded, records)
-                pieces, loaded, taken = [], 0, 0
+                yield _Chunk(
+                    "".join(pieces).encode("utf-8"),
+                    loaded,
+                    records,
+                    "".join(keys).encode("utf-8"),
+                )
+                pieces, keys, loaded, taken = [], [], 0, 0
             if done:
                 return
 
@@ -572,31 +717,103 @@ async def load_csv(
     max_reported: int = MAX_REPORTED,
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
+    strict: bool = False,
 ) -> LoadResult:
     """Load the good rows of `path` into the campaign, all in one transaction.
 
+    Each loaded row is judged by the claim's own rules; the ones it will never dial
+    (invalid, suppressed, duplicate) are loaded all the same, so that the claim accounts
+    for them, and reported. With `strict`, a file with any such row, or any refused row,
+    is refused whole: nothing is loaded and the result says so (`committed` False).
     Raises LoadError (bad header, unreadable or malformed file), CampaignNotFound, or
     LoadError when the campaign is or becomes cancelled; then nothing is loaded.
     `on_progress(records_read)` is called about every `progress_every` records.
     """
     with contextlib.closing(open_csv(path, delimiter=delimiter, max_reported=max_reported)) as src:
-        async with pool.acquire() as conn, conn.transaction():
-            campaign = await admin.campaign_by_name(conn, campaign_name)
-            _refuse_cancelled(campaign)
-            loaded = await _copy_chunks(
-                conn, src, campaign.id, chunk_rows, on_progress, progress_every
-            )
-            final = await admin.share_campaign(conn, campaign.id)
-            if final is None:
-                raise admin.CampaignNotFound(campaign_name)
-            _refuse_cancelled(final, during=True)
-    return LoadResult(
-        campaign=campaign_name,
-        campaign_state=final.state,
-        loaded=loaded,
-        refused=src.refused,
-        refusals=list(src.refusals),
-    )
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                campaign = await admin.campaign_by_name(conn, campaign_name)
+                _refuse_cancelled(campaign)
+                row = await q.campaign_row(conn, campaign.id)
+                if row is None:
+                    raise admin.CampaignNotFound(campaign_name)
+                rules = Rules.of(row, datetime.now(UTC))
+                last_before = await admin.start_load_keys(conn)
+                loaded = await _copy_chunks(
+                    conn, src, campaign.id, chunk_rows, on_progress, progress_every, rules
+                )
+                never, warnings = await _never_dialed(
+                    conn, campaign.id, rules, src, last_before, max_reported
+                )
+                final = await admin.share_campaign(conn, campaign.id)
+                if final is None:
+                    raise admin.CampaignNotFound(campaign_name)
+                _refuse_cancelled(final, during=True)
+                result = LoadResult(
+                    campaign=campaign_name,
+                    campaign_state=final.state,
+                    loaded=loaded,
+                    refused=src.refused,
+                    refusals=list(src.refusals),
+                    never=never,
+                    warnings=warnings,
+                )
+                if strict and (result.refused or result.never_dialed):
+                    raise _StrictRefusal(result)
+        except _StrictRefusal as refusal:
+            return dataclasses.replace(refusal.result, loaded=0, committed=False)
+    return result
+
+
+class _StrictRefusal(Exception):
+    """Leaves the load's transaction, rolling it back, with what would have loaded."""
+
+    def __init__(self, result: LoadResult) -> None:
+        super().__init__("refused by --strict")
+        self.result = result
+
+
+async def _never_dialed(
+    conn: admin.Conn,
+    campaign_id: int,
+    rules: Rules,
+    src: _CsvSource,
+    last_before: int,
+    max_reported: int,
+) -> tuple[dict[str, int], list[NeverDialed]]:
+    """The loaded rows the claim will never dial: counts by state, the first few rows."""
+    # The contacts already there that may share a number with the file: their keys are
+    # known only once judged, by the same rules.
+    existing = []
+    for contact, priority in await admin.existing_unjudged(conn, campaign_id, last_before):
+        verdict = contact_verdict(contact, rules)
+        if isinstance(verdict, Skipped) or verdict.destination is None:
+            continue  # owns no number: the claim will mark it invalid
+        destination = verdict.destination
+        existing.append(
+            f"{_COPY_NULL}\t{contact.id}\t{priority}\t{_copy_escape(destination.key)}\t"
+            f"{destination.number or _COPY_NULL}\n"
+        )
+    if existing:
+        await conn.copy_to_table(
+            "load_keys",
+            source=_once("".join(existing).encode("utf-8")),
+            columns=["line", "contact_id", "priority", "key", "number"],
+            format="text",
+        )
+    counts, first = await admin.load_fates(conn, campaign_id, max_reported)
+    found = [NeverDialed(f.line, f.state, _fate_reason(f)) for f in first]
+    never = {"invalid": src.invalid_count, **counts}
+    warnings = sorted([*src.invalid, *found], key=lambda w: w.line)[:max_reported]
+    return {state: never.get(state, 0) for state in NEVER_STATES}, warnings
+
+
+def _fate_reason(fate: admin.LoadFate) -> str:
+    if fate.state == "suppressed":
+        return "on the do-not-call list"
+    if fate.first_line is not None:
+        return f"same destination as line {fate.first_line}"
+    return f"same destination as contact {fate.first_contact}, already in the campaign"
 
 
 def _refuse_cancelled(campaign: admin.CampaignRef, *, during: bool = False) -> None:
@@ -618,9 +835,10 @@ async def _copy_chunks(
     chunk_rows: int,
     on_progress: Callable[[int], None] | None,
     progress_every: int,
+    rules: Rules | None = None,
 ) -> int:
     columns = ["campaign_id", *src.columns]
-    chunks = src.chunks(campaign_id, chunk_rows)
+    chunks = src.chunks(campaign_id, chunk_rows, rules)
     loaded = 0
     next_report = progress_every
     # Parse chunk n+1 in a thread while chunk n is copied.
@@ -633,6 +851,13 @@ async def _copy_chunks(
                     "contacts", source=_once(chunk.data), columns=columns, format="text"
                 )
                 loaded += chunk.rows
+            if chunk.keys:
+                await conn.copy_to_table(
+                    "load_keys",
+                    source=_once(chunk.keys),
+                    columns=["line", "priority", "key", "number"],
+                    format="text",
+                )
             if on_progress is not None and chunk.records_read >= next_report:
                 on_progress(chunk.records_read)
                 next_report = (chunk.records_read // progress_every + 1) * progress_every

@@ -72,7 +72,17 @@ def csv_file(tmp_path: Path, text: str) -> str:
 
 
 def test_create_load_and_status_work_end_to_end(db_dsn: str, tmp_path: Path) -> None:
-    created = run_campaign(db_dsn, "create", "spring", "--service", "Svc", "--batch-size", "20")
+    created = run_campaign(
+        db_dsn,
+        "create",
+        "spring",
+        "--service",
+        "Svc",
+        "--caller-id",
+        "441908273801",
+        "--batch-size",
+        "20",
+    )
     assert (created.returncode, created.stderr) == (0, "")
     campaign_id = int(created.stdout)
     path = csv_file(tmp_path, "destination,priority\n+441908273800,1\n,2\n+441908273801,x\n+4420\n")
@@ -284,8 +294,8 @@ def test_create_refuses_malformed_options_with_one_line(
 
 
 def test_load_lists_refused_rows_up_to_a_cap_and_loads_the_rest(cli: Cli, tmp_path: Path) -> None:
-    cli("create", "spring", "--service", "Svc")
-    path = csv_file(tmp_path, "destination\n" + '""\n' * 60 + "+441\n")
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
+    path = csv_file(tmp_path, "destination\n" + '""\n' * 60 + "+441908273800\n")
 
     status, out, err = cli("load", "spring", path)
 
@@ -297,29 +307,71 @@ def test_load_lists_refused_rows_up_to_a_cap_and_loads_the_rest(cli: Cli, tmp_pa
     assert lines[-1] == "... and 10 more"
 
 
-def test_load_into_a_paused_campaign_says_how_to_dial_them(cli: Cli, tmp_path: Path) -> None:
-    cli("create", "spring", "--service", "Svc", "--paused")
+def test_load_warns_by_line_of_rows_never_to_be_dialed_and_counts_each_kind(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
+    cli("suppress", "add", "+44 1908 273802")
+    path = csv_file(
+        tmp_path, "destination\n+44 1908 273800\n01908 273801\n+44 1908 273802\n441908273800\n"
+    )
 
-    status, out, err = cli("load", "spring", csv_file(tmp_path, "destination\n+441\n"))
+    status, out, err = cli("load", "spring", path)
+
+    assert status == 0, err
+    assert out == (
+        "loaded 4 rows; 3 will never be dialed: 1 invalid, 1 suppressed, 1 duplicate (see above)\n"
+    )
+    assert err.splitlines() == [
+        "line 3: will be invalid: national format (leading 0) needs the campaign's default "
+        "country: 0190*****01",
+        "line 4: will be suppressed: on the do-not-call list",
+        "line 5: will be duplicate: same destination as line 2",
+    ]
+
+
+def test_load_strict_loads_nothing_when_a_row_would_never_be_dialed(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
+    cli("load", "spring", csv_file(tmp_path, "destination\n+44 1908 273800\n"))
+    path = csv_file(tmp_path, 'destination\n+44 1908 273801\n441908273800\n""\n')
+
+    status, out, err = cli("load", "spring", path, "--strict")
+
+    assert (status, out) == (2, "")
+    assert err.splitlines() == [
+        "line 4: empty destination",
+        "line 3: will be duplicate: same destination as contact 1, already in the campaign",
+        "campaign load: nothing loaded (--strict): 1 rows refused; 1 rows would never be "
+        "dialed: 1 duplicate (see above)",
+    ]
+    assert len(cli.query("SELECT * FROM contacts")) == 1
+
+
+def test_load_into_a_paused_campaign_says_how_to_dial_them(cli: Cli, tmp_path: Path) -> None:
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801", "--paused")
+
+    status, out, err = cli("load", "spring", csv_file(tmp_path, "destination\n+441908273800\n"))
 
     assert (status, out) == (0, "loaded 1 rows\n")
     assert "run `campaign resume spring`" in one_line(err)
 
 
 def test_load_reads_tab_separated_files(cli: Cli, tmp_path: Path) -> None:
-    cli("create", "spring", "--service", "Svc")
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
 
     status, out, _ = cli(
         "load",
         "spring",
-        csv_file(tmp_path, "destination\ttoken\n+441\ta,b\n"),
+        csv_file(tmp_path, "destination\ttoken\n+441908273800\ta,b\n"),
         "--delimiter",
         "\\t",
     )
 
     assert (status, out) == (0, "loaded 1 rows\n")
     assert [tuple(r) for r in cli.query("SELECT destination, token FROM contacts")] == [
-        ("+441", "a,b")
+        ("+441908273800", "a,b")
     ]
 
 

@@ -267,6 +267,129 @@ def _unwrap(expression: str) -> str:
     return expression
 
 
+# --- load: the rows the claim will never dial -------------------------------------------
+#
+# `campaign load` judges each row by the claim's rules as it streams the file; the rows
+# that may be dialed leave their destination key and number in load_keys, and once the
+# whole file is in, one statement finds the ones on the do-not-call list and the ones
+# that repeat a number: of the file, or of a contact already in the campaign. All of it
+# inside the load's transaction, so a --strict refusal rolls it all back.
+
+CREATE_LOAD_KEYS = """
+CREATE TEMP TABLE load_keys (
+    line       bigint,  -- the row's line in the file; NULL for a contact already there
+    contact_id bigint,  -- the contact already in the campaign
+    priority   integer NOT NULL,
+    key        text NOT NULL,
+    number     text
+) ON COMMIT DROP
+"""
+
+LAST_CONTACT_ID = """
+SELECT coalesce(max(id), 0) FROM contacts
+"""
+
+# Contacts of the campaign no claim has judged yet (dispatch_count 0: a claim records
+# the number's owner and counts the dispatch in one transaction) whose numbers may be
+# among the file's, to be judged by the loader (their keys exist nowhere else). Only
+# those whose last 7 digits are some loaded number's, or, when the file has addresses
+# that are not numbers, those that are not plain numbers: a national spelling ends in
+# the same digits as the international one. Contacts of this load (ids past $2) are not
+# "already there".
+EXISTING_UNJUDGED = f"""
+SELECT {q.CONTACT_COLUMNS}, priority
+FROM contacts
+WHERE campaign_id = $1 AND state = 'pending' AND dispatch_count = 0 AND id <= $2
+  AND (right(regexp_replace(destination, '[^0-9]', '', 'g'), 7) IN (
+           SELECT right(number, 7) FROM load_keys WHERE number IS NOT NULL)
+       OR (destination !~ '^[0-9 +().-]*$'
+           AND EXISTS (SELECT 1 FROM load_keys WHERE number IS NULL)))
+"""
+
+# The claim checks the do-not-call list before the duplicates (own_keys), so a
+# suppressed row owns no number. The others are ranked per key as the claims will meet
+# them: the contact a claim already recorded, then priority, then the contacts already
+# there before the file's, then by id (file order, for the file's).
+LOAD_FATES = """
+CREATE TEMP TABLE load_fates ON COMMIT DROP AS
+WITH listed AS (
+    SELECT DISTINCT destination FROM suppressions
+    WHERE (campaign_id IS NULL OR campaign_id = $1)
+      AND destination IN (SELECT number FROM load_keys WHERE number IS NOT NULL)
+), judged AS (
+    SELECT k.*, coalesce(k.number IN (SELECT destination FROM listed), false) AS on_list
+    FROM load_keys k
+), contenders AS (
+    SELECT NULL::bigint AS line, o.contact_id, 0 AS tier, 0 AS priority, o.key
+    FROM contact_keys o
+    WHERE o.campaign_id = $1 AND o.key IN (SELECT key FROM load_keys)
+    UNION ALL
+    SELECT line, contact_id, 1, priority, key FROM judged WHERE NOT on_list
+), ranked AS (
+    SELECT line,
+           row_number() OVER w AS nth,
+           first_value(line) OVER w AS first_line,
+           first_value(contact_id) OVER w AS first_contact
+    FROM contenders
+    WINDOW w AS (PARTITION BY key ORDER BY tier, priority DESC, line IS NOT NULL, contact_id, line)
+)
+SELECT line, 'suppressed'::text AS state, NULL::bigint AS first_line,
+       NULL::bigint AS first_contact
+FROM judged WHERE on_list AND line IS NOT NULL
+UNION ALL
+SELECT line, 'duplicate', first_line, first_contact
+FROM ranked WHERE nth > 1 AND line IS NOT NULL
+"""
+
+LOAD_FATE_COUNTS = """
+SELECT state, count(*) AS n FROM load_fates GROUP BY state
+"""
+
+FIRST_LOAD_FATES = """
+SELECT line, state, first_line, first_contact FROM load_fates ORDER BY line LIMIT $1
+"""
+
+
+@dataclass(frozen=True)
+class LoadFate:
+    line: int
+    state: Literal["suppressed", "duplicate"]
+    first_line: int | None
+    """duplicate: the line whose contact the claim will dial instead."""
+    first_contact: int | None
+    """duplicate: the contact already in the campaign that the claim dials instead."""
+
+
+async def start_load_keys(conn: Conn) -> int:
+    """Create this load's load_keys table; the last contact id before the load."""
+    await conn.execute(CREATE_LOAD_KEYS)
+    last: int = await conn.fetchval(LAST_CONTACT_ID)
+    return last
+
+
+async def existing_unjudged(
+    conn: Conn, campaign_id: int, last_before: int
+) -> list[tuple[q.ContactRow, int]]:
+    """Contacts already in the campaign that may share a number with the file (and
+    their priorities), for the loader to judge."""
+    rows = await conn.fetch(EXISTING_UNJUDGED, campaign_id, last_before)
+    return [(q.contact_row(r), r["priority"]) for r in rows]
+
+
+async def load_fates(
+    conn: Conn, campaign_id: int, shown: int
+) -> tuple[dict[str, int], list[LoadFate]]:
+    """The loaded rows the claim will mark suppressed or duplicate: counts by state,
+    and the first `shown` in file order."""
+    await conn.execute(LOAD_FATES, campaign_id)
+    counts = {r["state"]: r["n"] for r in await conn.fetch(LOAD_FATE_COUNTS)}
+    first = [
+        LoadFate(r["line"], r["state"], r["first_line"], r["first_contact"])
+        for r in await conn.fetch(FIRST_LOAD_FATES, shown)
+    ]
+    return counts, first
+
+
 # --- pause / resume / cancel ------------------------------------------------------------
 
 TARGET_STATE: Final[Mapping[Action, CampaignState]] = MappingProxyType(
