@@ -320,7 +320,7 @@ def _parse_telephone(
         why = _PARSE_ERROR_TEXT.get(exc.error_type, "not a number")
         return Rejected(f"not a possible telephone number ({why}): {_hint(digits, international)}")
 
-    possible = phonenumbers.is_possible_number_with_reason(parsed)
+    possible = _possibility(parsed)
     if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
         why = _NOT_POSSIBLE_TEXT.get(possible, "invalid")
         return Rejected(f"not a possible telephone number ({why}): {_hint(digits, international)}")
@@ -445,6 +445,22 @@ def _parse_international(digits: str) -> phonenumbers.PhoneNumber | None:
     if prefix is False or (prefix is not None and prefix.match(national) is not None):
         return None  # it may be stripped (or transformed): phonenumbers decides
     return phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+
+
+def _possibility(parsed: phonenumbers.PhoneNumber) -> int:
+    """phonenumbers.is_possible_number_with_reason(parsed), which depends on the country
+    code and the national number's length alone (_test_number_length): worked out once
+    per pair."""
+    code = parsed.country_code
+    if code is None:
+        return int(phonenumbers.is_possible_number_with_reason(parsed))
+    return _possibility_of(code, len(phonenumbers.national_significant_number(parsed)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _possibility_of(code: int, length: int) -> int:
+    alike = phonenumbers.PhoneNumber(country_code=code, national_number=int("1" * length or "0"))
+    return int(phonenumbers.is_possible_number_with_reason(alike))
 
 
 # --- the number's type, as phonenumbers.number_type gives it, faster ------------------------

@@ -406,6 +406,7 @@ class _Judge:
         self._extra_sip_headers = at.get("extra_sip_headers")
         self._timezone = at.get("timezone")
         self._priority = at.get("priority")
+        self._others = [c for c in columns if c not in ("destination", "priority", "not_before")]
 
     def __call__(
         self, rows: Sequence[list[str]], lines: Sequence[int], invalid: list[tuple[int, str]]
@@ -413,19 +414,16 @@ class _Judge:
         """COPY text for load_keys (line, priority, key, number) of the rows that may be
         dialed; the others go into `invalid` as (line, reason)."""
         rules = self._rules
+        at = self._destination
+        # Each row as the database will hold it (see the column converters: stripped or
+        # verbatim, empty as NULL); a file of destinations alone needs none of that.
+        full = len(self._others) > 0
         out: list[str] = []
         for row, line in zip(rows, lines, strict=True):
-            # As the database will hold them (see the column converters): stripped or
-            # verbatim, and empty as NULL.
-            contact = q.ContactRow(
-                line,
-                row[self._destination].strip(),
-                _stripped(row, self._caller_id),
-                _verbatim(row, self._token),
-                _verbatim(row, self._outbound_parameters),
-                _stripped(row, self._extra_sip_headers),
-                0,
-                _stripped(row, self._timezone),
+            contact = (
+                self._contact(row, line)
+                if full
+                else q.ContactRow(line, row[at].strip(), None, None, None, None, 0, None)
             )
             verdict = contact_verdict(contact, rules)
             if isinstance(verdict, Skipped):
@@ -434,10 +432,25 @@ class _Judge:
             destination = verdict.destination
             if destination is None:  # a Deferred always carries it; keeps the types honest
                 continue
-            priority = _stripped(row, self._priority) or _DEFAULT_PRIORITY
-            number = destination.number or _COPY_NULL
-            out.append(f"{line}\t{priority}\t{_copy_escape(destination.key)}\t{number}\n")
+            priority = (row[self._priority].strip() if self._priority is not None else "") or "0"
+            number = destination.number
+            if number is not None:  # digits: the key is the number, nothing to escape
+                out.append(f"{line}\t{priority}\t{number}\t{number}\n")
+            else:
+                out.append(f"{line}\t{priority}\t{_copy_escape(destination.key)}\t{_COPY_NULL}\n")
         return "".join(out)
+
+    def _contact(self, row: list[str], line: int) -> q.ContactRow:
+        return q.ContactRow(
+            line,
+            row[self._destination].strip(),
+            _stripped(row, self._caller_id),
+            _verbatim(row, self._token),
+            _verbatim(row, self._outbound_parameters),
+            _stripped(row, self._extra_sip_headers),
+            0,
+            _stripped(row, self._timezone),
+        )
 
 
 def _stripped(row: list[str], at: int | None) -> str | None:

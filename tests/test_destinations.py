@@ -12,6 +12,7 @@ from campaign.destinations import (
     Destination,
     Rejected,
     _parse_international,
+    _possibility,
     classify,
     classify_number,
     mask,
@@ -524,6 +525,7 @@ def _same_reading(digits: str) -> None:
             slow.extension,
         ), digits
     assert classify_number(slow) == phonenumbers.number_type(slow), digits
+    assert _possibility(slow) == phonenumbers.is_possible_number_with_reason(slow), digits
 
 
 def test_every_example_number_and_its_neighbours_read_and_classify_as_phonenumbers_does() -> None:
