@@ -29,12 +29,17 @@ format lets one code path carry every column.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import csv
 import dataclasses
 import json
+import multiprocessing
+import os
+import signal
 import zoneinfo
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, islice
@@ -67,6 +72,9 @@ CHUNK_ROWS: Final = 10_000
 _BATCH_ROWS: Final = 500
 PROGRESS_EVERY: Final = 100_000
 MAX_REPORTED: Final = 50
+PARALLEL_FROM_BYTES: Final = 4_000_000
+"""Files this large (some 250,000 rows) are judged in worker processes (see _Judging)."""
+MAX_WORKERS: Final = 8
 _INT4_MIN: Final = -(2**31)
 _INT4_MAX: Final = 2**31 - 1
 _COPY_NULL: Final = "\\N"
@@ -393,11 +401,12 @@ class _Judge:
     A row the claim would mark invalid is noted with its reason; any other row gives its
     destination key and number, to be checked against the do-not-call list and the other
     contacts of the campaign in the database once the whole file is in (a duplicate may
-    be a million lines away). Runs in the worker thread, beside the conversion.
+    be a million lines away). Runs beside the COPY (see _Judging).
     """
 
-    def __init__(self, columns: list[str], rules: Rules) -> None:
+    def __init__(self, columns: list[str], rules: Rules, max_reported: int) -> None:
         self._rules = rules
+        self._max_reported = max_reported
         at = {name: i for i, name in enumerate(columns)}
         self._destination = at["destination"]
         self._caller_id = at.get("caller_id")
@@ -407,6 +416,13 @@ class _Judge:
         self._timezone = at.get("timezone")
         self._priority = at.get("priority")
         self._others = [c for c in columns if c not in ("destination", "priority", "not_before")]
+
+    def judge(self, rows: Sequence[list[str]], lines: Sequence[int]) -> _Judged:
+        """The COPY text for load_keys (line, priority, key, number) of the rows that may
+        be dialed, and the first of the others with their reasons."""
+        invalid: list[tuple[int, str]] = []
+        keys = self(rows, lines, invalid)
+        return _Judged(keys, invalid[: self._max_reported], len(invalid))
 
     def __call__(
         self, rows: Sequence[list[str]], lines: Sequence[int], invalid: list[tuple[int, str]]
@@ -453,6 +469,103 @@ class _Judge:
         )
 
 
+@dataclass(frozen=True)
+class _Judged:
+    keys: str
+    invalid: list[tuple[int, str]]
+    """The first rows the claim will mark invalid: (line, reason)."""
+    invalid_count: int
+
+
+# The judge of a worker process (see _Judging), set once when it starts.
+_worker_judge: _Judge | None = None
+
+
+def _start_worker(columns: list[str], rules: Rules, max_reported: int) -> None:
+    global _worker_judge
+    # Ctrl-C reaches the whole process group: the load (the parent) stops the workers,
+    # rather than each printing its own KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_judge = _Judge(columns, rules, max_reported)
+
+
+def _judge_in_worker(rows: list[list[str]], lines: list[int]) -> _Judged:
+    if _worker_judge is None:
+        raise RuntimeError("a loader worker process was used before it started")
+    return _worker_judge.judge(rows, lines)
+
+
+class _Judging:
+    """Judges the loaded rows beside the COPY, without holding it up.
+
+    Judging a row (parsing and classifying its number) costs more than PostgreSQL's
+    COPY of it, and every row is judged on its own: a large file is judged in worker
+    processes, one per core, while the rows go in; a small one in a thread (a worker
+    process takes a moment to start). The results land in load_keys on the load's own
+    connection as they come back, at most two per worker waiting. Workers are spawned,
+    not forked: a script that calls load_csv on a large file needs the usual
+    `if __name__ == "__main__":` guard (the `campaign` command has it).
+    """
+
+    def __init__(self, columns: list[str], rules: Rules, max_reported: int, workers: int) -> None:
+        self._executor: Executor
+        self._call: Callable[[list[list[str]], list[int]], _Judged]
+        self._call = _Judge(columns, rules, max_reported).judge
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="load-judge")
+        if workers > 1:
+            try:
+                processes = ProcessPoolExecutor(
+                    workers,
+                    # Not fork: this process runs threads (the event loop's, the reader's).
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(columns, rules, max_reported),
+                )
+            except (OSError, NotImplementedError):
+                pass  # no process support here (a sandbox): the thread will do
+            else:
+                self._executor.shutdown()
+                self._executor, self._call = processes, _judge_in_worker
+        self._waiting_at_most = 2 * workers
+        self._pending: collections.deque[asyncio.Future[_Judged]] = collections.deque()
+        self._max_reported = max_reported
+        self.invalid: list[NeverDialed] = []
+        self.invalid_count = 0
+
+    async def submit(self, conn: admin.Conn, rows: list[list[str]], lines: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending.append(loop.run_in_executor(self._executor, self._call, rows, lines))
+        while len(self._pending) > self._waiting_at_most or self._pending[0].done():
+            await self._collect(conn)
+            if not self._pending:
+                break
+
+    async def finish(self, conn: admin.Conn) -> None:
+        while self._pending:
+            await self._collect(conn)
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _collect(self, conn: admin.Conn) -> None:
+        judged = await self._pending.popleft()
+        self.invalid_count += judged.invalid_count
+        if len(self.invalid) < self._max_reported:
+            self.invalid.extend(NeverDialed(line, "invalid", why) for line, why in judged.invalid)
+            # Batches may come back out of order: keep the first lines of the file.
+            self.invalid.sort(key=lambda w: w.line)
+            del self.invalid[self._max_reported :]
+        if judged.keys:
+            await conn.copy_to_table(
+                "load_keys",
+                source=_once(judged.keys.encode("utf-8")),
+                columns=["line", "priority", "key", "number"],
+                format="text",
+            )
+
+
 def _stripped(row: list[str], at: int | None) -> str | None:
     return None if at is None else row[at].strip() or None
 
@@ -469,31 +582,28 @@ class _Converted:
     loaded: int
     records: int
     """Rows that are records (blank lines are not)."""
-    keys: str = ""
-    """load_keys rows (see _Judge) of the loaded rows the claim may dial."""
+    rows: list[list[str]] = field(default_factory=list)
+    """The loaded rows as read, to be judged (when asked for)."""
+    lines: list[int] = field(default_factory=list)
+    """The line each of `rows` starts on."""
 
 
 class _RowsToCopy:
     """Turns a batch of CSV rows into COPY text lines; one per load (converters remember)."""
 
-    def __init__(self, columns: list[str], campaign_id: int, judge: _Judge | None = None) -> None:
+    def __init__(self, columns: list[str], campaign_id: int) -> None:
         converters = _column_converters()
         self._convert = [converters[c] for c in columns]
         self._width = len(columns)
         self._prefix = f"{campaign_id}\t"
-        self._judge = judge
 
     def __call__(
-        self,
-        rows: list[list[str]],
-        refused: _Refused,
-        lines: Sequence[int] = (),
-        invalid: list[tuple[int, str]] | None = None,
+        self, rows: list[list[str]], refused: _Refused, lines: Sequence[int] | None = None
     ) -> _Converted:
-        """The COPY text of the good rows of `rows`, which start on `lines`.
+        """The COPY text of the good rows of `rows`.
 
         Refused rows go into `refused` by position in `rows`; blank rows are no records.
-        With a judge, the rows the claim will mark invalid go into `invalid`.
+        Given the line each row starts on, the loaded rows and their lines come back too.
         """
         good, positions, blank = self._well_formed(rows, refused)
         if not good:
@@ -508,14 +618,13 @@ class _RowsToCopy:
                 refused[positions[position]] = reason
             values = (v for i, v in enumerate(values) if i not in refused_here)
             kept = [i for i in kept if i not in refused_here]
-        keys = ""
-        if self._judge is not None and invalid is not None:
-            keys = self._judge(
-                [good[i] for i in kept], [lines[positions[i]] for i in kept], invalid
-            )
         prefix = self._prefix
         text = prefix + ("\n" + prefix).join(map("\t".join, values)) + "\n"
-        return _Converted(text, len(good) - len(refused_here), len(rows) - blank, keys)
+        converted = _Converted(text, len(good) - len(refused_here), len(rows) - blank)
+        if lines is not None:
+            converted.rows = [good[i] for i in kept]
+            converted.lines = [lines[positions[i]] for i in kept]
+        return converted
 
     def _well_formed(
         self, rows: list[list[str]], refused: _Refused
@@ -554,8 +663,9 @@ class _Chunk:
     """Rows in `data`."""
     records_read: int
     """Records read so far in the file (loaded, refused and this chunk's)."""
-    keys: bytes = b""
-    """load_keys rows for the rows in `data` the claim may dial."""
+    read: list[list[str]] = field(default_factory=list)
+    """The rows in `data` as read, to be judged (when asked for)."""
+    lines: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -570,9 +680,6 @@ class _CsvSource:
     max_reported: int
     refusals: list[Refusal] = field(default_factory=list)
     refused: int = 0
-    invalid: list[NeverDialed] = field(default_factory=list)
-    """The first `max_reported` loaded rows the claim will mark invalid."""
-    invalid_count: int = 0
 
     def close(self) -> None:
         self.handle.close()
@@ -582,22 +689,17 @@ class _CsvSource:
         if len(self.refusals) < self.max_reported:
             self.refusals.append(Refusal(start, reason, end))
 
-    def _invalid(self, found: list[tuple[int, str]]) -> None:
-        self.invalid_count += len(found)
-        room = self.max_reported - len(self.invalid)
-        self.invalid.extend(NeverDialed(line, "invalid", why) for line, why in found[:room])
-
     def chunks(
-        self, campaign_id: int, chunk_rows: int, rules: Rules | None = None
+        self, campaign_id: int, chunk_rows: int, judged: bool = False
     ) -> Generator[_Chunk, None, None]:
         """COPY text for the good rows, a chunk per `chunk_rows` records; records refusals.
 
-        With `rules`, each loaded row is also judged by the claim's rules (see _Judge).
-        Runs in a worker thread (one call of next() at a time). Raises LoadError when
-        the file cannot be parsed further: then nothing of it may be loaded.
+        With `judged`, each chunk also carries its rows as read, to be judged by the
+        claim's rules (see _Judging). Runs in a worker thread (one call of next() at a
+        time). Raises LoadError when the file cannot be parsed further: then nothing of
+        it may be loaded.
         """
-        judge = None if rules is None else _Judge(self.columns, rules)
-        to_copy = _RowsToCopy(self.columns, campaign_id, judge)
+        to_copy = _RowsToCopy(self.columns, campaign_id)
         # Rows are read and converted in small batches (see _BATCH_ROWS), which makes the
         # pass about twice as fast as converting a chunk at once; a chunk gathers the
         # batches' text.
@@ -605,38 +707,32 @@ class _CsvSource:
         last_end = self.header_line
         records = 0
         pieces: list[str] = []
-        keys: list[str] = []
+        to_judge: list[list[str]] = []
+        lines: list[int] = []
         loaded = 0
         taken = 0
         while True:
             rows, ends = self._read(batch_rows, last_end)
             if rows:
                 refused: _Refused = {}
-                invalid: list[tuple[int, str]] = []
                 # The line each record starts on (a quoted field may span lines).
                 starts = [last_end + 1, *(end + 1 for end in ends[:-1])]
-                converted = to_copy(rows, refused, starts, invalid)
+                converted = to_copy(rows, refused, starts if judged else None)
                 for i in sorted(refused):
                     self._refuse(starts[i], ends[i], refused[i])
-                if invalid:
-                    self._invalid(invalid)
                 last_end = ends[-1]
                 records += converted.records
                 taken += len(rows)
                 if converted.loaded:
                     pieces.append(converted.contacts)
-                    keys.append(converted.keys)
+                    to_judge += converted.rows
+                    lines += converted.lines
                     loaded += converted.loaded
             # islice stops short only at the end of the file.
             done = len(rows) < batch_rows
             if taken and (taken >= chunk_rows or done):
-                yield _Chunk(
-                    "".join(pieces).encode("utf-8"),
-                    loaded,
-                    records,
-                    "".join(keys).encode("utf-8"),
-                )
-                pieces, keys, loaded, taken = [], [], 0, 0
+                yield _Chunk("".join(pieces).encode("utf-8"), loaded, records, to_judge, lines)
+                pieces, to_judge, lines, loaded, taken = [], [], [], 0, 0
             if done:
                 return
 
@@ -731,6 +827,7 @@ async def load_csv(
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
     strict: bool = False,
+    workers: int | None = None,
 ) -> LoadResult:
     """Load the good rows of `path` into the campaign, all in one transaction.
 
@@ -740,7 +837,8 @@ async def load_csv(
     is refused whole: nothing is loaded and the result says so (`committed` False).
     Raises LoadError (bad header, unreadable or malformed file), CampaignNotFound, or
     LoadError when the campaign is or becomes cancelled; then nothing is loaded.
-    `on_progress(records_read)` is called about every `progress_every` records.
+    `on_progress(records_read)` is called about every `progress_every` records. Rows are
+    judged in `workers` processes (default: one per core for a large file, else a thread).
     """
     with contextlib.closing(open_csv(path, delimiter=delimiter, max_reported=max_reported)) as src:
         try:
@@ -752,11 +850,20 @@ async def load_csv(
                     raise admin.CampaignNotFound(campaign_name)
                 rules = Rules.of(row, datetime.now(UTC))
                 last_before = await admin.start_load_keys(conn)
-                loaded = await _copy_chunks(
-                    conn, src, campaign.id, chunk_rows, on_progress, progress_every, rules
+                judging = _Judging(
+                    src.columns,
+                    rules,
+                    max_reported,
+                    _workers_for(path) if workers is None else workers,
                 )
+                try:
+                    loaded = await _copy_chunks(
+                        conn, src, campaign.id, chunk_rows, on_progress, progress_every, judging
+                    )
+                finally:
+                    await asyncio.to_thread(judging.close)
                 never, warnings = await _never_dialed(
-                    conn, campaign.id, rules, src, last_before, max_reported
+                    conn, campaign.id, rules, judging, last_before, max_reported
                 )
                 final = await admin.share_campaign(conn, campaign.id)
                 if final is None:
@@ -786,11 +893,22 @@ class _StrictRefusal(Exception):
         self.result = result
 
 
+def _workers_for(path: Path) -> int:
+    """Worker processes to judge `path`'s rows: one per core (up to MAX_WORKERS) for a
+    file large enough to repay their start, else none (a thread judges)."""
+    cores = os.cpu_count() or 1
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return min(MAX_WORKERS, cores) if size >= PARALLEL_FROM_BYTES and cores > 1 else 1
+
+
 async def _never_dialed(
     conn: admin.Conn,
     campaign_id: int,
     rules: Rules,
-    src: _CsvSource,
+    judging: _Judging,
     last_before: int,
     max_reported: int,
 ) -> tuple[dict[str, int], list[NeverDialed]]:
@@ -816,8 +934,8 @@ async def _never_dialed(
         )
     counts, first = await admin.load_fates(conn, campaign_id, max_reported)
     found = [NeverDialed(f.line, f.state, _fate_reason(f)) for f in first]
-    never = {"invalid": src.invalid_count, **counts}
-    warnings = sorted([*src.invalid, *found], key=lambda w: w.line)[:max_reported]
+    never = {"invalid": judging.invalid_count, **counts}
+    warnings = sorted([*judging.invalid, *found], key=lambda w: w.line)[:max_reported]
     return {state: never.get(state, 0) for state in NEVER_STATES}, warnings
 
 
@@ -848,10 +966,10 @@ async def _copy_chunks(
     chunk_rows: int,
     on_progress: Callable[[int], None] | None,
     progress_every: int,
-    rules: Rules | None = None,
+    judging: _Judging | None = None,
 ) -> int:
     columns = ["campaign_id", *src.columns]
-    chunks = src.chunks(campaign_id, chunk_rows, rules)
+    chunks = src.chunks(campaign_id, chunk_rows, judged=judging is not None)
     loaded = 0
     next_report = progress_every
     # Parse chunk n+1 in a thread while chunk n is copied.
@@ -864,13 +982,8 @@ async def _copy_chunks(
                     "contacts", source=_once(chunk.data), columns=columns, format="text"
                 )
                 loaded += chunk.rows
-            if chunk.keys:
-                await conn.copy_to_table(
-                    "load_keys",
-                    source=_once(chunk.keys),
-                    columns=["line", "priority", "key", "number"],
-                    format="text",
-                )
+            if judging is not None and chunk.read:
+                await judging.submit(conn, chunk.read, chunk.lines)
             if on_progress is not None and chunk.records_read >= next_report:
                 on_progress(chunk.records_read)
                 next_report = (chunk.records_read // progress_every + 1) * progress_every
@@ -882,4 +995,6 @@ async def _copy_chunks(
         if not parsing.cancelled():
             parsing.exception()
         chunks.close()
+    if judging is not None:
+        await judging.finish(conn)
     return loaded

@@ -725,3 +725,32 @@ async def test_warnings_keep_their_line_numbers_across_batches_and_chunks(
         "campaign's default country: 0190*****00",
         f"line {last_line + 2}: will be duplicate: same destination as line 4",
     ]
+
+
+async def test_rows_judged_in_worker_processes_are_judged_and_reported_alike(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    # A large file is judged in worker processes, batches coming back in any order.
+    rows = ["destination,priority"]
+    for i in range(4 * _BATCH_ROWS):
+        rows.append(f"+44 1908 {200000 + i % (3 * _BATCH_ROWS)},")  # the last quarter repeats
+        if i % 97 == 0:
+            rows.append(f"01908 {200000 + i},")  # national format: invalid
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    await create_campaign(db_pool, "inline")
+    await create_campaign(db_pool, "parallel")
+
+    inline = await load_csv(db_pool, "inline", path, workers=1, chunk_rows=_BATCH_ROWS)
+    parallel = await load_csv(db_pool, "parallel", path, workers=2, chunk_rows=_BATCH_ROWS)
+
+    assert (
+        parallel.never
+        == inline.never
+        == {
+            "invalid": len(range(0, 4 * _BATCH_ROWS, 97)),
+            "suppressed": 0,
+            "duplicate": _BATCH_ROWS,
+        }
+    )
+    assert [str(w) for w in parallel.warnings] == [str(w) for w in inline.warnings]
+    assert parallel.warnings[0].line == 3
