@@ -1074,9 +1074,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="why a campaign's contacts are not being dialed right now",
         description=(
             "Say what holds a campaign's contacts back right now: the campaign's state, "
-            "the calling window, retry delays, not_before, pacing, the concurrency cap, "
-            "the do-not-call list, parked batches and batches in flight, with counts and "
-            "the earliest time each wait ends."
+            "the calling window, retry delays, not_before, contacts that will never be "
+            "dialed, pacing, the concurrency cap, the do-not-call list, parked batches and "
+            "batches in flight, with counts and the earliest time each wait ends. Contacts "
+            "no daemon has judged yet are judged by the dispatcher's own rules (at most "
+            "10,000, the first a daemon would take), so 'due now' counts only the contacts "
+            "a daemon would dial now."
         ),
     )
     explain.add_argument("name", metavar="NAME")
