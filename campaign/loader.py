@@ -6,20 +6,25 @@ PostgreSQL work at the same time. Every chunk goes into one transaction: a load 
 all or nothing, so a crash or an interrupted load never leaves half a file behind to
 be loaded twice.
 
-Rows are checked for structure only (columns, JSON, zones, numbers, timestamps,
-encoding). Destinations are not phone-validated here: the dispatcher does that at
-claim time and marks bad ones `invalid` with a reason, which keeps the load fast.
-A row that fails a check is refused and reported by line number; the others load.
+Rows are checked for structure (columns, JSON, zones, numbers, timestamps, encoding):
+a row that fails a check is refused and reported by line number; the others load.
 The checks are plain functions rather than a pydantic model per row: at the rates a
 load runs at, building a model per row would cost more than the COPY itself. For the
 same reason rows are converted a column at a time, in batches (see "column
 converters"), and a value that repeats down the file (the same headers, zone or
 priority on every row) is checked once.
 
+Every loaded row is also judged by the dispatcher's own rules (dispatch.contact_verdict:
+the destination, caller ID, call object, time zones; then, in the database before the
+commit, the do-not-call list and the numbers already in the file or the campaign): the
+rows a daemon will never dial are loaded all the same, so that the claim accounts for
+them as invalid, suppressed or duplicate, and reported by line (see _Judge, _Judging).
+
 Where the time goes (bench/load_rate.py, 1,000,000 rows): the parsing is a small part
-(about 0.7 s for one column, 2 s for five); most of it is PostgreSQL's, half of that
-in the per-row foreign-key check on contacts.campaign_id and a third in the indexes,
-neither of which a load may skip.
+(about 0.7 s for one column, 2 s for five); judging costs more per row than PostgreSQL's
+COPY (mostly reading and classifying the number), hence the worker processes; of
+PostgreSQL's share, half is the per-row foreign-key check on contacts.campaign_id and a
+third the indexes, neither of which a load may skip.
 
 Rows are sent in COPY's text format rather than with `copy_records_to_table`: the
 pool's json/jsonb codec is a text codec, which binary COPY cannot use, and the text
