@@ -17,6 +17,7 @@ import csv
 import getpass
 import json
 import os
+import shlex
 import sys
 import traceback
 import zoneinfo
@@ -48,7 +49,7 @@ from campaign.db.pool import DatabaseUnavailable, connect, database_dsn, open_po
 from campaign.destinations import NATIONAL_NEEDS_REGION, Rejected, parse_destination
 from campaign.loader import MAX_REPORTED, load_csv
 from campaign.redact import Scrubber, environment_secrets
-from campaign.settings import ConfigError, Settings, load_settings
+from campaign.settings import FOLDER_CONFIG, ConfigError, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
 DbAction = Callable[[argparse.Namespace, admin.Pool, Settings], Awaitable[int]]
@@ -92,7 +93,7 @@ def _configure_logging(settings: Settings, stream: TextIO | None = None) -> None
 
 
 @asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[admin.Pool]:
+async def _database(settings: Settings, command: str = "") -> AsyncIterator[admin.Pool]:
     """A small pool on the configured (or embedded) database, checked to be migrated."""
     async with (
         database_dsn(settings.database) as dsn,
@@ -100,8 +101,27 @@ async def _database(settings: Settings) -> AsyncIterator[admin.Pool]:
         # millions of rows, cancelling millions of contacts); Ctrl-C stops it.
         open_pool(dsn, min_size=1, max_size=2, command_timeout=None) as pool,
     ):
-        await admin.require_migrated(pool)
+        try:
+            await admin.require_migrated(pool)
+        except admin.NotMigrated as exc:
+            elsewhere = _folder_settings(settings, command)
+            if not elsewhere:
+                raise
+            raise admin.NotMigrated(exc.missing, elsewhere) from None
         yield pool
+
+
+def _folder_settings(settings: Settings, command: str) -> str:
+    """When the embedded data folder carries its own settings file (the demo's does) and
+    they were not used: the command that uses them, since the data is in another database."""
+    db = settings.database
+    config = db.data_dir / FOLDER_CONFIG
+    if db.dsn.get_secret_value() or db.embedded_database or not config.is_file():
+        return ""
+    return (
+        f"the data in {db.data_dir} is read with "
+        f"`campaign --config {shlex.quote(str(config))} {command or '...'}`"
+    )
 
 
 def _db_command(action: DbAction) -> Handler:
@@ -110,7 +130,7 @@ def _db_command(action: DbAction) -> Handler:
         _configure_logging(settings)
 
         async def run() -> int:
-            async with _database(settings) as pool:
+            async with _database(settings, args.command) as pool:
                 return await action(args, pool, settings)
 
         return asyncio.run(run())

@@ -37,13 +37,19 @@ from campaign.logs import configure_logging
 from campaign.metrics import new_metrics
 from campaign.poller import Poller
 from campaign.server import Server, build_app
-from campaign.settings import ListenerSettings, LoggingSettings, Settings, load_settings
+from campaign.settings import (
+    FOLDER_CONFIG,
+    ListenerSettings,
+    LoggingSettings,
+    Settings,
+    load_settings,
+)
 from campaign.simulator import Simulator, SimulatorConfig
 
 SERVICE = "DemoOutboundService"
 CALLER_ID = "441908273801"
 DEMO_DATABASE = "campaign_demo"
-CONFIG_NAME = "campaign.toml"
+CONFIG_NAME = FOLDER_CONFIG
 """The settings file the demo leaves in its data folder for looking around afterwards."""
 WEBHOOK_SECRET = "demo-final-page-secret"
 BAD_ROWS = [

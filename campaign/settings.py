@@ -33,6 +33,11 @@ AccountType = Literal["trial", "production", "premium"]
 CONFIG_ENV = "CAMPAIGN_CONFIG"
 
 
+FOLDER_CONFIG = "campaign.toml"
+"""A settings file a data folder may carry for the database inside it (`campaign demo`
+leaves one in its folder)."""
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -150,6 +150,31 @@ def test_commands_refuse_an_unmigrated_database(empty_cli: Cli, argv: tuple[str,
     )
 
 
+def test_a_command_on_the_demos_folder_says_which_settings_read_its_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo keeps its data in a database of its own and leaves campaign.toml beside
+    # it; the folder's default database is empty. (`campaign demo` itself is slow: its
+    # test is in tests/test_demo.py.)
+    point_at(monkeypatch, "")
+    monkeypatch.delenv("CAMPAIGN_DATABASE__DSN")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "campaign.toml").write_text('[database]\nembedded_database = "campaign_demo"\n')
+    monkeypatch.setenv("CAMPAIGN_DATABASE__DATA_DIR", str(demo))
+    cli = Cli("", capsys)
+
+    status, out, err = cli("status")
+
+    assert (status, out) == (2, "")
+    # Less the embedded server's start/stop chatter (JSON lines; another issue's).
+    said = "\n".join(line for line in err.splitlines() if not line.startswith("{"))
+    assert one_line(said) == (
+        f"campaign status: the data in {demo} is read with "
+        f"`campaign --config {demo}/campaign.toml status` (its default database is not migrated)"
+    )
+
+
 @pytest.mark.parametrize(
     "argv",
     [

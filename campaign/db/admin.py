@@ -68,10 +68,14 @@ class IllegalTransition(CommandError):
 
 
 class NotMigrated(CommandError):
-    def __init__(self, missing: Sequence[str]) -> None:
+    def __init__(self, missing: Sequence[str], elsewhere: str = "") -> None:
+        """`elsewhere`: where the data the operator is after lives instead, if known."""
         super().__init__(
-            f"database is not migrated: run `campaign migrate` ({len(missing)} pending)"
+            f"{elsewhere} (its default database is not migrated)"
+            if elsewhere
+            else f"database is not migrated: run `campaign migrate` ({len(missing)} pending)"
         )
+        self.missing = list(missing)
 
 
 # --- schema check ---------------------------------------------------------------------
