@@ -1,12 +1,13 @@
 """`campaign load` speed: a generated CSV of N rows loaded through the real command.
 
 Prints rows per second for a one-column file (destination only) and for a
-five-column one, each into a fresh database on the embedded PostgreSQL. Also
-printed: the command's fixed cost (the same load of a one-row file: start-up,
-imports, connecting), the rate without it, and the load average before the run (on
-a shared machine, a high one means the figure is noisy).
+five-column one (distinct valid London numbers, each row judged by the claim's
+rules), each into a fresh database on the embedded PostgreSQL. Also printed: the
+command's fixed cost (the same load of a one-row file: start-up, imports,
+connecting), the rate without it, and the load average before the run (on a
+shared machine, a high one means the figure is noisy).
 
-    .venv/bin/python bench/load_rate.py [--rows 1000000]
+    .venv/bin/python bench/load_rate.py [--rows 1000000] [--narrow-only]
 """
 
 from __future__ import annotations
@@ -30,19 +31,28 @@ from campaign.settings import load_settings
 
 
 def write_csv(path: Path, rows: int, wide: bool) -> None:
+    # Distinct valid London numbers (+44 20 7000 0000 onwards, up to 30 million): the load
+    # judges every row by the claim's rules, and a valid number is the dearer verdict.
     with path.open("w", newline="") as fh:
         out = csv.writer(fh)
         if wide:
             out.writerow(["destination", "token", "priority", "timezone", "extra_sip_headers"])
             headers = json.dumps([{"name": "X-Account", "value": "bench"}])
             for i in range(rows):
+                n = 70_000_000 + i
                 out.writerow(
-                    [f"+44 1908 {i:07d}", f"customer-{i}", i % 3, "Europe/London", headers]
+                    [
+                        f"+44 20 {n // 10_000} {n % 10_000:04d}",
+                        f"customer-{i}",
+                        i % 3,
+                        "Europe/London",
+                        headers,
+                    ]
                 )
         else:
             out.writerow(["destination"])
             for i in range(rows):
-                out.writerow([f"441908{i:07d}"])
+                out.writerow([f"4420{70_000_000 + i}"])
 
 
 async def fresh_database(admin_dsn: str, name: str) -> str:
@@ -79,6 +89,7 @@ async def run_load(dsn: str, path: Path) -> tuple[float, str]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--narrow-only", action="store_true", help="the one-column file only")
     parser.add_argument(
         "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "campaign-bench"
     )
@@ -86,7 +97,7 @@ async def main() -> None:
     base = load_settings(None, database={"data_dir": args.data_dir})
     with tempfile.TemporaryDirectory() as tmp:
         async with database_dsn(base.database) as admin_dsn:
-            for wide in (False, True):
+            for wide in (False,) if args.narrow_only else (False, True):
                 path = Path(tmp) / f"contacts_{'wide' if wide else 'narrow'}.csv"
                 write_csv(path, args.rows, wide)
                 one_row = Path(tmp) / "one_row.csv"

@@ -17,6 +17,7 @@ import csv
 import getpass
 import json
 import os
+import shlex
 import sys
 import traceback
 import zoneinfo
@@ -48,7 +49,7 @@ from campaign.db.pool import DatabaseUnavailable, connect, database_dsn, open_po
 from campaign.destinations import NATIONAL_NEEDS_REGION, Rejected, parse_destination
 from campaign.loader import MAX_REPORTED, load_csv
 from campaign.redact import Scrubber, environment_secrets
-from campaign.settings import ConfigError, Settings, load_settings
+from campaign.settings import FOLDER_CONFIG, ConfigError, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
 DbAction = Callable[[argparse.Namespace, admin.Pool, Settings], Awaitable[int]]
@@ -92,7 +93,7 @@ def _configure_logging(settings: Settings, stream: TextIO | None = None) -> None
 
 
 @asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[admin.Pool]:
+async def _database(settings: Settings, command: str = "") -> AsyncIterator[admin.Pool]:
     """A small pool on the configured (or embedded) database, checked to be migrated."""
     async with (
         database_dsn(settings.database) as dsn,
@@ -100,8 +101,27 @@ async def _database(settings: Settings) -> AsyncIterator[admin.Pool]:
         # millions of rows, cancelling millions of contacts); Ctrl-C stops it.
         open_pool(dsn, min_size=1, max_size=2, command_timeout=None) as pool,
     ):
-        await admin.require_migrated(pool)
+        try:
+            await admin.require_migrated(pool)
+        except admin.NotMigrated as exc:
+            elsewhere = _folder_settings(settings, command)
+            if not elsewhere:
+                raise
+            raise admin.NotMigrated(exc.missing, elsewhere) from None
         yield pool
+
+
+def _folder_settings(settings: Settings, command: str) -> str:
+    """When the embedded data folder carries its own settings file (the demo's does) and
+    they were not used: the command that uses them, since the data is in another database."""
+    db = settings.database
+    config = db.data_dir / FOLDER_CONFIG
+    if db.dsn.get_secret_value() or db.embedded_database or not config.is_file():
+        return ""
+    return (
+        f"the data in {db.data_dir} is read with "
+        f"`campaign --config {shlex.quote(str(config))} {command or '...'}`"
+    )
 
 
 def _db_command(action: DbAction) -> Handler:
@@ -110,7 +130,7 @@ def _db_command(action: DbAction) -> Handler:
         _configure_logging(settings)
 
         async def run() -> int:
-            async with _database(settings) as pool:
+            async with _database(settings, args.command) as pool:
                 return await action(args, pool, settings)
 
         return asyncio.run(run())
@@ -374,15 +394,40 @@ async def _load_file(args: argparse.Namespace, pool: admin.Pool, settings: Setti
         print(f"{records:,} rows read", file=sys.stderr, flush=True)
 
     result = await load_csv(
-        pool, args.name, Path(args.file), delimiter=args.delimiter, on_progress=progress
+        pool,
+        args.name,
+        Path(args.file),
+        delimiter=args.delimiter,
+        on_progress=progress,
+        strict=args.strict,
     )
     for refusal in result.refusals:
         print(refusal, file=sys.stderr)
     if result.refused > len(result.refusals):
         print(f"... and {result.refused - len(result.refusals):,} more", file=sys.stderr)
+    for warning in result.warnings:
+        print(warning, file=sys.stderr)
+    if result.never_dialed > len(result.warnings):
+        print(f"... and {result.never_dialed - len(result.warnings):,} more", file=sys.stderr)
+    never = ", ".join(f"{n:,} {state}" for state, n in result.never.items() if n)
+    if not result.committed:
+        problems = []
+        if result.refused:
+            problems.append(f"{result.refused:,} rows refused")
+        if result.never_dialed:
+            problems.append(f"{result.never_dialed:,} rows would never be dialed: {never}")
+        print(
+            f"campaign load: nothing loaded (--strict): {'; '.join(problems)} (see above)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     summary = f"loaded {result.loaded:,} rows"
     if result.refused:
-        summary += f", refused {result.refused:,} rows (see above)"
+        summary += f", refused {result.refused:,} rows"
+    if result.never_dialed:
+        summary += f"; {result.never_dialed:,} will never be dialed: {never}"
+    if result.refused or result.never_dialed:
+        summary += " (see above)"
     print(summary)
     if result.loaded and result.campaign_state != "active":
         print(
@@ -1001,11 +1046,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description=(
             "Load contacts from a CSV file whose header names contact columns: destination "
             "(required), caller_id, token, outbound_parameters, extra_sip_headers, timezone, "
-            "priority, not_before. Refused rows are listed on stderr; the rest load."
+            "priority, not_before. Refused rows are listed on stderr; the rest load. "
+            "Rows the dispatcher will never dial (impossible, premium-rate or national-format "
+            "numbers, numbers on the do-not-call list, the same number twice in the file or "
+            "already in the campaign, ...) are loaded, so that they are accounted for as "
+            "invalid, suppressed or duplicate, and listed on stderr by line."
         ),
     )
     load.add_argument("name", metavar="NAME")
     load.add_argument("file", metavar="FILE.csv")
+    load.add_argument(
+        "--strict",
+        action="store_true",
+        help="load nothing if any row is refused or would never be dialed",
+    )
     load.add_argument(
         "--delimiter",
         default=",",
@@ -1040,9 +1094,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="why a campaign's contacts are not being dialed right now",
         description=(
             "Say what holds a campaign's contacts back right now: the campaign's state, "
-            "the calling window, retry delays, not_before, pacing, the concurrency cap, "
-            "the do-not-call list, parked batches and batches in flight, with counts and "
-            "the earliest time each wait ends."
+            "the calling window, retry delays, not_before, contacts that will never be "
+            "dialed, pacing, the concurrency cap, the do-not-call list, parked batches and "
+            "batches in flight, with counts and the earliest time each wait ends. Contacts "
+            "no daemon has judged yet are judged by the dispatcher's own rules (at most "
+            "10,000, the first a daemon would take), so 'due now' counts only the contacts "
+            "a daemon would dial now."
         ),
     )
     explain.add_argument("name", metavar="NAME")

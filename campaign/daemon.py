@@ -22,7 +22,9 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from campaign import why
 from campaign.aculab import AculabClient
+from campaign.db import admin
 from campaign.db import queries as q
 from campaign.db.admin import CONTACT_STATES
 from campaign.db.migrate import MigrationError, migrate, pending
@@ -72,6 +74,63 @@ async def prepare_schema(pool: asyncpg.Pool, settings: Settings) -> str | None:
     if missing:
         return f"database is not migrated ({len(missing)} pending): run `campaign migrate`"
     return None
+
+
+OUTLOOK_EXAMINE = 1_000
+"""Contacts per campaign judged for the start-up outlook: the first a claim will take."""
+OUTLOOK_SECONDS = 10.0
+"""The outlook never holds up dialing longer than this."""
+
+
+async def log_outlook(pool: asyncpg.Pool, settings: Settings) -> None:
+    """One `campaign_outlook` line per campaign this daemon may dial: dialing now, or
+    what it waits for (the calling window until when, a pause, a retry, not_before)
+    and how many contacts are due, by the same judgement as `campaign why`.
+
+    Said before the first claim, so that a daemon that starts at night and dials
+    nothing says why at once. A convenience: a failure is a warning, never a reason
+    not to start.
+    """
+    names: list[str] = []
+    done = 0
+    try:
+        async with asyncio.timeout(OUTLOOK_SECONDS):
+            names = await admin.campaigns_to_dial(pool)
+            for name in names:
+                try:
+                    report = await why.gather_why(
+                        pool,
+                        name,
+                        settings.aculab.calls_per_second,
+                        alive_within=settings.dispatcher.lease_seconds,
+                        examine=OUTLOOK_EXAMINE,
+                    )
+                except admin.CampaignNotFound:
+                    continue  # renamed or removed since the list was read
+                finally:
+                    done += 1
+                seen = why.outlook(report)
+                log.info(
+                    "campaign_outlook",
+                    campaign_id=report.campaign.id,
+                    campaign=name,
+                    state=report.campaign.state,
+                    outlook=seen.doing,
+                    due=seen.due,
+                    until=None if seen.until is None else seen.until.isoformat(),
+                    reason=seen.reason,
+                    pending=seen.pending,
+                    never_dialed=seen.never_dialed,
+                    sample=seen.sample,
+                )
+    except TimeoutError:
+        log.warning(
+            "campaign_outlook_incomplete",
+            reason=f"took longer than {OUTLOOK_SECONDS:g} s",
+            campaigns_left=len(names) - done,
+        )
+    except Exception as exc:
+        log.warning("campaign_outlook_failed", error=repr(exc))
 
 
 # A daemon row not refreshed for this long belongs to a daemon that died without
@@ -288,6 +347,7 @@ async def _run(settings: Settings, stop: asyncio.Event, owner: str) -> int:
         if problem is not None:
             log.error("daemon_cannot_start", reason=problem)
             return 1
+        await log_outlook(pool, settings)
         metrics = new_metrics()
         async with AculabClient(settings.aculab, settings.http) as client:
             dispatcher = Dispatcher(pool, client, settings, owner, metrics=metrics)

@@ -3,13 +3,22 @@
 An embedded PostgreSQL, the Aculab simulator in-process, a generated campaign
 (a few bad rows included), dispatched to completion, then a readable summary
 checked against the simulator's own record of what it started.
+
+Its data stays in a database of its own (never the one `campaign` uses by default,
+even with --data-dir pointing at yours), and a small settings file beside it,
+`campaign.toml` in the data folder, points the campaign command at it: the demo
+ends by printing the commands that show what it did.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import random
+import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,12 +37,20 @@ from campaign.logs import configure_logging
 from campaign.metrics import new_metrics
 from campaign.poller import Poller
 from campaign.server import Server, build_app
-from campaign.settings import ListenerSettings, LoggingSettings, Settings, load_settings
+from campaign.settings import (
+    FOLDER_CONFIG,
+    ListenerSettings,
+    LoggingSettings,
+    Settings,
+    load_settings,
+)
 from campaign.simulator import Simulator, SimulatorConfig
 
 SERVICE = "DemoOutboundService"
 CALLER_ID = "441908273801"
 DEMO_DATABASE = "campaign_demo"
+CONFIG_NAME = FOLDER_CONFIG
+"""The settings file the demo leaves in its data folder for looking around afterwards."""
 WEBHOOK_SECRET = "demo-final-page-secret"
 BAD_ROWS = [
     ("+44 909 8790000", "premium-rate number"),
@@ -93,6 +110,7 @@ async def run_demo(contacts: int, data_dir: Path, cps: float, out: TextIO | None
     base = load_settings(None, database={"data_dir": data_dir})
     async with database_dsn(base.database) as admin_dsn:
         dsn = await _fresh_database(admin_dsn)
+        config = write_config(data_dir)
         async with open_pool(dsn, min_size=2, max_size=8) as pool:
             async with pool.acquire() as conn:
                 await migrate(conn)
@@ -126,7 +144,43 @@ async def run_demo(contacts: int, data_dir: Path, cps: float, out: TextIO | None
                     )
                     summary = await _run(pool, settings, sim, campaign_id, began, out)
     _print_summary(summary, out)
+    _print_look_around(config, data_dir, out)
     return 0 if summary.mismatched == 0 and summary.campaign_state == "completed" else 1
+
+
+def write_config(data_dir: Path) -> Path:
+    """The settings that point `campaign` at the demo's database, in its data folder."""
+    path = data_dir / CONFIG_NAME
+    # A JSON string is a TOML basic string; the absolute path works from any folder.
+    path.write_text(
+        "# Written by `campaign demo`: the settings that show its data, e.g.\n"
+        f"#   campaign --config {path} status\n"
+        "[database]\n"
+        f"data_dir = {json.dumps(str(data_dir.resolve()))}\n"
+        f'embedded_database = "{DEMO_DATABASE}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def command_name() -> str:
+    """How to run `campaign` again, as this process was started."""
+    invoked = sys.argv[0] if sys.argv else ""
+    if invoked.endswith("__main__.py") or not invoked:
+        return f"{shlex.quote(sys.executable)} -m campaign"
+    found = shutil.which("campaign")
+    if found is not None and os.path.realpath(found) == os.path.realpath(invoked):
+        return "campaign"
+    return shlex.quote(invoked)
+
+
+def _print_look_around(config: Path, data_dir: Path, out: TextIO) -> None:
+    run = f"{command_name()} --config {shlex.quote(str(config))}"
+    print("", file=out)
+    print(f"look around (the demo's data stays in {data_dir} until the next demo):", file=out)
+    print(f"  {run} status demo", file=out)
+    print(f"  {run} why demo", file=out)
+    print(f"  {run} batches demo --all", file=out)
 
 
 def _settings(

@@ -15,6 +15,7 @@ that is safe to log (it never contains the full number).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -25,6 +26,8 @@ from typing import Final, Literal
 
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
+from phonenumbers.phonemetadata import PhoneMetadata
+from phonenumbers.tzdata import TIMEZONE_DATA
 
 Kind = Literal["tel", "sip", "loc", "webrtc", "wss", "con"]
 
@@ -37,6 +40,7 @@ MAX_LENGTH: Final = 256
 NATIONAL_NEEDS_REGION: Final = "national format (leading 0) needs the campaign's default country"
 
 _DIGITS: Final = frozenset("0123456789")
+_NOT_DIGITS: Final = re.compile(r"[^0-9]")
 
 # Aculab's rule, ASCII digits only: Python's \d would also accept other scripts.
 _ACULAB_TELEPHONE: Final = re.compile(r"[0-9]+(?:-[0-9]+)*")
@@ -196,7 +200,7 @@ def parse_destination(raw: str, *, default_region: str | None = None) -> Destina
         return _parse_name(kind, rest)
 
     if _PHONE_SHAPE.fullmatch(value) and not _is_ipv4(value):
-        return _parse_telephone(value, region, tel_prefix=False)
+        return _parse_telephone(value, region, tel_prefix=False, shaped=True)
     if value.startswith("+") and "@" not in value:
         # No SIP address starts with '+'; this is a number with something
         # extra in it (an extension, letters), so say that rather than
@@ -282,13 +286,17 @@ def _zones_of(found: Iterable[str]) -> tuple[str, ...]:
     return tuple(z for z in found if z != _UNKNOWN_ZONE)
 
 
-def _parse_telephone(value: str, region: str | None, *, tel_prefix: bool) -> Destination | Rejected:
-    if not _PHONE_SHAPE.fullmatch(value):
+def _parse_telephone(
+    value: str, region: str | None, *, tel_prefix: bool, shaped: bool = False
+) -> Destination | Rejected:
+    """`shaped`: the caller has checked `value` against _PHONE_SHAPE already."""
+    if not shaped and not _PHONE_SHAPE.fullmatch(value):
         return Rejected(
             "tel: needs a telephone number: only digits, a leading '+', "
             "spaces, dots, parentheses and '-'"
         )
-    digits = "".join(c for c in value if c in _DIGITS)
+    # Only ASCII digits and separators are left: most values are digits alone.
+    digits = value if value.isdigit() else _NOT_DIGITS.sub("", value)
     if not digits:
         return Rejected("telephone number has no digits")
 
@@ -305,22 +313,24 @@ def _parse_telephone(value: str, region: str | None, *, tel_prefix: bool) -> Des
         text, parse_region = digits, region
 
     try:
-        parsed = phonenumbers.parse(text, parse_region)
+        parsed = (
+            _parse_international(digits) if parse_region is None else None
+        ) or phonenumbers.parse(text, parse_region)
     except phonenumbers.NumberParseException as exc:
         why = _PARSE_ERROR_TEXT.get(exc.error_type, "not a number")
         return Rejected(f"not a possible telephone number ({why}): {_hint(digits, international)}")
 
-    possible = phonenumbers.is_possible_number_with_reason(parsed)
+    possible = _possibility(parsed)
     if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
         why = _NOT_POSSIBLE_TEXT.get(possible, "invalid")
         return Rejected(f"not a possible telephone number ({why}): {_hint(digits, international)}")
 
     number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
-    # This is the hot path of every claim, so phonenumbers classifies the number
-    # once: a valid number is exactly one whose type is known (is_valid_number,
-    # number_type and time_zones_for_number would each classify it again;
-    # tests/test_destinations.py holds the equivalence over generated numbers).
-    number_type = phonenumbers.number_type(parsed)
+    # This is the hot path of every claim and of every row `campaign load` reads, so
+    # the number is classified once: a valid number is exactly one whose type is known
+    # (is_valid_number, number_type and time_zones_for_number would each classify it
+    # again; tests/test_destinations.py holds the equivalence over generated numbers).
+    number_type = classify_number(parsed)
     if number_type == phonenumbers.PhoneNumberType.UNKNOWN:
         code = parsed.country_code
         country = (
@@ -338,7 +348,7 @@ def _parse_telephone(value: str, region: str | None, *, tel_prefix: bool) -> Des
         kind="tel",
         to=("tel:" + number) if tel_prefix else number,
         number=number,
-        timezones=_zones_of_valid(parsed, number_type),
+        timezones=_zones_of_valid(parsed, number_type, number),
     )
 
 
@@ -346,13 +356,16 @@ def _hint(digits: str, international: bool) -> str:
     return ("+" if international else "") + mask(digits)
 
 
-def _zones_of_valid(parsed: phonenumbers.PhoneNumber, number_type: int) -> tuple[str, ...]:
-    """time_zones_for_number for a number already known valid, of type `number_type`."""
+def _zones_of_valid(
+    parsed: phonenumbers.PhoneNumber, number_type: int, number: str
+) -> tuple[str, ...]:
+    """time_zones_for_number for a number already known valid, of type `number_type`,
+    whose international digits are `number`."""
     code = parsed.country_code
     if code is None:  # parse() always sets it; this keeps the types honest
         return _zones(parsed)
     if phonenumbers.is_number_type_geographical(number_type, code):
-        return _zones_of(pn_timezone.time_zones_for_geographical_number(parsed))
+        return _geographic_zones(number)
     # phonenumbers gives mobile and other non-geographic numbers their country's
     # zones, which depend on the country code alone: looked up once per code.
     zones = _COUNTRY_ZONES.get(code)
@@ -361,10 +374,223 @@ def _zones_of_valid(parsed: phonenumbers.PhoneNumber, number_type: int) -> tuple
     return zones
 
 
+def _geographic_zones(number: str) -> tuple[str, ...]:
+    """time_zones_for_geographical_number for the number whose E.164 digits are `number`:
+    the zones of its longest prefix in phonenumbers' table (without formatting it again)."""
+    for length in _prefix_lengths(number[:2]):
+        found = TIMEZONE_DATA.get(number[:length])
+        if found is not None:
+            return _zones_of(found)
+    return ()
+
+
+@functools.lru_cache(maxsize=128)
+def _prefix_lengths(start: str) -> tuple[int, ...]:
+    """The lengths of the table's prefixes a number starting with `start` can have,
+    longest first: only those are worth looking up."""
+    lengths = {len(p) for p in TIMEZONE_DATA if p.startswith(start) or p == start[:1]}
+    return tuple(sorted(lengths, reverse=True))
+
+
 # A memo of phonenumbers' static data (country code -> zones), not state: every
 # entry is what time_zones_for_number answers for any non-geographic number of
 # that country.
 _COUNTRY_ZONES: dict[int, tuple[str, ...]] = {}
+
+
+# --- "+" and international digits, as phonenumbers.parse reads them, faster ---------------
+#
+# phonenumbers.parse is written for any text a person may type (letters, extensions,
+# RFC 3966, full-width digits); the engine hands it only "+" and ASCII digits, and for
+# those, on most numbers, it does three things: take the country code (the first one,
+# two or three digits that are one), check the national number's length, and strip a
+# national prefix if the number starts with one. _parse_international does the first
+# two and leaves every number that could start with a national prefix (or a leading 0,
+# or an unusual length) to phonenumbers.parse. tests/test_destinations.py compares the
+# two over generated numbers of every country code.
+
+_MIN_NATIONAL: Final = 2  # phonenumberutil._MIN_LENGTH_FOR_NSN
+_MAX_NATIONAL: Final = 17  # phonenumberutil._MAX_LENGTH_FOR_NSN
+_MAX_COUNTRY_CODE: Final = 3  # phonenumberutil._MAX_LENGTH_COUNTRY_CODE
+
+
+@functools.lru_cache(maxsize=512)
+def _national_prefix(code: int) -> re.Pattern[str] | Literal[False] | None:
+    """The pattern of the national prefix phonenumbers strips for `code`'s numbers;
+    None when there is none; False when it has no metadata (left to phonenumbers)."""
+    region = phonenumbers.region_code_for_country_code(code)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+    if metadata is None:
+        return False
+    prefix = metadata.national_prefix_for_parsing
+    return re.compile(prefix) if prefix else None
+
+
+def _parse_international(digits: str) -> phonenumbers.PhoneNumber | None:
+    """phonenumbers.parse("+" + digits, None) for ASCII `digits`, or None to say "ask it"."""
+    if not _MIN_NATIONAL < len(digits) <= _MAX_COUNTRY_CODE + _MAX_NATIONAL:
+        return None
+    if digits[0] == "0":
+        return None  # phonenumbers reads no country code there
+    for length in range(1, _MAX_COUNTRY_CODE + 1):
+        code = int(digits[:length])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            break
+    else:
+        return None
+    national = digits[length:]
+    if not _MIN_NATIONAL <= len(national) <= _MAX_NATIONAL or national[0] == "0":
+        return None  # too short or long, or Italian leading zeros: phonenumbers decides
+    prefix = _national_prefix(code)
+    if prefix is False or (prefix is not None and prefix.match(national) is not None):
+        return None  # it may be stripped (or transformed): phonenumbers decides
+    return phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+
+
+def _possibility(parsed: phonenumbers.PhoneNumber) -> int:
+    """phonenumbers.is_possible_number_with_reason(parsed), which depends on the country
+    code and the national number's length alone (_test_number_length): worked out once
+    per pair."""
+    code = parsed.country_code
+    if code is None:
+        return int(phonenumbers.is_possible_number_with_reason(parsed))
+    return _possibility_of(code, len(phonenumbers.national_significant_number(parsed)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _possibility_of(code: int, length: int) -> int:
+    alike = phonenumbers.PhoneNumber(country_code=code, national_number=int("1" * length or "0"))
+    return int(phonenumbers.is_possible_number_with_reason(alike))
+
+
+# --- the number's type, as phonenumbers.number_type gives it, faster ------------------------
+#
+# phonenumbers.number_type matches the national number against up to eleven patterns
+# per region, compiling (or looking up) each one every time, and for a country code
+# shared by several regions (44: GB, GG, IM, JE; 1: the NANP) it does it twice, once to
+# find the region and once for the type. At a million rows a load that costs more than
+# the COPY. classify_number follows phonenumbers' own steps in its own order (see
+# number_type, _region_code_for_number_from_list, _number_type_helper and
+# _is_number_matching_desc in phonenumberutil.py), with each region's patterns compiled
+# once per number length and the lengths a description rules out dropped up front.
+# tests/test_destinations.py compares the two over every region's example numbers and
+# generated ones.
+
+_Type = phonenumbers.PhoneNumberType
+# _number_type_helper's order: the first description that matches names the type.
+_ORDERED_TYPES: Final = (
+    ("premium_rate", _Type.PREMIUM_RATE),
+    ("toll_free", _Type.TOLL_FREE),
+    ("shared_cost", _Type.SHARED_COST),
+    ("voip", _Type.VOIP),
+    ("personal_number", _Type.PERSONAL_NUMBER),
+    ("pager", _Type.PAGER),
+    ("uan", _Type.UAN),
+    ("voicemail", _Type.VOICEMAIL),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Descriptions:
+    """One region's patterns that a national number of one length can match."""
+
+    general: re.Pattern[str] | None
+    ordered: tuple[tuple[int, re.Pattern[str]], ...]
+    fixed_line: re.Pattern[str] | None
+    mobile: re.Pattern[str] | None
+    same_mobile_and_fixed_line: bool
+
+    def type_of(self, national: str) -> int:
+        """_number_type_helper(national, metadata)."""
+        if self.general is None or self.general.fullmatch(national) is None:
+            return _Type.UNKNOWN
+        for kind, pattern in self.ordered:
+            if pattern.fullmatch(national) is not None:
+                return kind
+        if self.fixed_line is not None and self.fixed_line.fullmatch(national) is not None:
+            if self.same_mobile_and_fixed_line or (
+                self.mobile is not None and self.mobile.fullmatch(national) is not None
+            ):
+                return _Type.FIXED_LINE_OR_MOBILE
+            return _Type.FIXED_LINE
+        if (
+            not self.same_mobile_and_fixed_line
+            and self.mobile is not None
+            and self.mobile.fullmatch(national) is not None
+        ):
+            return _Type.MOBILE
+        return _Type.UNKNOWN
+
+
+def _pattern(desc: object, length: int) -> re.Pattern[str] | None:
+    """The description's pattern, or None when it cannot match `length` digits
+    (_is_number_matching_desc and _match_national_number: no description, a length it
+    does not list, or no pattern all mean "does not match")."""
+    if desc is None:
+        return None
+    lengths = getattr(desc, "possible_length", ())
+    if lengths and length not in lengths:
+        return None
+    pattern = getattr(desc, "national_number_pattern", None)
+    # _match: pattern.match and then a full match, i.e. a full match.
+    return re.compile(pattern) if pattern else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _descriptions(region: str, code: int, length: int) -> _Descriptions | None:
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+    if metadata is None:
+        return None
+    ordered = []
+    for name, kind in _ORDERED_TYPES:
+        pattern = _pattern(getattr(metadata, name), length)
+        if pattern is not None:
+            ordered.append((kind, pattern))
+    return _Descriptions(
+        general=_pattern(metadata.general_desc, length),
+        ordered=tuple(ordered),
+        fixed_line=_pattern(metadata.fixed_line, length),
+        mobile=_pattern(metadata.mobile, length),
+        same_mobile_and_fixed_line=bool(metadata.same_mobile_and_fixed_line_pattern),
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def _leading_digits(region: str) -> re.Pattern[str] | None:
+    metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
+    leading = None if metadata is None else metadata.leading_digits
+    return None if leading is None else re.compile(leading)
+
+
+def classify_number(parsed: phonenumbers.PhoneNumber) -> int:
+    """phonenumbers.number_type(parsed): PhoneNumberType.UNKNOWN for an invalid number."""
+    code = parsed.country_code
+    regions = None if code is None else phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
+    if code is None or regions is None:
+        return _Type.UNKNOWN
+    national = phonenumbers.national_significant_number(parsed)
+    length = len(national)
+    if len(regions) == 1:
+        region = regions[0]
+    else:
+        for candidate in regions:
+            if PhoneMetadata.metadata_for_region(candidate.upper(), None) is None:
+                continue
+            leading = _leading_digits(candidate)
+            if leading is not None:
+                if leading.match(national) is not None:
+                    region = candidate
+                    break
+                continue
+            found = _descriptions(candidate.upper(), code, length)
+            kind = _Type.UNKNOWN if found is None else found.type_of(national)
+            if kind != _Type.UNKNOWN:
+                # number_type would classify it again against the same metadata.
+                return kind
+        else:
+            return _Type.UNKNOWN
+    descriptions = _descriptions(region, code, length)
+    return _Type.UNKNOWN if descriptions is None else descriptions.type_of(national)
 
 
 def _iso_region(region: str | None) -> str | None:

@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Container, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -153,6 +153,8 @@ class Deferred:
     contact_id: int
     until: datetime
     reason: str
+    # What it will be checked against (do-not-call list, duplicates) once its window opens.
+    destination: Destination | None = None
 
 
 @dataclass
@@ -195,79 +197,136 @@ def window_verdict(
     return Deferred(0, opening, windows.describe_opening(after, zones, window))
 
 
+RULES_MEMORY = 10_000
+"""Distinct caller IDs and zones a Rules object remembers the verdict on."""
+
+
+@dataclass
+class Rules:
+    """One campaign's per-contact rules at one moment: built once per claim (and per
+    `campaign why`, `campaign load`), so that what is the same for every contact is
+    worked out once."""
+
+    campaign: q.CampaignRow
+    window: windows.Window
+    now: datetime
+    start_by: datetime
+    always_open: bool
+    # Raw caller ID -> normalised (usually the campaign's one caller ID).
+    _callers: dict[str | None, str | None] = field(default_factory=dict)
+    # (contacts.timezone, the number's zones) -> the zones that decide, or why none do.
+    _zones: dict[tuple[str | None, tuple[str, ...]], tuple[str, ...] | str] = field(
+        default_factory=dict
+    )
+    # Zones -> their window verdict: the same for every contact with those zones.
+    _windows: dict[tuple[str, ...], Deferred | Skipped | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, campaign: q.CampaignRow, now: datetime, start_by: datetime | None = None) -> Rules:
+        window = windows.Window.from_row(
+            campaign.window_start or "00:00", campaign.window_end or "24:00", campaign.window_days
+        )
+        return cls(campaign, window, now, start_by or now, window.always_open)
+
+    def caller(self, raw: str | None) -> str | None:
+        if raw in self._callers:
+            return self._callers[raw]
+        if len(self._callers) >= RULES_MEMORY:
+            self._callers.clear()  # a load of all-different caller IDs: memory stays flat
+        caller = self._callers[raw] = normalise_caller_id(raw)
+        return caller
+
+    def zones(self, own: str | None, number_zones: tuple[str, ...]) -> tuple[str, ...] | str:
+        key = (own, number_zones)
+        found = self._zones.get(key)
+        if found is None:
+            if len(self._zones) >= RULES_MEMORY:
+                self._zones.clear()
+            found = self._zones[key] = windows.contact_zones(
+                own, number_zones, self.campaign.default_timezone
+            )
+        return found
+
+    def window_verdict(self, zones: tuple[str, ...]) -> Deferred | Skipped | None:
+        if zones not in self._windows:
+            self._windows[zones] = window_verdict(zones, self.window, self.now, self.start_by)
+        return self._windows[zones]
+
+
+def contact_verdict(
+    contact: q.ContactRow, rules: Rules, taken: Container[str] = frozenset()
+) -> Ready | Skipped | Deferred:
+    """What the claim does with one contact (no I/O): send it (Ready), mark it
+    invalid or duplicate (Skipped), or wait for its calling window (Deferred).
+
+    `taken`: destination keys already going out in this claim; a contact with one of
+    them is a duplicate. The do-not-call list and the keys owned by earlier claims are
+    checked afterwards, in the database, for the Ready ones. The one place these rules
+    live: the claim, `campaign why` and `campaign load` all ask this function.
+    """
+    campaign = rules.campaign
+    parsed = parse_destination(contact.destination, default_region=campaign.default_country)
+    if isinstance(parsed, Rejected):
+        return Skipped(contact.id, "invalid", parsed.reason)
+    if parsed.key in taken:
+        return Skipped(contact.id, "duplicate", DUPLICATE_REASON)
+    call: dict[str, Any] = {"to": parsed.to}
+    if parsed.is_telephone:
+        raw_from = contact.caller_id or campaign.caller_id
+        caller = rules.caller(raw_from)
+        if caller is None:
+            reason = (
+                "no caller ID: set campaigns.caller_id or contacts.caller_id"
+                if not raw_from
+                else "caller ID must be a full international number (digits, no leading 0)"
+            )
+            return Skipped(contact.id, "invalid", reason)
+        call["from"] = caller
+    elif contact.caller_id:
+        call["from"] = contact.caller_id
+    if contact.token is not None:
+        call["token"] = contact.token
+    if contact.outbound_parameters is not None:
+        call["outbound_parameters"] = contact.outbound_parameters
+    if contact.extra_sip_headers is not None:
+        headers = _decode_json(contact.extra_sip_headers)
+        if headers is _UNREADABLE:
+            return Skipped(contact.id, "invalid", "extra_sip_headers is not readable JSON")
+        call["extra_sip_headers"] = headers
+    problem = call_problem(call)
+    if problem is not None:
+        return Skipped(contact.id, "invalid", problem)
+    if not rules.always_open:
+        zones = rules.zones(contact.timezone, parsed.timezones)
+        if isinstance(zones, str):
+            return Skipped(contact.id, "invalid", zones)
+        verdict = rules.window_verdict(zones)
+        if isinstance(verdict, Skipped):
+            return Skipped(contact.id, verdict.state, verdict.reason)
+        if isinstance(verdict, Deferred):
+            return Deferred(contact.id, verdict.until, verdict.reason, parsed)
+    return Ready(contact, parsed, call)
+
+
 def prepare(
     contacts: Sequence[q.ContactRow],
     campaign: q.CampaignRow,
     now: datetime,
     start_by: datetime | None = None,
 ) -> Prepared:
-    """Validate each contact, check its calling window, build its call object (no I/O)."""
+    """Each contact's verdict, in claim order; the same destination twice goes out once."""
     out = Prepared()
+    rules = Rules.of(campaign, now, start_by)
     seen: set[str] = set()
-    callers: dict[str | None, str | None] = {}
-    window = windows.Window.from_row(
-        campaign.window_start or "00:00", campaign.window_end or "24:00", campaign.window_days
-    )
-    start_by = start_by or now
     for contact in contacts:
-        parsed = parse_destination(contact.destination, default_region=campaign.default_country)
-        if isinstance(parsed, Rejected):
-            out.skipped.append(Skipped(contact.id, "invalid", parsed.reason))
-            continue
-        if parsed.key in seen:
-            out.skipped.append(Skipped(contact.id, "duplicate", DUPLICATE_REASON))
-            continue
-        call: dict[str, Any] = {"to": parsed.to}
-        if parsed.is_telephone:
-            raw_from = contact.caller_id or campaign.caller_id
-            # Usually the campaign's one caller ID: normalised once per claim.
-            if raw_from in callers:
-                caller = callers[raw_from]
-            else:
-                caller = callers[raw_from] = normalise_caller_id(raw_from)
-            if caller is None:
-                reason = (
-                    "no caller ID: set campaigns.caller_id or contacts.caller_id"
-                    if not raw_from
-                    else "caller ID must be a full international number (digits, no leading 0)"
-                )
-                out.skipped.append(Skipped(contact.id, "invalid", reason))
-                continue
-            call["from"] = caller
-        elif contact.caller_id:
-            call["from"] = contact.caller_id
-        if contact.token is not None:
-            call["token"] = contact.token
-        if contact.outbound_parameters is not None:
-            call["outbound_parameters"] = contact.outbound_parameters
-        if contact.extra_sip_headers is not None:
-            headers = _decode_json(contact.extra_sip_headers)
-            if headers is _UNREADABLE:
-                out.skipped.append(
-                    Skipped(contact.id, "invalid", "extra_sip_headers is not readable JSON")
-                )
-                continue
-            call["extra_sip_headers"] = headers
-        problem = call_problem(call)
-        if problem is not None:
-            out.skipped.append(Skipped(contact.id, "invalid", problem))
-            continue
-        if not window.always_open:
-            zones = windows.contact_zones(
-                contact.timezone, parsed.timezones, campaign.default_timezone
-            )
-            if isinstance(zones, str):
-                out.skipped.append(Skipped(contact.id, "invalid", zones))
-                continue
-            verdict = window_verdict(zones, window, now, start_by)
-            if isinstance(verdict, Skipped):
-                out.skipped.append(Skipped(contact.id, verdict.state, verdict.reason))
-                continue
-            if isinstance(verdict, Deferred):
-                out.deferred.append(Deferred(contact.id, verdict.until, verdict.reason))
-                continue
-        seen.add(parsed.key)
-        out.ready.append(Ready(contact, parsed, call))
+        verdict = contact_verdict(contact, rules, seen)
+        if isinstance(verdict, Ready):
+            seen.add(verdict.destination.key)
+            out.ready.append(verdict)
+        elif isinstance(verdict, Skipped):
+            out.skipped.append(verdict)
+        else:
+            out.deferred.append(verdict)
     return out
 
 
@@ -1402,4 +1461,12 @@ class Dispatcher:
         self._wake.set()
 
 
-__all__ = ["AculabError", "Dispatcher", "prepare", "reference_problem", "unique_id_for"]
+__all__ = [
+    "AculabError",
+    "Dispatcher",
+    "Rules",
+    "contact_verdict",
+    "prepare",
+    "reference_problem",
+    "unique_id_for",
+]

@@ -6,20 +6,25 @@ PostgreSQL work at the same time. Every chunk goes into one transaction: a load 
 all or nothing, so a crash or an interrupted load never leaves half a file behind to
 be loaded twice.
 
-Rows are checked for structure only (columns, JSON, zones, numbers, timestamps,
-encoding). Destinations are not phone-validated here: the dispatcher does that at
-claim time and marks bad ones `invalid` with a reason, which keeps the load fast.
-A row that fails a check is refused and reported by line number; the others load.
+Rows are checked for structure (columns, JSON, zones, numbers, timestamps, encoding):
+a row that fails a check is refused and reported by line number; the others load.
 The checks are plain functions rather than a pydantic model per row: at the rates a
 load runs at, building a model per row would cost more than the COPY itself. For the
 same reason rows are converted a column at a time, in batches (see "column
 converters"), and a value that repeats down the file (the same headers, zone or
 priority on every row) is checked once.
 
+Every loaded row is also judged by the dispatcher's own rules (dispatch.contact_verdict:
+the destination, caller ID, call object, time zones; then, in the database before the
+commit, the do-not-call list and the numbers already in the file or the campaign): the
+rows a daemon will never dial are loaded all the same, so that the claim accounts for
+them as invalid, suppressed or duplicate, and reported by line (see _Judge, _Judging).
+
 Where the time goes (bench/load_rate.py, 1,000,000 rows): the parsing is a small part
-(about 0.7 s for one column, 2 s for five); most of it is PostgreSQL's, half of that
-in the per-row foreign-key check on contacts.campaign_id and a third in the indexes,
-neither of which a load may skip.
+(about 0.7 s for one column, 2 s for five); judging costs more per row than PostgreSQL's
+COPY (mostly reading and classifying the number), hence the worker processes; of
+PostgreSQL's share, half is the per-row foreign-key check on contacts.campaign_id and a
+third the indexes, neither of which a load may skip.
 
 Rows are sent in COPY's text format rather than with `copy_records_to_table`: the
 pool's json/jsonb codec is a text codec, which binary COPY cannot use, and the text
@@ -29,11 +34,17 @@ format lets one code path carry every column.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import csv
+import dataclasses
 import json
+import multiprocessing
+import os
+import signal
 import zoneinfo
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, islice
@@ -41,7 +52,9 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from campaign.db import admin
+from campaign.db import queries as q
 from campaign.db.admin import CampaignState, CommandError
+from campaign.dispatch import Rules, Skipped, contact_verdict
 
 COLUMNS: Final = (
     "destination",
@@ -64,6 +77,9 @@ CHUNK_ROWS: Final = 10_000
 _BATCH_ROWS: Final = 500
 PROGRESS_EVERY: Final = 100_000
 MAX_REPORTED: Final = 50
+PARALLEL_FROM_BYTES: Final = 4_000_000
+"""Files this large (some 250,000 rows) are judged in worker processes (see _Judging)."""
+MAX_WORKERS: Final = 8
 _INT4_MIN: Final = -(2**31)
 _INT4_MAX: Final = 2**31 - 1
 _COPY_NULL: Final = "\\N"
@@ -98,6 +114,24 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class NeverDialed:
+    """A loaded row the claim will mark `state` instead of dialing it."""
+
+    line: int
+    """The line the record starts on."""
+    state: str
+    """invalid, suppressed or duplicate: the state the claim will give the contact."""
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: will be {self.state}: {self.reason}"
+
+
+NEVER_STATES: Final = ("invalid", "suppressed", "duplicate")
+"""What the claim marks a contact it will never dial, in the order a summary counts them."""
+
+
+@dataclass(frozen=True)
 class LoadResult:
     campaign: str
     campaign_state: CampaignState
@@ -105,6 +139,16 @@ class LoadResult:
     refused: int
     refusals: list[Refusal]
     """The first `max_reported` refusals, in file order; `refused` counts them all."""
+    never: dict[str, int] = field(default_factory=dict)
+    """Loaded rows the claim will never dial, by the state it will give them."""
+    warnings: list[NeverDialed] = field(default_factory=list)
+    """The first `max_reported` of those rows, in file order."""
+    committed: bool = True
+    """False when --strict refused the file: nothing was loaded."""
+
+    @property
+    def never_dialed(self) -> int:
+        return sum(self.never.values())
 
 
 class _RowError(Exception):
@@ -356,6 +400,199 @@ def _rows_are_clean(rows: list[list[str]]) -> bool:
     return True
 
 
+class _Judge:
+    """The claim's verdict on each loaded row, by the claim's own `contact_verdict`.
+
+    A row the claim would mark invalid is noted with its reason; any other row gives its
+    destination key and number, to be checked against the do-not-call list and the other
+    contacts of the campaign in the database once the whole file is in (a duplicate may
+    be a million lines away). Runs beside the COPY (see _Judging).
+    """
+
+    def __init__(self, columns: list[str], rules: Rules, max_reported: int) -> None:
+        self._rules = rules
+        self._max_reported = max_reported
+        at = {name: i for i, name in enumerate(columns)}
+        self._destination = at["destination"]
+        self._caller_id = at.get("caller_id")
+        self._token = at.get("token")
+        self._outbound_parameters = at.get("outbound_parameters")
+        self._extra_sip_headers = at.get("extra_sip_headers")
+        self._timezone = at.get("timezone")
+        self._priority = at.get("priority")
+        self._others = [c for c in columns if c not in ("destination", "priority", "not_before")]
+
+    def judge(self, rows: Sequence[list[str]], lines: Sequence[int]) -> _Judged:
+        """The COPY text for load_keys (line, priority, key, number) of the rows that may
+        be dialed, and the first of the others with their reasons."""
+        invalid: list[tuple[int, str]] = []
+        keys = self(rows, lines, invalid)
+        return _Judged(keys, invalid[: self._max_reported], len(invalid))
+
+    def __call__(
+        self, rows: Sequence[list[str]], lines: Sequence[int], invalid: list[tuple[int, str]]
+    ) -> str:
+        """COPY text for load_keys (line, priority, key, number) of the rows that may be
+        dialed; the others go into `invalid` as (line, reason)."""
+        rules = self._rules
+        at = self._destination
+        # Each row as the database will hold it (see the column converters: stripped or
+        # verbatim, empty as NULL); a file of destinations alone needs none of that.
+        full = len(self._others) > 0
+        out: list[str] = []
+        for row, line in zip(rows, lines, strict=True):
+            contact = (
+                self._contact(row, line)
+                if full
+                else q.ContactRow(line, row[at].strip(), None, None, None, None, 0, None)
+            )
+            verdict = contact_verdict(contact, rules)
+            if isinstance(verdict, Skipped):
+                invalid.append((line, verdict.reason))
+                continue
+            destination = verdict.destination
+            if destination is None:  # a Deferred always carries it; keeps the types honest
+                continue
+            priority = (row[self._priority].strip() if self._priority is not None else "") or "0"
+            number = destination.number
+            if number is not None:  # digits: the key is the number, nothing to escape
+                out.append(f"{line}\t{priority}\t{number}\t{number}\n")
+            else:
+                out.append(f"{line}\t{priority}\t{_copy_escape(destination.key)}\t{_COPY_NULL}\n")
+        return "".join(out)
+
+    def _contact(self, row: list[str], line: int) -> q.ContactRow:
+        return q.ContactRow(
+            line,
+            row[self._destination].strip(),
+            _stripped(row, self._caller_id),
+            _verbatim(row, self._token),
+            _verbatim(row, self._outbound_parameters),
+            _stripped(row, self._extra_sip_headers),
+            0,
+            _stripped(row, self._timezone),
+        )
+
+
+@dataclass(frozen=True)
+class _Judged:
+    keys: str
+    invalid: list[tuple[int, str]]
+    """The first rows the claim will mark invalid: (line, reason)."""
+    invalid_count: int
+
+
+# The judge of a worker process (see _Judging), set once when it starts.
+_worker_judge: _Judge | None = None
+
+
+def _start_worker(columns: list[str], rules: Rules, max_reported: int) -> None:
+    global _worker_judge
+    # Ctrl-C reaches the whole process group: the load (the parent) stops the workers,
+    # rather than each printing its own KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_judge = _Judge(columns, rules, max_reported)
+
+
+def _judge_in_worker(rows: list[list[str]], lines: list[int]) -> _Judged:
+    if _worker_judge is None:
+        raise RuntimeError("a loader worker process was used before it started")
+    return _worker_judge.judge(rows, lines)
+
+
+class _Judging:
+    """Judges the loaded rows beside the COPY, without holding it up.
+
+    Judging a row (parsing and classifying its number) costs more than PostgreSQL's
+    COPY of it, and every row is judged on its own: a large file is judged in worker
+    processes, one per core, while the rows go in; a small one in a thread (a worker
+    process takes a moment to start). The results land in load_keys on the load's own
+    connection as they come back, at most two per worker waiting. Workers are spawned,
+    not forked: a script that calls load_csv on a large file needs the usual
+    `if __name__ == "__main__":` guard (the `campaign` command has it).
+    """
+
+    def __init__(self, columns: list[str], rules: Rules, max_reported: int, workers: int) -> None:
+        self._executor: Executor
+        self._call: Callable[[list[list[str]], list[int]], _Judged]
+        self._call = _Judge(columns, rules, max_reported).judge
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="load-judge")
+        if workers > 1:
+            try:
+                processes = ProcessPoolExecutor(
+                    workers,
+                    # Not fork: this process runs threads (the event loop's, the reader's).
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(columns, rules, max_reported),
+                )
+            except (OSError, NotImplementedError):
+                pass  # no process support here (a sandbox): the thread will do
+            else:
+                self._executor.shutdown()
+                self._executor, self._call = processes, _judge_in_worker
+        self._waiting_at_most = 2 * workers
+        self._pending: collections.deque[asyncio.Future[_Judged]] = collections.deque()
+        self._max_reported = max_reported
+        self.invalid: list[NeverDialed] = []
+        self.invalid_count = 0
+
+    async def submit(self, conn: admin.Conn, rows: list[list[str]], lines: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending.append(loop.run_in_executor(self._executor, self._call, rows, lines))
+        while len(self._pending) > self._waiting_at_most or self._pending[0].done():
+            await self._collect(conn)
+            if not self._pending:
+                break
+
+    async def finish(self, conn: admin.Conn) -> None:
+        while self._pending:
+            await self._collect(conn)
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _collect(self, conn: admin.Conn) -> None:
+        judged = await self._pending.popleft()
+        self.invalid_count += judged.invalid_count
+        if len(self.invalid) < self._max_reported:
+            self.invalid.extend(NeverDialed(line, "invalid", why) for line, why in judged.invalid)
+            # Batches may come back out of order: keep the first lines of the file.
+            self.invalid.sort(key=lambda w: w.line)
+            del self.invalid[self._max_reported :]
+        if judged.keys:
+            await conn.copy_to_table(
+                "load_keys",
+                source=_once(judged.keys.encode("utf-8")),
+                columns=["line", "priority", "key", "number"],
+                format="text",
+            )
+
+
+def _stripped(row: list[str], at: int | None) -> str | None:
+    return None if at is None else row[at].strip() or None
+
+
+def _verbatim(row: list[str], at: int | None) -> str | None:
+    return None if at is None else row[at] or None
+
+
+@dataclass
+class _Converted:
+    """A batch of CSV rows as COPY text."""
+
+    contacts: str
+    loaded: int
+    records: int
+    """Rows that are records (blank lines are not)."""
+    rows: list[list[str]] = field(default_factory=list)
+    """The loaded rows as read, to be judged (when asked for)."""
+    lines: list[int] = field(default_factory=list)
+    """The line each of `rows` starts on."""
+
+
 class _RowsToCopy:
     """Turns a batch of CSV rows into COPY text lines; one per load (converters remember)."""
 
@@ -365,25 +602,34 @@ class _RowsToCopy:
         self._width = len(columns)
         self._prefix = f"{campaign_id}\t"
 
-    def __call__(self, rows: list[list[str]], refused: _Refused) -> tuple[str, int, int]:
-        """(COPY text of the good rows, how many, how many records) for `rows`.
+    def __call__(
+        self, rows: list[list[str]], refused: _Refused, lines: Sequence[int] | None = None
+    ) -> _Converted:
+        """The COPY text of the good rows of `rows`.
 
         Refused rows go into `refused` by position in `rows`; blank rows are no records.
+        Given the line each row starts on, the loaded rows and their lines come back too.
         """
         good, positions, blank = self._well_formed(rows, refused)
         if not good:
-            return "", 0, len(rows) - blank
+            return _Converted("", 0, len(rows) - blank)
         refused_here: _Refused = {}
         by_column = zip(self._convert, zip(*good, strict=True), strict=True)
         columns = [conv(col, refused_here) for conv, col in by_column]
         values: Iterable[tuple[str, ...]] = zip(*columns, strict=True)
+        kept: Sequence[int] = range(len(good))
         if refused_here:
             for position, reason in refused_here.items():
                 refused[positions[position]] = reason
             values = (v for i, v in enumerate(values) if i not in refused_here)
+            kept = [i for i in kept if i not in refused_here]
         prefix = self._prefix
         text = prefix + ("\n" + prefix).join(map("\t".join, values)) + "\n"
-        return text, len(good) - len(refused_here), len(rows) - blank
+        converted = _Converted(text, len(good) - len(refused_here), len(rows) - blank)
+        if lines is not None:
+            converted.rows = [good[i] for i in kept]
+            converted.lines = [lines[positions[i]] for i in kept]
+        return converted
 
     def _well_formed(
         self, rows: list[list[str]], refused: _Refused
@@ -422,6 +668,9 @@ class _Chunk:
     """Rows in `data`."""
     records_read: int
     """Records read so far in the file (loaded, refused and this chunk's)."""
+    read: list[list[str]] = field(default_factory=list)
+    """The rows in `data` as read, to be judged (when asked for)."""
+    lines: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -445,11 +694,15 @@ class _CsvSource:
         if len(self.refusals) < self.max_reported:
             self.refusals.append(Refusal(start, reason, end))
 
-    def chunks(self, campaign_id: int, chunk_rows: int) -> Generator[_Chunk, None, None]:
+    def chunks(
+        self, campaign_id: int, chunk_rows: int, judged: bool = False
+    ) -> Generator[_Chunk, None, None]:
         """COPY text for the good rows, a chunk per `chunk_rows` records; records refusals.
 
-        Runs in a worker thread (one call of next() at a time). Raises LoadError when
-        the file cannot be parsed further: then nothing of it may be loaded.
+        With `judged`, each chunk also carries its rows as read, to be judged by the
+        claim's rules (see _Judging). Runs in a worker thread (one call of next() at a
+        time). Raises LoadError when the file cannot be parsed further: then nothing of
+        it may be loaded.
         """
         to_copy = _RowsToCopy(self.columns, campaign_id)
         # Rows are read and converted in small batches (see _BATCH_ROWS), which makes the
@@ -459,26 +712,32 @@ class _CsvSource:
         last_end = self.header_line
         records = 0
         pieces: list[str] = []
+        to_judge: list[list[str]] = []
+        lines: list[int] = []
         loaded = 0
         taken = 0
         while True:
             rows, ends = self._read(batch_rows, last_end)
             if rows:
                 refused: _Refused = {}
-                text, good, read = to_copy(rows, refused)
+                # The line each record starts on (a quoted field may span lines).
+                starts = [last_end + 1, *(end + 1 for end in ends[:-1])]
+                converted = to_copy(rows, refused, starts if judged else None)
                 for i in sorted(refused):
-                    self._refuse(ends[i - 1] + 1 if i else last_end + 1, ends[i], refused[i])
+                    self._refuse(starts[i], ends[i], refused[i])
                 last_end = ends[-1]
-                records += read
+                records += converted.records
                 taken += len(rows)
-                if good:
-                    pieces.append(text)
-                    loaded += good
+                if converted.loaded:
+                    pieces.append(converted.contacts)
+                    to_judge += converted.rows
+                    lines += converted.lines
+                    loaded += converted.loaded
             # islice stops short only at the end of the file.
             done = len(rows) < batch_rows
             if taken and (taken >= chunk_rows or done):
-                yield _Chunk("".join(pieces).encode("utf-8"), loaded, records)
-                pieces, loaded, taken = [], 0, 0
+                yield _Chunk("".join(pieces).encode("utf-8"), loaded, records, to_judge, lines)
+                pieces, to_judge, lines, loaded, taken = [], [], [], 0, 0
             if done:
                 return
 
@@ -572,31 +831,125 @@ async def load_csv(
     max_reported: int = MAX_REPORTED,
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
+    strict: bool = False,
+    workers: int | None = None,
 ) -> LoadResult:
     """Load the good rows of `path` into the campaign, all in one transaction.
 
+    Each loaded row is judged by the claim's own rules; the ones it will never dial
+    (invalid, suppressed, duplicate) are loaded all the same, so that the claim accounts
+    for them, and reported. With `strict`, a file with any such row, or any refused row,
+    is refused whole: nothing is loaded and the result says so (`committed` False).
     Raises LoadError (bad header, unreadable or malformed file), CampaignNotFound, or
     LoadError when the campaign is or becomes cancelled; then nothing is loaded.
-    `on_progress(records_read)` is called about every `progress_every` records.
+    `on_progress(records_read)` is called about every `progress_every` records. Rows are
+    judged in `workers` processes (default: one per core for a large file, else a thread).
     """
     with contextlib.closing(open_csv(path, delimiter=delimiter, max_reported=max_reported)) as src:
-        async with pool.acquire() as conn, conn.transaction():
-            campaign = await admin.campaign_by_name(conn, campaign_name)
-            _refuse_cancelled(campaign)
-            loaded = await _copy_chunks(
-                conn, src, campaign.id, chunk_rows, on_progress, progress_every
-            )
-            final = await admin.share_campaign(conn, campaign.id)
-            if final is None:
-                raise admin.CampaignNotFound(campaign_name)
-            _refuse_cancelled(final, during=True)
-    return LoadResult(
-        campaign=campaign_name,
-        campaign_state=final.state,
-        loaded=loaded,
-        refused=src.refused,
-        refusals=list(src.refusals),
-    )
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                campaign = await admin.campaign_by_name(conn, campaign_name)
+                _refuse_cancelled(campaign)
+                row = await q.campaign_row(conn, campaign.id)
+                if row is None:
+                    raise admin.CampaignNotFound(campaign_name)
+                rules = Rules.of(row, datetime.now(UTC))
+                last_before = await admin.start_load_keys(conn)
+                judging = _Judging(
+                    src.columns,
+                    rules,
+                    max_reported,
+                    _workers_for(path) if workers is None else workers,
+                )
+                try:
+                    loaded = await _copy_chunks(
+                        conn, src, campaign.id, chunk_rows, on_progress, progress_every, judging
+                    )
+                finally:
+                    await asyncio.to_thread(judging.close)
+                never, warnings = await _never_dialed(
+                    conn, campaign.id, rules, judging, last_before, max_reported
+                )
+                final = await admin.share_campaign(conn, campaign.id)
+                if final is None:
+                    raise admin.CampaignNotFound(campaign_name)
+                _refuse_cancelled(final, during=True)
+                result = LoadResult(
+                    campaign=campaign_name,
+                    campaign_state=final.state,
+                    loaded=loaded,
+                    refused=src.refused,
+                    refusals=list(src.refusals),
+                    never=never,
+                    warnings=warnings,
+                )
+                if strict and (result.refused or result.never_dialed):
+                    raise _StrictRefusal(result)
+        except _StrictRefusal as refusal:
+            return dataclasses.replace(refusal.result, loaded=0, committed=False)
+    return result
+
+
+class _StrictRefusal(Exception):
+    """Leaves the load's transaction, rolling it back, with what would have loaded."""
+
+    def __init__(self, result: LoadResult) -> None:
+        super().__init__("refused by --strict")
+        self.result = result
+
+
+def _workers_for(path: Path) -> int:
+    """Worker processes to judge `path`'s rows: one per core (up to MAX_WORKERS) for a
+    file large enough to repay their start, else none (a thread judges)."""
+    cores = os.cpu_count() or 1
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return min(MAX_WORKERS, cores) if size >= PARALLEL_FROM_BYTES and cores > 1 else 1
+
+
+async def _never_dialed(
+    conn: admin.Conn,
+    campaign_id: int,
+    rules: Rules,
+    judging: _Judging,
+    last_before: int,
+    max_reported: int,
+) -> tuple[dict[str, int], list[NeverDialed]]:
+    """The loaded rows the claim will never dial: counts by state, the first few rows."""
+    # The contacts already there that may share a number with the file: their keys are
+    # known only once judged, by the same rules.
+    existing = []
+    for contact, priority in await admin.existing_unjudged(conn, campaign_id, last_before):
+        verdict = contact_verdict(contact, rules)
+        if isinstance(verdict, Skipped) or verdict.destination is None:
+            continue  # owns no number: the claim will mark it invalid
+        destination = verdict.destination
+        existing.append(
+            f"{_COPY_NULL}\t{contact.id}\t{priority}\t{_copy_escape(destination.key)}\t"
+            f"{destination.number or _COPY_NULL}\n"
+        )
+    if existing:
+        await conn.copy_to_table(
+            "load_keys",
+            source=_once("".join(existing).encode("utf-8")),
+            columns=["line", "contact_id", "priority", "key", "number"],
+            format="text",
+        )
+    counts, first = await admin.load_fates(conn, campaign_id, max_reported)
+    found = [NeverDialed(f.line, f.state, _fate_reason(f)) for f in first]
+    never = {"invalid": judging.invalid_count, **counts}
+    warnings = sorted([*judging.invalid, *found], key=lambda w: w.line)[:max_reported]
+    return {state: never.get(state, 0) for state in NEVER_STATES}, warnings
+
+
+def _fate_reason(fate: admin.LoadFate) -> str:
+    if fate.state == "suppressed":
+        return "on the do-not-call list"
+    if fate.first_line is not None:
+        return f"same destination as line {fate.first_line}"
+    return f"same destination as contact {fate.first_contact}, already in the campaign"
 
 
 def _refuse_cancelled(campaign: admin.CampaignRef, *, during: bool = False) -> None:
@@ -618,9 +971,10 @@ async def _copy_chunks(
     chunk_rows: int,
     on_progress: Callable[[int], None] | None,
     progress_every: int,
+    judging: _Judging | None = None,
 ) -> int:
     columns = ["campaign_id", *src.columns]
-    chunks = src.chunks(campaign_id, chunk_rows)
+    chunks = src.chunks(campaign_id, chunk_rows, judged=judging is not None)
     loaded = 0
     next_report = progress_every
     # Parse chunk n+1 in a thread while chunk n is copied.
@@ -633,6 +987,8 @@ async def _copy_chunks(
                     "contacts", source=_once(chunk.data), columns=columns, format="text"
                 )
                 loaded += chunk.rows
+            if judging is not None and chunk.read:
+                await judging.submit(conn, chunk.read, chunk.lines)
             if on_progress is not None and chunk.records_read >= next_report:
                 on_progress(chunk.records_read)
                 next_report = (chunk.records_read // progress_every + 1) * progress_every
@@ -644,4 +1000,6 @@ async def _copy_chunks(
         if not parsing.cancelled():
             parsing.exception()
         chunks.close()
+    if judging is not None:
+        await judging.finish(conn)
     return loaded

@@ -33,6 +33,11 @@ AccountType = Literal["trial", "production", "premium"]
 CONFIG_ENV = "CAMPAIGN_CONFIG"
 
 
+FOLDER_CONFIG = "campaign.toml"
+"""A settings file a data folder may carry for the database inside it (`campaign demo`
+leaves one in its folder)."""
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,6 +46,9 @@ class DatabaseSettings(Section):
     dsn: SecretStr = SecretStr("")
     """PostgreSQL DSN; empty starts an embedded PostgreSQL under data_dir."""
     data_dir: Path = Path(".campaign")
+    embedded_database: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,63}$")
+    """The database inside the embedded PostgreSQL; empty: its default one. `campaign demo`
+    keeps its data in one of its own, so that it never touches yours."""
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=100)
     auto_migrate: bool = True

@@ -2,22 +2,33 @@
 
 One snapshot of the database (admin.why_snapshot) is read into a report whose sections
 each name one thing that holds contacts back: the campaign's state, Aculab unreachable
-(from the daemons' own reports), the calling window, retry delays, not_before, pacing,
-the concurrency cap, the do-not-call list, parked batches and batches still in flight.
-A section is shown only when it applies; the JSON document always carries every key
-(null when a section does not apply) and lists the ones that apply under "reasons", so
-scripts need not parse the text.
+(from the daemons' own reports), the calling window, retry delays, not_before, contacts
+that will never be dialed, pacing, the concurrency cap, the do-not-call list, parked
+batches and batches still in flight. A section is shown only when it applies; the JSON
+document always carries every key (null when a section does not apply) and lists the
+ones that apply under "reasons", so scripts need not parse the text.
+
+Contacts a claim has yet to judge (due now, or never looked at by a daemon) are judged
+here by the claim's own function, `dispatch.contact_verdict`, and checked against the
+do-not-call list and the numbers already claimed, so that "due now" counts only the
+contacts a daemon would dial now: the others wait for their window (next opening per
+zone) or will be marked invalid, suppressed or duplicate. At most EXAMINE_LIMIT of them
+are judged, the first in the order a daemon takes them; beyond that the report says its
+figures are a sample. The daemon's `campaign_outlook` line at start comes from here too.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, assert_never
 
 from campaign.db import admin
 from campaign.db.admin import ParkedSummary, PendingGroup, WhyCampaign
+from campaign.dispatch import DUPLICATE_REASON, Deferred, Ready, Rules, Skipped, contact_verdict
 from campaign.status import format_age, format_window, window_json
 
 PACING_WINDOW_SECONDS: Final = 10.0
@@ -27,6 +38,10 @@ AT_CAP_SHARE: Final = 0.9
 PARKED_SHOWN: Final = 3
 GROUPS_SHOWN: Final = 10
 """Window openings and retry results listed in the text (JSON lists them all)."""
+EXAMINE_LIMIT: Final = 10_000
+"""Contacts judged by the claim's rules at most: the first a daemon would take."""
+SUPPRESSED_REASON: Final = "on the do-not-call list"
+"""The claim's reason for a suppressed contact."""
 
 Reason = Literal[
     "campaign_not_active",
@@ -34,6 +49,7 @@ Reason = Literal[
     "calling_window",
     "retry_wait",
     "not_before",
+    "never_dialed",
     "pacing",
     "concurrency",
     "suppressed",
@@ -59,6 +75,29 @@ class Waiting:
     contacts: int
     earliest: datetime
     groups: list[WaitGroup]
+
+
+@dataclass(frozen=True)
+class NeverGroup:
+    """Contacts the claim will mark `state` (invalid, suppressed, duplicate) instead of dialing."""
+
+    state: str
+    reason: str
+    """The claim's reason, without the (masked) number it quotes, so that alike ones group."""
+    contacts: int
+
+
+@dataclass(frozen=True)
+class Examined:
+    """How many contacts the claim's rules were applied to, of how many it has yet to judge."""
+
+    contacts: int
+    of: int
+    limit: int
+
+    @property
+    def sample(self) -> bool:
+        return self.of > self.contacts
 
 
 @dataclass(frozen=True)
@@ -99,8 +138,13 @@ class WhyReport:
     calling_window: Waiting | None
     retry_wait: Waiting | None
     not_before: Waiting | None
+    never_dialed: list[NeverGroup]
+    """Pending contacts the claim will mark invalid, suppressed or duplicate."""
     due: int
-    """Pending contacts whose time has come."""
+    """Pending contacts whose time has come and that a daemon would dial now."""
+    due_not_examined: int
+    """Pending contacts whose time has come, beyond the ones the rules were applied to."""
+    examined: Examined
     campaign_pacing: Budget
     account_pacing: Budget
     concurrency: Concurrency
@@ -121,6 +165,15 @@ class WhyReport:
     @property
     def suppressed(self) -> int:
         return self.contact_states.get("suppressed", 0)
+
+    @property
+    def never(self) -> int:
+        return sum(g.contacts for g in self.never_dialed)
+
+    @property
+    def due_all(self) -> int:
+        """Due now, counting the due contacts that were not examined."""
+        return self.due + self.due_not_examined
 
     @property
     def aculab_unreachable(self) -> list[admin.DaemonRow]:
@@ -158,7 +211,9 @@ class WhyReport:
             found.append("retry_wait")
         if self.not_before is not None:
             found.append("not_before")
-        held = self.due_held_by if self.due else None
+        if self.never_dialed:
+            found.append("never_dialed")
+        held = self.due_held_by if self.due_all else None
         if held == "pacing":
             found.append("pacing")
         if held == "concurrency":
@@ -169,7 +224,7 @@ class WhyReport:
             found.append("parked_batches")
         if self.in_flight_batches:
             found.append("batches_in_flight")
-        if self.due and held is None:
+        if self.due_all and held is None:
             found.append("due_now")
         return found
 
@@ -186,13 +241,123 @@ def _waiting(groups: list[PendingGroup], hold: str) -> Waiting | None:
     )
 
 
+@dataclass(frozen=True)
+class _Fate:
+    """What the claim will do with one examined contact."""
+
+    item: admin.Examinable
+    kind: Literal["dial", "window", "never", "later"]
+    """dial: due and dialed now; window: due but waits for its window; never: marked
+    `state`; later: not due yet and nothing against it (stays in its group)."""
+    state: str = ""
+    reason: str = ""
+    until: datetime | None = None
+
+
+# The claim's reasons quote the number, masked ("... country: 0190*****00"); without it
+# alike contacts group.
+_QUOTED_NUMBER: Final = re.compile(r": \+?[0-9*]*\*[0-9*]*$")
+
+
+def _reason_kind(reason: str) -> str:
+    return _QUOTED_NUMBER.sub("", _one_line(reason))
+
+
+async def _judge(pool: admin.Pool, snap: admin.WhySnapshot) -> list[_Fate]:
+    """The claim's verdict on each examined contact (see the module docstring)."""
+    rules = Rules.of(snap.rules, snap.taken_at)
+    judged = [(item, contact_verdict(item.contact, rules)) for item in snap.examined]
+    live = [(item, v) for item, v in judged if not isinstance(v, Skipped)]
+    destinations = [v.destination for _, v in live]
+    numbers = sorted({d.number for d in destinations if d is not None and d.number})
+    keys = sorted({d.key for d in destinations if d is not None})
+    blocked = await admin.suppressed_numbers(pool, snap.campaign.id, numbers)
+    owners = await admin.key_owners(pool, snap.campaign.id, keys)
+    fates: list[_Fate] = []
+    for item, v in judged:
+        if isinstance(v, Skipped):
+            fates.append(_Fate(item, "never", v.state, v.reason))
+    # As the claims will meet them: the contacts dialed now first, in claim order, then
+    # the others as their windows open. The first with a number owns it (own_keys).
+    live.sort(key=lambda iv: not (iv[0].hold == "due" and isinstance(iv[1], Ready)))
+    taken: dict[str, int] = dict(owners)
+    for item, v in live:
+        dest = v.destination
+        contact_id = item.contact.id
+        if dest is not None and dest.number is not None and dest.number in blocked:
+            fates.append(_Fate(item, "never", "suppressed", SUPPRESSED_REASON))
+            continue
+        if dest is not None and taken.setdefault(dest.key, contact_id) != contact_id:
+            fates.append(_Fate(item, "never", "duplicate", DUPLICATE_REASON))
+            continue
+        if item.hold != "due":
+            fates.append(_Fate(item, "later"))
+        elif isinstance(v, Deferred):
+            fates.append(_Fate(item, "window", reason=v.reason, until=v.until))
+        else:
+            fates.append(_Fate(item, "dial"))
+    return fates
+
+
+@dataclass(frozen=True)
+class _Regrouped:
+    pending: list[PendingGroup]
+    never: list[NeverGroup]
+    due: int
+    due_not_examined: int
+
+
+def _regroup(groups: list[PendingGroup], fates: list[_Fate]) -> _Regrouped:
+    """The database's groups, with each examined contact moved to where its verdict puts it."""
+    counts: dict[tuple[admin.Hold, str | None], list[Any]] = {
+        (g.hold, g.detail): [g.contacts, g.earliest] for g in groups
+    }
+    never: Counter[tuple[str, str]] = Counter()
+
+    def leave(item: admin.Examinable) -> None:
+        entry = counts.get((item.hold, item.detail))
+        if entry is not None:
+            entry[0] -= 1
+
+    for fate in fates:
+        if fate.kind == "never":
+            leave(fate.item)
+            never[(fate.state, _reason_kind(fate.reason))] += 1
+        elif fate.kind == "window" and fate.until is not None:
+            leave(fate.item)
+            entry = counts.setdefault(("window", fate.reason), [0, fate.until])
+            entry[0] += 1
+            entry[1] = min(entry[1], fate.until)
+    due_total = next((g.contacts for g in groups if g.hold == "due"), 0)
+    due_examined = sum(1 for f in fates if f.item.hold == "due")
+    pending = [
+        PendingGroup(hold, detail, n, earliest)
+        for (hold, detail), (n, earliest) in counts.items()
+        if n > 0
+    ]
+    return _Regrouped(
+        pending=pending,
+        never=[
+            NeverGroup(state, reason, n)
+            for (state, reason), n in sorted(never.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+        due=sum(1 for f in fates if f.kind == "dial"),
+        due_not_examined=due_total - due_examined,
+    )
+
+
 async def gather_why(
-    pool: admin.Pool, name: str, account_calls_per_second: float, alive_within: float = 60.0
+    pool: admin.Pool,
+    name: str,
+    account_calls_per_second: float,
+    alive_within: float = 60.0,
+    examine: int = EXAMINE_LIMIT,
 ) -> WhyReport:
     """The report for one campaign. Raises CampaignNotFound.
 
     `account_calls_per_second` is the account's CPS from the settings (aculab.calls_per_second);
-    a daemon that refreshed its row within `alive_within` seconds counts as running.
+    a daemon that refreshed its row within `alive_within` seconds counts as running. The
+    claim's rules are applied to at most `examine` contacts.
     """
     snap = await admin.why_snapshot(
         pool,
@@ -200,16 +365,21 @@ async def gather_why(
         window_seconds=PACING_WINDOW_SECONDS,
         parked_shown=PARKED_SHOWN,
         alive_within=alive_within,
+        examine=examine,
     )
     c = snap.campaign
+    regrouped = _regroup(snap.pending, await _judge(pool, snap))
     return WhyReport(
         campaign=c,
         as_of=snap.taken_at,
         contact_states=snap.contact_states,
-        calling_window=_waiting(snap.pending, "window"),
-        retry_wait=_waiting(snap.pending, "retry"),
-        not_before=_waiting(snap.pending, "not_before"),
-        due=sum(g.contacts for g in snap.pending if g.hold == "due"),
+        calling_window=_waiting(regrouped.pending, "window"),
+        retry_wait=_waiting(regrouped.pending, "retry"),
+        not_before=_waiting(regrouped.pending, "not_before"),
+        never_dialed=regrouped.never,
+        due=regrouped.due,
+        due_not_examined=regrouped.due_not_examined,
+        examined=Examined(len(snap.examined), sum(g.examinable for g in snap.pending), examine),
         campaign_pacing=Budget(
             c.calls_per_second, snap.granted[admin.campaign_budget(c.id)], snap.window_seconds
         ),
@@ -271,6 +441,7 @@ def to_json_document(r: WhyReport) -> dict[str, Any]:
             "total": sum(r.contact_states.values()),
             "pending": r.pending,
             "due": r.due,
+            "never_dialed": r.never,
             "dispatching": r.contact_states.get("dispatching", 0),
             "dialing": r.contact_states.get("dialing", 0),
             "suppressed": r.suppressed,
@@ -283,6 +454,21 @@ def to_json_document(r: WhyReport) -> dict[str, Any]:
         "not_before": None
         if r.not_before is None
         else {"contacts": r.not_before.contacts, "earliest": _iso(r.not_before.earliest)},
+        "never_dialed": None
+        if not r.never_dialed
+        else {
+            "contacts": r.never,
+            "groups": [
+                {"state": g.state, "reason": g.reason, "contacts": g.contacts}
+                for g in r.never_dialed
+            ],
+        },
+        "examined": {
+            "contacts": r.examined.contacts,
+            "of": r.examined.of,
+            "limit": r.examined.limit,
+            "sample": r.examined.sample,
+        },
         "pacing": {
             "window_seconds": r.campaign_pacing.seconds,
             "campaign": _budget_json(r.campaign_pacing),
@@ -313,7 +499,13 @@ def to_json_document(r: WhyReport) -> dict[str, Any]:
         "batches_in_flight": None
         if not r.in_flight_batches
         else {"count": r.in_flight_batches, "contacts": r.in_flight_contacts},
-        "due": None if not r.due else {"contacts": r.due, "held_by": r.due_held_by},
+        "due": None
+        if not r.due_all
+        else {
+            "contacts": r.due,
+            "not_examined": r.due_not_examined,
+            "held_by": r.due_held_by,
+        },
         "daemons": {
             "alive": len(r.daemons),
             "aculab_unreachable": [
@@ -354,10 +546,30 @@ OUTSIDE_WINDOW_PREFIX: Final = "outside the calling window; "
 """How the dispatcher's last_error for a deferred contact starts; the rest names the opening."""
 
 
+# "opens 2026-11-30T09:00:00+00:00 (09:00 Europe/London, 04:00 America/New_York)":
+# windows.describe_opening's text, as the dispatcher stores it and contact_verdict gives it.
+_OPENING: Final = re.compile(r"opens \S+ \((?P<clocks>[^()]*)\)$")
+
+
+def _clocks(text: str) -> str:
+    """'09:00 Europe/Guernsey, 09:00 Europe/London' -> '09:00 Europe/Guernsey, Europe/London'."""
+    out: list[str] = []
+    shown = None
+    for part in text.split(", "):
+        clock, _, zone = part.partition(" ")
+        out.append(zone if clock == shown else part)
+        shown = clock
+    return ", ".join(out)
+
+
 def _group_label(g: WaitGroup, now: datetime) -> str:
     label = _one_line(g.label)
-    if label.startswith(OUTSIDE_WINDOW_PREFIX) and "opens " in label:
-        return label.removeprefix(OUTSIDE_WINDOW_PREFIX)
+    if label.startswith(OUTSIDE_WINDOW_PREFIX):
+        opening = _OPENING.search(label)
+        if opening is not None:
+            ahead = (g.earliest - now).total_seconds()
+            when = f"in {format_age(ahead)}" if ahead > 0 else "now"
+            return f"wait for {_clocks(opening['clocks'])}, {when}"
     return f"{label}, first due {_when(g.earliest, now)}"
 
 
@@ -411,7 +623,20 @@ def render_text(r: WhyReport) -> str:
             f"  not before a set time (not_before): {_plural(r.not_before.contacts, 'contact')}, "
             f"first due {_when(r.not_before.earliest, now)}"
         )
-    if r.due or r.campaign_pacing.granted or r.account_pacing.granted:
+    if r.never_dialed:
+        lines.append(f"  will never be dialed: {_plural(r.never, 'contact')}")
+        width = max(len(f"{g.contacts:,}") for g in r.never_dialed[:GROUPS_SHOWN])
+        for g in r.never_dialed[:GROUPS_SHOWN]:
+            lines.append(f"    {g.contacts:>{width},}  will be {g.state}: {g.reason}")
+        if len(r.never_dialed) > GROUPS_SHOWN:
+            lines.append(f"    ... and {len(r.never_dialed) - GROUPS_SHOWN} more (see --json)")
+    if r.examined.sample:
+        e = r.examined
+        lines.append(
+            f"  (a sample: the claim's rules were applied to the first {e.contacts:,} of the "
+            f"{e.of:,} contacts no daemon has judged yet, in the order a daemon takes them)"
+        )
+    if r.due_all or r.campaign_pacing.granted or r.account_pacing.granted:
         lines.append(
             f"  pacing over the last {r.campaign_pacing.seconds:g} s: "
             f"{_budget_text('campaign', r.campaign_pacing)}; "
@@ -445,8 +670,10 @@ def render_text(r: WhyReport) -> str:
             f"  batches in flight: {r.in_flight_batches:,} "
             f"({_plural(r.in_flight_contacts, 'contact')}) awaiting Aculab's answer"
         )
-    if r.due:
+    if r.due_all:
         lines.append(_due_line(r))
+    elif r.pending and r.active:
+        lines.append(_nothing_due_line(r))
     if r.pending == 0 and len(lines) == 2:
         total = sum(r.contact_states.values())
         lines.append(
@@ -456,8 +683,25 @@ def render_text(r: WhyReport) -> str:
     return "\n".join(lines)
 
 
+def _next_due(r: WhyReport) -> datetime | None:
+    waits = [w.earliest for w in (r.calling_window, r.retry_wait, r.not_before) if w is not None]
+    return min(waits, default=None)
+
+
+def _nothing_due_line(r: WhyReport) -> str:
+    after = _next_due(r)
+    if after is None:
+        return "  due now: none, and no pending contact will ever be dialed"
+    line = f"  due now: none; the next contact is due {_when(after, r.as_of)}"
+    if not r.daemons:
+        line += "; no daemon is running: start `campaign run` before then"
+    return line
+
+
 def _due_line(r: WhyReport) -> str:
     due = _plural(r.due, "contact")
+    if r.due_not_examined:
+        due += f" (and {r.due_not_examined:,} more due, not examined)"
     held = r.due_held_by
     if held is None and not r.daemons:
         return f"  due now: {due}, but no daemon is running: start `campaign run` to dial them"
@@ -473,6 +717,59 @@ def _due_line(r: WhyReport) -> str:
         rate = min(r.campaign_pacing.cap, r.account_pacing.cap)
         return (
             f"  due: {due}, going out at the pacing cap "
-            f"(about {format_age(r.due / rate)} at {rate:g}/s)"
+            f"(about {format_age(r.due_all / rate)} at {rate:g}/s)"
         )
     assert_never(held)
+
+
+# --- the daemon's outlook ---------------------------------------------------------------
+
+Doing = Literal[
+    "dialing",
+    "paused",
+    "waiting_for_window",
+    "waiting_for_retry",
+    "waiting_for_not_before",
+    "nothing_to_dial",
+    "nothing_pending",
+]
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """What a daemon starting now will do first for one campaign (its `campaign_outlook`)."""
+
+    doing: Doing
+    due: int
+    """Contacts a daemon would dial now (with those due but not examined)."""
+    until: datetime | None
+    """When the wait ends (the first contact becomes due); None when not waiting."""
+    reason: str | None
+    """The paused campaign's state_reason, or the first window group's opening."""
+    pending: int
+    never_dialed: int
+    sample: bool
+
+
+def outlook(r: WhyReport) -> Outlook:
+    """The campaign's outlook, from the same report `campaign why` prints."""
+
+    def make(doing: Doing, until: datetime | None = None, reason: str | None = None) -> Outlook:
+        return Outlook(doing, r.due_all, until, reason, r.pending, r.never, r.examined.sample)
+
+    if not r.active:
+        return make("paused", reason=r.campaign.state_reason)
+    if r.due_all:
+        return make("dialing")
+    waits: list[tuple[datetime, Doing, str | None]] = []
+    if r.calling_window is not None:
+        first = r.calling_window.groups[0].label if r.calling_window.groups else None
+        waits.append((r.calling_window.earliest, "waiting_for_window", first))
+    if r.retry_wait is not None:
+        waits.append((r.retry_wait.earliest, "waiting_for_retry", None))
+    if r.not_before is not None:
+        waits.append((r.not_before.earliest, "waiting_for_not_before", None))
+    if waits:
+        until, doing, reason = min(waits, key=lambda w: w[0])
+        return make(doing, until, reason)
+    return make("nothing_to_dial" if r.pending else "nothing_pending")

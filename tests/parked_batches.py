@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
-import structlog
 
 from campaign.cli import main
 from campaign.db.admin import Pool
@@ -184,38 +180,6 @@ def _exit_status(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
-
-
-def point_at(monkeypatch: pytest.MonkeyPatch, dsn: str, **settings: str) -> None:
-    """Settings for in-process commands: this database (and `settings` as environment
-    variables, e.g. DISPATCHER__IDEMPOTENCY_WINDOW_SECONDS), nothing else."""
-    monkeypatch.delenv("CAMPAIGN_CONFIG", raising=False)
-    for name in list(os.environ):
-        if name.startswith("CAMPAIGN_") and name != "CAMPAIGN_TEST_DSN":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("CAMPAIGN_DATABASE__DSN", dsn)
-    for key, value in settings.items():
-        monkeypatch.setenv(f"CAMPAIGN_{key}", value)
-
-
-@contextmanager
-def logging_restored() -> Iterator[None]:
-    # The commands configure logging for the process; put it back for the next test.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.reset_defaults()
-
-
-def one_line(text: str) -> str:
-    lines = text.splitlines()
-    assert len(lines) == 1, text
-    assert "Traceback" not in text
-    return lines[0]
 
 
 def log_events(stderr: str, event: str) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import pytest
 
 from campaign.db import batches as batch_db
 from campaign.db.admin import Pool
+from tests.helpers import logging_restored, one_line, point_at
 from tests.parked_batches import (
     PARK_REASON,
     Cli,
@@ -23,10 +24,7 @@ from tests.parked_batches import (
     batch_row,
     contact_rows,
     log_events,
-    logging_restored,
     new_campaign,
-    one_line,
-    point_at,
     resolutions,
     seconds_ago,
 )

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
-import structlog
 
 from campaign.aculab import AculabClient, encode_rest_calls
 from campaign.cli import command_word, main
@@ -31,69 +26,15 @@ from campaign.settings import load_settings
 from campaign.simulator import Simulator, SimulatorConfig
 from tests.fixtures_db import create_database, drop_database
 from tests.fixtures_sim import MakeSimulator, ManualClock
+from tests.helpers import REPO_ROOT, Cli, logging_restored, one_line, point_at, run_campaign
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS = sorted(p.name for p in (REPO_ROOT / "migrations").glob("*.sql"))
-
-
-class Cli:
-    """Runs `campaign` in-process against one database; returns (status, stdout, stderr)."""
-
-    def __init__(self, dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
-        self.dsn = dsn
-        self.capsys = capsys
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        status = main(list(argv))
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    async def run(self, *argv: str) -> tuple[int, str, str]:
-        """The same from an async test: in a thread, so the test's loop (and a simulator
-        served by it) keeps running while the command runs its own loop."""
-        self.capsys.readouterr()
-        status = await asyncio.to_thread(main, list(argv))
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async def run() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                return await conn.fetch(sql, *args)
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
-
-
-@contextmanager
-def logging_restored() -> Iterator[None]:
-    # The commands configure logging for the process; put it back for the next test.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     with logging_restored():
         yield
-
-
-def point_at(monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
-    """Settings for in-process commands: this database, nothing else from the environment."""
-    monkeypatch.delenv("CAMPAIGN_CONFIG", raising=False)
-    for name in list(os.environ):
-        if name.startswith("CAMPAIGN_") and name != "CAMPAIGN_TEST_DSN":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("CAMPAIGN_DATABASE__DSN", dsn)
 
 
 @pytest.fixture
@@ -121,13 +62,6 @@ def empty_cli(
     return Cli(empty_dsn, capsys)
 
 
-def one_line(text: str) -> str:
-    lines = text.splitlines()
-    assert len(lines) == 1, text
-    assert "Traceback" not in text
-    return lines[0]
-
-
 def csv_file(tmp_path: Path, text: str) -> str:
     path = tmp_path / "contacts.csv"
     path.write_text(text, encoding="utf-8")
@@ -137,22 +71,18 @@ def csv_file(tmp_path: Path, text: str) -> str:
 # --- end to end, as a subprocess ---------------------------------------------------------------
 
 
-def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
-    env["CAMPAIGN_DATABASE__DSN"] = dsn
-    return subprocess.run(
-        [sys.executable, "-m", "campaign", *argv],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_create_load_and_status_work_end_to_end(db_dsn: str, tmp_path: Path) -> None:
-    created = run_campaign(db_dsn, "create", "spring", "--service", "Svc", "--batch-size", "20")
+    created = run_campaign(
+        db_dsn,
+        "create",
+        "spring",
+        "--service",
+        "Svc",
+        "--caller-id",
+        "441908273801",
+        "--batch-size",
+        "20",
+    )
     assert (created.returncode, created.stderr) == (0, "")
     campaign_id = int(created.stdout)
     path = csv_file(tmp_path, "destination,priority\n+441908273800,1\n,2\n+441908273801,x\n+4420\n")
@@ -217,6 +147,31 @@ def test_commands_refuse_an_unmigrated_database(empty_cli: Cli, argv: tuple[str,
     assert one_line(err) == (
         f"campaign {argv[0]}: database is not migrated: "
         f"run `campaign migrate` ({len(MIGRATIONS)} pending)"
+    )
+
+
+def test_a_command_on_the_demos_folder_says_which_settings_read_its_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo keeps its data in a database of its own and leaves campaign.toml beside
+    # it; the folder's default database is empty. (`campaign demo` itself is slow: its
+    # test is in tests/test_demo.py.)
+    point_at(monkeypatch, "")
+    monkeypatch.delenv("CAMPAIGN_DATABASE__DSN")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "campaign.toml").write_text('[database]\nembedded_database = "campaign_demo"\n')
+    monkeypatch.setenv("CAMPAIGN_DATABASE__DATA_DIR", str(demo))
+    cli = Cli("", capsys)
+
+    status, out, err = cli("status")
+
+    assert (status, out) == (2, "")
+    # Less the embedded server's start/stop chatter (JSON lines; another issue's).
+    said = "\n".join(line for line in err.splitlines() if not line.startswith("{"))
+    assert one_line(said) == (
+        f"campaign status: the data in {demo} is read with "
+        f"`campaign --config {demo}/campaign.toml status` (its default database is not migrated)"
     )
 
 
@@ -364,8 +319,8 @@ def test_create_refuses_malformed_options_with_one_line(
 
 
 def test_load_lists_refused_rows_up_to_a_cap_and_loads_the_rest(cli: Cli, tmp_path: Path) -> None:
-    cli("create", "spring", "--service", "Svc")
-    path = csv_file(tmp_path, "destination\n" + '""\n' * 60 + "+441\n")
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
+    path = csv_file(tmp_path, "destination\n" + '""\n' * 60 + "+441908273800\n")
 
     status, out, err = cli("load", "spring", path)
 
@@ -377,29 +332,71 @@ def test_load_lists_refused_rows_up_to_a_cap_and_loads_the_rest(cli: Cli, tmp_pa
     assert lines[-1] == "... and 10 more"
 
 
-def test_load_into_a_paused_campaign_says_how_to_dial_them(cli: Cli, tmp_path: Path) -> None:
-    cli("create", "spring", "--service", "Svc", "--paused")
+def test_load_warns_by_line_of_rows_never_to_be_dialed_and_counts_each_kind(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
+    cli("suppress", "add", "+44 1908 273802")
+    path = csv_file(
+        tmp_path, "destination\n+44 1908 273800\n01908 273801\n+44 1908 273802\n441908273800\n"
+    )
 
-    status, out, err = cli("load", "spring", csv_file(tmp_path, "destination\n+441\n"))
+    status, out, err = cli("load", "spring", path)
+
+    assert status == 0, err
+    assert out == (
+        "loaded 4 rows; 3 will never be dialed: 1 invalid, 1 suppressed, 1 duplicate (see above)\n"
+    )
+    assert err.splitlines() == [
+        "line 3: will be invalid: national format (leading 0) needs the campaign's default "
+        "country: 0190*****01",
+        "line 4: will be suppressed: on the do-not-call list",
+        "line 5: will be duplicate: same destination as line 2",
+    ]
+
+
+def test_load_strict_loads_nothing_when_a_row_would_never_be_dialed(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
+    cli("load", "spring", csv_file(tmp_path, "destination\n+44 1908 273800\n"))
+    path = csv_file(tmp_path, 'destination\n+44 1908 273801\n441908273800\n""\n')
+
+    status, out, err = cli("load", "spring", path, "--strict")
+
+    assert (status, out) == (2, "")
+    assert err.splitlines() == [
+        "line 4: empty destination",
+        "line 3: will be duplicate: same destination as contact 1, already in the campaign",
+        "campaign load: nothing loaded (--strict): 1 rows refused; 1 rows would never be "
+        "dialed: 1 duplicate (see above)",
+    ]
+    assert len(cli.query("SELECT * FROM contacts")) == 1
+
+
+def test_load_into_a_paused_campaign_says_how_to_dial_them(cli: Cli, tmp_path: Path) -> None:
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801", "--paused")
+
+    status, out, err = cli("load", "spring", csv_file(tmp_path, "destination\n+441908273800\n"))
 
     assert (status, out) == (0, "loaded 1 rows\n")
     assert "run `campaign resume spring`" in one_line(err)
 
 
 def test_load_reads_tab_separated_files(cli: Cli, tmp_path: Path) -> None:
-    cli("create", "spring", "--service", "Svc")
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
 
     status, out, _ = cli(
         "load",
         "spring",
-        csv_file(tmp_path, "destination\ttoken\n+441\ta,b\n"),
+        csv_file(tmp_path, "destination\ttoken\n+441908273800\ta,b\n"),
         "--delimiter",
         "\\t",
     )
 
     assert (status, out) == (0, "loaded 1 rows\n")
     assert [tuple(r) for r in cli.query("SELECT destination, token FROM contacts")] == [
-        ("+441", "a,b")
+        ("+441908273800", "a,b")
     ]
 
 

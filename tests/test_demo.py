@@ -1,4 +1,5 @@
-"""`campaign demo` runs the whole engine to completion with no configuration."""
+"""`campaign demo` runs the whole engine to completion with no configuration, and
+leaves the commands that show what it did."""
 
 from __future__ import annotations
 
@@ -37,3 +38,22 @@ def test_demo_runs_to_completion_and_checks_itself_against_the_simulator(tmp_pat
     assert "differ from their attempts: 0" in out
     assert "premium-rate" in out and "do-not-call" in out
     assert "Traceback" not in proc.stderr
+    # The commands it prints work as printed, on the data it left.
+    shown = out.split("look around", 1)[1].splitlines()[1:]
+    assert [line.split()[-2:] for line in shown] == [
+        ["status", "demo"],
+        ["why", "demo"],
+        ["demo", "--all"],
+    ]
+    for line in shown:
+        looked = subprocess.run(
+            ["bash", "-c", line],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+        assert looked.returncode == 0, line + "\n" + looked.stderr
+        assert "demo" in looked.stdout

@@ -11,7 +11,10 @@ from campaign.destinations import (
     NATIONAL_NEEDS_REGION,
     Destination,
     Rejected,
+    _parse_international,
+    _possibility,
     classify,
+    classify_number,
     mask,
     parse_destination,
     zones_for_number,
@@ -472,3 +475,74 @@ def test_every_country_example_number_keeps_phonenumbers_zones(region: str) -> N
         if isinstance(result, Destination):
             found = phonenumbers.timezone.time_zones_for_number(example)
             assert result.timezones == tuple(z for z in found if z != "Etc/Unknown")
+
+
+# --- the faster readings agree with phonenumbers' own --------------------------------------
+
+
+def _near(example: phonenumbers.PhoneNumber, seed: int) -> list[str]:
+    """International digits around an example number: digits changed, one dropped or added."""
+    digits = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)[1:]
+    code = str(example.country_code)
+    national = digits[len(code) :]
+    out = [digits]
+    for i in range(len(national)):
+        changed = national[:i] + str((int(national[i]) + seed + i) % 10) + national[i + 1 :]
+        out.append(code + changed)
+    out += [code + national[:-1], code + national + str(seed % 10), code + "0" + national]
+    return out
+
+
+def _examples() -> list[phonenumbers.PhoneNumber]:
+    found = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in phonenumbers.PhoneNumberType.values():
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None:
+                found.append(example)
+    for code in sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS):
+        example = phonenumbers.example_number_for_non_geo_entity(code)
+        if example is not None:
+            found.append(example)
+    return found
+
+
+def _same_reading(digits: str) -> None:
+    fast = _parse_international(digits)
+    try:
+        slow = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        assert fast is None, digits
+        return
+    if fast is not None:
+        assert (fast.country_code, fast.national_number) == (
+            slow.country_code,
+            slow.national_number,
+        ), digits
+        assert (fast.italian_leading_zero, fast.number_of_leading_zeros, fast.extension) == (
+            slow.italian_leading_zero,
+            slow.number_of_leading_zeros,
+            slow.extension,
+        ), digits
+    assert classify_number(slow) == phonenumbers.number_type(slow), digits
+    assert _possibility(slow) == phonenumbers.is_possible_number_with_reason(slow), digits
+
+
+def test_every_example_number_and_its_neighbours_read_and_classify_as_phonenumbers_does() -> None:
+    for seed, example in enumerate(_examples()):
+        for digits in _near(example, seed):
+            _same_reading(digits)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    digits=st.builds(
+        lambda code, zero, rest: f"{code}{zero}{rest}",
+        st.sampled_from(COUNTRY_CODES),
+        st.sampled_from(["", "", "", "0", "1"]),
+        st.from_regex(r"[0-9]{0,15}", fullmatch=True),
+    )
+    | st.from_regex(r"[0-9]{1,21}", fullmatch=True)
+)
+def test_generated_numbers_read_and_classify_as_phonenumbers_does(digits: str) -> None:
+    _same_reading(digits)

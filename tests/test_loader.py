@@ -25,6 +25,8 @@ from campaign.loader import (
     _RowError,
     load_csv,
 )
+from campaign.simulator import Simulator
+from tests.engine import CALLER_ID, create_campaign, engine_settings, run_until_idle, states
 
 Pool = admin.Pool
 
@@ -546,6 +548,8 @@ async def test_arbitrary_rows_never_crash_the_loader_and_good_rows_always_land(
     assert set(expected_good) <= {r["destination"] for r in in_db}
     assert result.loaded == len(in_db)
     assert result.loaded + result.refused == data_records
+    # None of these is a telephone number or an address the claim would dial.
+    assert result.never["invalid"] <= result.never_dialed <= result.loaded
 
 
 @settings(
@@ -570,3 +574,183 @@ async def test_arbitrary_bytes_after_the_header_load_or_fail_with_one_clear_erro
 
     assert loaded == len(await contacts(db_pool, cid))
     assert error is None or "\n" not in str(error)
+
+
+# --- rows the claim will never dial -------------------------------------------------------------
+
+
+async def campaign_with_history(pool: Pool) -> int:
+    """A campaign that dials any time, with a contact already dialed (its number is
+    claimed) and one waiting, and a do-not-call list."""
+    cid = await create_campaign(pool, "spring")
+    dialed, waiting = [
+        r["id"]
+        for r in await pool.fetch(
+            "INSERT INTO contacts (campaign_id, destination, state) VALUES "
+            "($1, '+44 1908 273810', 'completed'), ($1, '01908 273811', 'pending') "
+            "RETURNING id",
+            cid,
+        )
+    ]
+    # A national-format number is the same contact once the campaign has a country.
+    await pool.execute("UPDATE campaigns SET default_country = 'GB' WHERE id = $1", cid)
+    await pool.execute(
+        "INSERT INTO contact_keys (campaign_id, key, contact_id) VALUES ($1, '441908273810', $2)",
+        cid,
+        dialed,
+    )
+    await pool.execute("INSERT INTO suppressions (destination) VALUES ('441908273812')")
+    assert waiting
+    return cid
+
+
+NEVER_DIALED_FILE = (
+    "destination,priority\n"  # 1
+    "+44 1908 273800,\n"  # 2 good
+    "+44 909 8790000,\n"  # 3 premium rate
+    "12345,\n"  # 4 too short
+    "+44 1908 273812,\n"  # 5 on the do-not-call list
+    "441908273800,\n"  # 6 line 2 again
+    "tel:+441908273810,\n"  # 7 the number already dialed
+    "+44 1908 273811,\n"  # 8 the contact waiting in the campaign
+    "+44 1908 273813,\n"  # 9 good
+    "+44 1908 273814,\n"  # 10 dialed after line 11, whose priority is higher
+    "+44-1908-273814,5\n"  # 11
+)
+
+
+async def test_rows_the_claim_would_never_dial_load_and_are_reported_by_line_and_kind(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    cid = await campaign_with_history(db_pool)
+
+    result = await load_csv(db_pool, "spring", write(tmp_path, NEVER_DIALED_FILE))
+
+    assert (result.loaded, result.refused, result.committed) == (10, 0, True)
+    assert result.never == {"invalid": 2, "suppressed": 1, "duplicate": 4}
+    first = await db_pool.fetchval("SELECT min(id) FROM contacts WHERE campaign_id = $1", cid)
+    assert [str(w) for w in result.warnings] == [
+        "line 3: will be invalid: premium-rate numbers cannot be called: +4490******00",
+        "line 4: will be invalid: not a possible telephone number (too short): +*****",
+        "line 5: will be suppressed: on the do-not-call list",
+        "line 6: will be duplicate: same destination as line 2",
+        f"line 7: will be duplicate: same destination as contact {first}, already in the campaign",
+        f"line 8: will be duplicate: same destination as contact {first + 1}, "
+        "already in the campaign",
+        "line 10: will be duplicate: same destination as line 11",
+    ]
+
+
+async def test_the_claim_then_does_what_the_load_foretold(
+    db_pool: Pool, tmp_path: Path, simulator: Simulator
+) -> None:
+    cid = await campaign_with_history(db_pool)
+    result = await load_csv(db_pool, "spring", write(tmp_path, NEVER_DIALED_FILE))
+
+    await run_until_idle(db_pool, engine_settings(simulator))
+
+    rows = await db_pool.fetch(
+        "SELECT state, count(*) AS n FROM contacts WHERE campaign_id = $1 "
+        "AND id > (SELECT min(id) + 1 FROM contacts WHERE campaign_id = $1) GROUP BY state",
+        cid,
+    )
+    after = {r["state"]: r["n"] for r in rows}
+    assert after == {"dialing": result.loaded - result.never_dialed, **result.never}
+    # The contact that was waiting was dialed: the file's copy of it was the duplicate.
+    assert (await states(db_pool, cid))["dialing"] == 4
+
+
+async def test_strict_refuses_the_whole_file_when_a_row_would_never_be_dialed(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    cid = await create_campaign(db_pool, "spring")
+    bad = write(tmp_path, "destination\n+44 1908 273800\n01908 273801\n", name="bad.csv")
+    good = write(tmp_path, "destination\n+44 1908 273800\n+44 1908 273801\n", name="good.csv")
+
+    refused = await load_csv(db_pool, "spring", bad, strict=True)
+
+    assert (refused.committed, refused.loaded, refused.never) == (
+        False,
+        0,
+        {"invalid": 1, "suppressed": 0, "duplicate": 0},
+    )
+    assert [str(w) for w in refused.warnings] == [
+        "line 3: will be invalid: national format (leading 0) needs the campaign's default "
+        "country: 0190*****01"
+    ]
+    assert await contacts(db_pool, cid) == []
+    assert (await load_csv(db_pool, "spring", good, strict=True)).loaded == 2
+    assert len(await contacts(db_pool, cid)) == 2
+
+
+async def test_a_campaign_without_a_caller_id_or_a_zone_warns_of_the_rows_it_cannot_dial(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    await new_campaign(db_pool)
+    path = write(
+        tmp_path,
+        "destination,caller_id\n+44 1908 273800,\nsip:a@example.com,\n"
+        f"+44 1908 273801,{CALLER_ID}\n",
+    )
+
+    result = await load_csv(db_pool, "spring", path)
+
+    assert result.loaded == 3
+    assert [str(w) for w in result.warnings] == [
+        "line 2: will be invalid: no caller ID: set campaigns.caller_id or contacts.caller_id",
+        # The schema's window (09:00-20:00) needs a zone, and an address has none of its own.
+        "line 3: will be invalid: no time zone: set contacts.timezone or "
+        "campaigns.default_timezone",
+    ]
+
+
+async def test_warnings_keep_their_line_numbers_across_batches_and_chunks(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    await create_campaign(db_pool, "spring")
+    rows = ["destination,outbound_parameters"]
+    for i in range(3 * _BATCH_ROWS):
+        # A record over two lines now and then, so that records and lines part ways.
+        rows.append(f'+44 1908 {200000 + i},"a\nb"' if i % 7 == 0 else f"+44 1908 {200000 + i},")
+    rows.append("01908 200000,")  # a national spelling, refused
+    rows.append("+44 1908 200001,")  # the second row's number again
+    path = write(tmp_path, "\n".join(rows) + "\n")
+
+    result = await load_csv(db_pool, "spring", path, chunk_rows=_BATCH_ROWS)
+
+    records = 3 * _BATCH_ROWS
+    last_line = 1 + records + len(range(0, records, 7))
+    assert [str(w) for w in result.warnings] == [
+        f"line {last_line + 1}: will be invalid: national format (leading 0) needs the "
+        "campaign's default country: 0190*****00",
+        f"line {last_line + 2}: will be duplicate: same destination as line 4",
+    ]
+
+
+async def test_rows_judged_in_worker_processes_are_judged_and_reported_alike(
+    db_pool: Pool, tmp_path: Path
+) -> None:
+    # A large file is judged in worker processes, batches coming back in any order.
+    rows = ["destination,priority"]
+    for i in range(4 * _BATCH_ROWS):
+        rows.append(f"+44 1908 {200000 + i % (3 * _BATCH_ROWS)},")  # the last quarter repeats
+        if i % 97 == 0:
+            rows.append(f"01908 {200000 + i},")  # national format: invalid
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    await create_campaign(db_pool, "inline")
+    await create_campaign(db_pool, "parallel")
+
+    inline = await load_csv(db_pool, "inline", path, workers=1, chunk_rows=_BATCH_ROWS)
+    parallel = await load_csv(db_pool, "parallel", path, workers=2, chunk_rows=_BATCH_ROWS)
+
+    assert (
+        parallel.never
+        == inline.never
+        == {
+            "invalid": len(range(0, 4 * _BATCH_ROWS, 97)),
+            "suppressed": 0,
+            "duplicate": _BATCH_ROWS,
+        }
+    )
+    assert [str(w) for w in parallel.warnings] == [str(w) for w in inline.warnings]
+    assert parallel.warnings[0].line == 3

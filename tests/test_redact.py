@@ -16,6 +16,7 @@ from campaign.db.dsn import UNKNOWN, describe_dsn, dsn_passwords
 from campaign.logs import configure_logging
 from campaign.redact import REDACTED, Scrubber, basic_token
 from campaign.settings import LoggingSettings, load_settings
+from tests.helpers import logging_restored
 
 NO_ENV: dict[str, str] = {}
 
@@ -137,14 +138,8 @@ def test_the_settings_secrets_are_all_scrubbed() -> None:
 
 @pytest.fixture
 def restored_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
+    with logging_restored():
         yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.reset_defaults()
 
 
 SECRET = "Zqxj/Wvkq\\Ђjjj"

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import io
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -26,7 +25,6 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +34,7 @@ from campaign.logs import configure_logging
 from campaign.redact import Scrubber, basic_token
 from campaign.settings import load_settings
 from tests.engine import SERVICE, add_contacts, create_campaign, uk_numbers
+from tests.helpers import logging_restored
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,19 +180,6 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def logging_restored() -> Iterator[None]:
-    # `campaign run` and the database commands configure logging for the process.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.reset_defaults()
 
 
 def clean_environment(mp: pytest.MonkeyPatch) -> None:

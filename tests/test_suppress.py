@@ -17,7 +17,7 @@ from campaign.cli import load_suppressions, normalise_number
 from campaign.db.admin import Pool
 from campaign.destinations import Rejected, parse_destination
 from campaign.simulator import Simulator
-from tests.test_cli import Cli, logging_restored, one_line, point_at
+from tests.helpers import Cli, logging_restored, one_line, point_at
 
 
 @pytest.fixture(autouse=True)

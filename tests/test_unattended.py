@@ -40,8 +40,8 @@ from tests.engine import (
     states,
     uk_numbers,
 )
-from tests.helpers import events, max_overlap, wait_until
-from tests.parked_batches import Cli, logging_restored, point_at
+from tests.helpers import events, logging_restored, max_overlap, point_at, wait_until
+from tests.parked_batches import Cli
 
 MakeSimulator = Callable[..., Awaitable[Simulator]]
 

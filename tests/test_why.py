@@ -2,11 +2,15 @@
 
 The database is set up as the dispatcher, the pacing log and the tracker leave it
 (contacts deferred to their window, waiting for a retry, batches parked, calls open),
-then the report is read through `gather_why`, its renderers and the command.
+or as a newcomer leaves it before any daemon ran (contacts outside their window, numbers
+that will never be dialed), then the report is read through `gather_why`, its
+renderers and the command, and the daemon's start-up outlook from the same report.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -15,9 +19,29 @@ from typing import Any
 
 import pytest
 
+from campaign.daemon import run_daemon
 from campaign.db.admin import Pool
-from campaign.why import WhyReport, gather_why, render_json, render_text, to_json_document
-from tests.test_cli import Cli, logging_restored, one_line, point_at, run_campaign
+from campaign.dispatch import DUPLICATE_REASON
+from campaign.logs import configure_logging
+from campaign.simulator import Simulator
+from campaign.why import (
+    WhyReport,
+    gather_why,
+    outlook,
+    render_json,
+    render_text,
+    to_json_document,
+)
+from tests.engine import engine_settings, run_until_idle, states
+from tests.helpers import (
+    Cli,
+    logging_restored,
+    one_line,
+    point_at,
+    run_campaign,
+    wait_until,
+    window_closed_now,
+)
 
 LONDON_OPENING = "outside the calling window; opens 2026-11-28T09:00:00+00:00 (09:00 Europe/London)"
 NEW_YORK_OPENING = (
@@ -38,9 +62,21 @@ def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mon
 
 
 async def new_campaign(pool: Pool, name: str = "spring", **columns: Any) -> int:
-    cols = {"name": name, "service_name": "Svc", **columns}
+    """A campaign whose due contacts a daemon would dial at any hour, unless a test says
+    otherwise: `campaign why` judges them by the claim's rules, against the real clock."""
+    cols = {
+        "name": name,
+        "service_name": "Svc",
+        "caller_id": "441908273801",
+        "window_start": "00:00",
+        "window_end": "24:00",
+        **columns,
+    }
     names = ", ".join(cols)
-    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    params = ", ".join(
+        f"${i}::text::time" if name.startswith("window_") else f"${i}"
+        for i, name in enumerate(cols, start=1)
+    )
     campaign_id: int = await pool.fetchval(
         f"INSERT INTO campaigns ({names}) VALUES ({params}) RETURNING id", *cols.values()
     )
@@ -58,11 +94,13 @@ async def add_contacts(
     last_result: str | None = None,
     last_error: str | None = None,
 ) -> list[int]:
+    # Numbered on from the contacts already there: every contact has a number of its own
+    # (the same number twice would make one of them a duplicate).
     rows = await pool.fetch(
         "INSERT INTO contacts (campaign_id, destination, state, next_attempt_at, not_before, "
         "                      last_result, last_error) "
-        "SELECT $1, '+4419082' || lpad(g::text, 5, '0'), $2, now() + $3::text::interval, "
-        "       now() + $4::text::interval, $5, $6 "
+        "SELECT $1, '+4419082' || lpad((g + (SELECT count(*) FROM contacts))::text, 5, '0'), "
+        "       $2, now() + $3::text::interval, now() + $4::text::interval, $5, $6 "
         "FROM generate_series(1, $7) g RETURNING id",
         campaign_id,
         state,
@@ -119,11 +157,6 @@ async def busy_campaign(pool: Pool) -> int:
     """A campaign with something in every section."""
     cid = await new_campaign(
         pool, calls_per_second=2.0, max_concurrent_calls=10, default_timezone="Europe/London"
-    )
-    await pool.execute(
-        "UPDATE campaigns SET window_start = '08:00', window_end = '21:00', "
-        "window_days = '{1,2,3,4,5}' WHERE id = $1",
-        cid,
     )
     # Pending: 3 due, 4 + 2 waiting for their window, 1 + 2 for a retry, 1 for not_before.
     await add_contacts(pool, cid, 3)
@@ -339,7 +372,7 @@ async def test_aculab_unreachable_from_every_daemon_holds_due_contacts_and_says_
 
 
 async def test_a_campaign_with_nothing_pending_says_so(db_pool: Pool) -> None:
-    cid = await new_campaign(db_pool)
+    cid = await new_campaign(db_pool, window_start="09:00", window_end="20:00")
     await add_contacts(db_pool, cid, 3, state="completed")
 
     r = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
@@ -349,6 +382,224 @@ async def test_a_campaign_with_nothing_pending_says_so(db_pool: Pool) -> None:
         "  calling window: 09:00-20:00 local time, every day",
         "  no pending contacts (3 contacts in all; `campaign status spring` shows where they are)",
     ]
+
+
+# --- before the first claim: the claim's own rules --------------------------------------------
+
+NATIONAL = "national format (leading 0) needs the campaign's default country"
+PREMIUM = "premium-rate numbers cannot be called"
+
+
+async def add_destinations(pool: Pool, campaign_id: int, *destinations: str) -> list[int]:
+    rows = await pool.fetch(
+        "INSERT INTO contacts (campaign_id, destination) "
+        "SELECT $1, d FROM unnest($2::text[]) WITH ORDINALITY AS t(d, n) ORDER BY n RETURNING id",
+        campaign_id,
+        list(destinations),
+    )
+    return [r["id"] for r in rows]
+
+
+async def newcomer_campaign(pool: Pool, **columns: Any) -> int:
+    """Good numbers, and one of each kind the claim will never dial."""
+    cid = await new_campaign(pool, **columns)
+    other = await new_campaign(pool, "autumn")
+    # Claimed before (a completed call): its number belongs to it (contact_keys).
+    (owner,) = await add_destinations(pool, cid, "+44 1908 273803")
+    await pool.execute("UPDATE contacts SET state = 'completed' WHERE id = $1", owner)
+    await pool.execute(
+        "INSERT INTO contact_keys (campaign_id, key, contact_id) VALUES ($1, '441908273803', $2)",
+        cid,
+        owner,
+    )
+    await pool.execute(
+        "INSERT INTO suppressions (destination, campaign_id) "
+        "VALUES ('441908273802', NULL), ('441908273805', $1)",
+        other,
+    )
+    await add_destinations(
+        pool,
+        cid,
+        "+44 1908 273800",
+        "01908 273801",  # national format, no default country
+        "+44 909 8790000",  # premium rate
+        "+44 1908 273802",  # on the do-not-call list
+        "441908273800",  # the first number again, spelled otherwise
+        "+44 1908 273803",  # the number of the completed contact
+        "+44 1908 273804",
+        "+44 1908 273805",  # suppressed for another campaign only
+    )
+    # Held by not_before, and national format all the same.
+    await pool.execute(
+        "INSERT INTO contacts (campaign_id, destination, not_before) "
+        "VALUES ($1, '01908 273806', now() + interval '1 day')",
+        cid,
+    )
+    return cid
+
+
+async def test_contacts_outside_their_window_are_not_due_and_wait_for_each_zones_opening(
+    db_pool: Pool,
+) -> None:
+    start, end = window_closed_now("Europe/London")
+    cid = await new_campaign(db_pool, window_start=start, window_end=end)
+    await add_destinations(db_pool, cid, "+44 1908 273800", "+1 212 736 5000")
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
+
+    assert (r.pending, r.due) == (2, 0)
+    assert r.reasons == ["calling_window"]
+    assert r.calling_window is not None and r.calling_window.contacts == 2
+    london, new_york = r.calling_window.groups
+    assert timedelta(hours=1) <= london.earliest - r.as_of <= timedelta(hours=2)
+    assert new_york.earliest > london.earliest
+    lines = render_text(r).splitlines()
+    assert re.fullmatch(rf"    1  wait for {start} Europe/London, in [12]h\d\dm", lines[3])
+    assert re.fullmatch(rf"    1  wait for {start} America/New_York, in \d+h\d\dm", lines[4])
+    assert re.fullmatch(
+        r"  due now: none; the next contact is due .* UTC \(in [12]h\d\dm\); "
+        r"no daemon is running: start `campaign run` before then",
+        lines[-1],
+    )
+
+
+async def test_contacts_the_claim_would_never_dial_are_not_due_and_say_what_they_will_be(
+    db_pool: Pool,
+) -> None:
+    await newcomer_campaign(db_pool)
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
+
+    assert (r.pending, r.due) == (9, 3)
+    assert [(g.state, g.reason, g.contacts) for g in r.never_dialed] == [
+        ("duplicate", DUPLICATE_REASON, 2),
+        ("invalid", NATIONAL, 2),
+        ("invalid", PREMIUM, 1),
+        ("suppressed", "on the do-not-call list", 1),
+    ]
+    assert r.not_before is None  # its only contact will be invalid
+    assert r.reasons == ["never_dialed", "due_now"]
+    assert render_text(r).splitlines()[2:] == [
+        "  will never be dialed: 6 contacts",
+        f"    2  will be duplicate: {DUPLICATE_REASON}",
+        f"    2  will be invalid: {NATIONAL}",
+        f"    1  will be invalid: {PREMIUM}",
+        "    1  will be suppressed: on the do-not-call list",
+        "  pacing over the last 10 s: campaign cap 1/s, achieved 0.00/s (0 granted); "
+        "account cap 1/s, achieved 0.00/s (0 granted)",
+        "  due now: 3 contacts, but no daemon is running: start `campaign run` to dial them",
+    ]
+    doc = to_json_document(r)
+    assert doc["contacts"]["due"] == 3 and doc["contacts"]["never_dialed"] == 6
+    assert doc["never_dialed"]["groups"][0] == {
+        "state": "duplicate",
+        "reason": DUPLICATE_REASON,
+        "contacts": 2,
+    }
+
+
+async def test_what_why_foretells_is_what_the_claim_then_does(
+    db_pool: Pool, simulator: Simulator
+) -> None:
+    cid = await newcomer_campaign(db_pool, service_name="MyOutboundService")
+    await db_pool.execute("UPDATE contacts SET not_before = NULL WHERE campaign_id = $1", cid)
+    foretold = await gather_why(db_pool, "spring", account_calls_per_second=1.0)
+
+    await run_until_idle(db_pool, engine_settings(simulator))
+
+    after = await states(db_pool, cid)
+    assert after.pop("completed") == 1  # the contact claimed before
+    expected: dict[str, int] = {"dialing": foretold.due}
+    for g in foretold.never_dialed:
+        expected[g.state] = expected.get(g.state, 0) + g.contacts
+    assert after == expected == {"dialing": 3, "duplicate": 2, "invalid": 3, "suppressed": 1}
+
+
+async def test_a_large_campaign_is_judged_by_a_sample_that_says_so(db_pool: Pool) -> None:
+    cid = await new_campaign(db_pool)
+    await add_contacts(db_pool, cid, 5)
+    # Last in the order a daemon takes them: beyond the sample.
+    await add_destinations(db_pool, cid, "01908 273800")
+
+    r = await gather_why(db_pool, "spring", account_calls_per_second=1.0, examine=3)
+
+    assert (r.examined.contacts, r.examined.of, r.examined.sample) == (3, 6, True)
+    assert (r.due, r.due_not_examined, r.never_dialed) == (3, 3, [])
+    lines = render_text(r).splitlines()
+    assert (
+        "  (a sample: the claim's rules were applied to the first 3 of the 6 contacts no daemon "
+        "has judged yet, in the order a daemon takes them)"
+    ) in lines
+    assert lines[-1] == (
+        "  due now: 3 contacts (and 3 more due, not examined), but no daemon is running: "
+        "start `campaign run` to dial them"
+    )
+    assert to_json_document(r)["due"] == {"contacts": 3, "not_examined": 3, "held_by": None}
+
+
+# --- the daemon's outlook --------------------------------------------------------------------
+
+
+async def test_the_outlook_says_dialing_waiting_for_the_window_until_when_or_paused(
+    db_pool: Pool,
+) -> None:
+    start, end = window_closed_now("Europe/London")
+    night = await new_campaign(db_pool, "night", window_start=start, window_end=end)
+    await add_destinations(db_pool, night, "+44 1908 273800", "01908 273801")
+    await add_destinations(db_pool, await new_campaign(db_pool, "day"), "+44 1908 273802")
+    paused = await new_campaign(db_pool, "held", state="paused", state_reason="by Ann")
+    await add_destinations(db_pool, paused, "+44 1908 273803")
+
+    night_r = await gather_why(db_pool, "night", 1.0)
+    waiting = outlook(night_r)
+    day = outlook(await gather_why(db_pool, "day", 1.0))
+    held = outlook(await gather_why(db_pool, "held", 1.0))
+
+    assert (waiting.doing, waiting.due, waiting.never_dialed) == ("waiting_for_window", 0, 1)
+    assert night_r.calling_window is not None
+    assert waiting.until == night_r.calling_window.earliest
+    assert waiting.reason is not None and waiting.reason.endswith(f"({start} Europe/London)")
+    assert (day.doing, day.due, day.until) == ("dialing", 1, None)
+    assert (held.doing, held.due, held.reason) == ("paused", 1, "by Ann")
+
+
+async def test_campaign_run_logs_each_campaigns_outlook_before_dialing(
+    db_pool: Pool, db_dsn: str, simulator: Simulator
+) -> None:
+    start, end = window_closed_now("Europe/London")
+    night = await new_campaign(
+        db_pool, "night", service_name="MyOutboundService", window_start=start, window_end=end
+    )
+    await add_destinations(db_pool, night, "+44 1908 273800")
+    settings = engine_settings(
+        simulator,
+        database={"dsn": db_dsn},
+        listener={"port": 0},
+        logging={"format": "json"},
+    )
+    logs = io.StringIO()
+    configure_logging(settings.logging, stream=logs)
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run_daemon(settings, stop))
+    try:
+        await wait_until(lambda: "campaign_outlook" in logs.getvalue(), 20, "the outlook")
+    finally:
+        stop.set()
+        assert await daemon == 0, logs.getvalue()
+
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    (seen,) = [e for e in lines if e["event"] == "campaign_outlook"]
+    assert seen["campaign"] == "night"
+    assert (seen["state"], seen["outlook"], seen["due"], seen["pending"]) == (
+        "active",
+        "waiting_for_window",
+        0,
+        1,
+    )
+    assert seen["until"] > seen["ts"]
+    assert [e["event"] for e in lines].index("campaign_outlook") < [
+        e["event"] for e in lines
+    ].index("daemon_stopped")
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -364,14 +615,13 @@ async def test_the_text_has_one_readable_section_per_reason(db_pool: Pool) -> No
 
     lines = text.splitlines()
     assert re.fullmatch(r"campaign spring \(id \d+\), active, as of \d{4}-.* UTC", lines[0])
-    assert lines[1] == (
-        "  calling window: 08:00-21:00 local time, Mon-Fri (default zone Europe/London)"
-    )
+    assert lines[1] == ("  calling window: any time (default zone Europe/London)")
     assert re.match(
         r"  waiting for the calling window: 6 contacts, first due .* UTC \(in 2h5\dm\)$", lines[2]
     )
-    assert lines[3] == "    4  opens 2026-11-28T09:00:00+00:00 (09:00 Europe/London)"
-    assert lines[4] == "    2  opens 2026-11-28T14:00:00+00:00 (09:00 America/New_York)"
+    # Each opening in the zones' own clocks, and how long until it.
+    assert re.fullmatch(r"    4  wait for 09:00 Europe/London, in 2h5\dm", lines[3])
+    assert re.fullmatch(r"    2  wait for 09:00 America/New_York, in 7h5\dm", lines[4])
     assert re.match(r"  waiting for a retry: 3 contacts, first due .*\(in \d+m\d\ds\)$", lines[5])
     assert lines[6].startswith("    1  busy, first due ")
     assert lines[7].startswith("    2  no_answer, first due ")
@@ -407,11 +657,12 @@ async def test_the_json_document_always_carries_every_key(db_pool: Pool) -> None
         "parked_batches",
         "batches_in_flight",
     ]
-    assert doc["window"]["days"] == [1, 2, 3, 4, 5]
+    assert doc["window"]["days"] == [1, 2, 3, 4, 5, 6, 7]
     assert doc["contacts"] == {
         "total": 26,
         "pending": 13,
         "due": 3,
+        "never_dialed": 0,
         "dispatching": 8,
         "dialing": 2,
         "suppressed": 2,
@@ -432,7 +683,9 @@ async def test_the_json_document_always_carries_every_key(db_pool: Pool) -> None
     assert doc["suppressed"] == {"contacts": 2}
     assert (doc["parked_batches"]["count"], len(doc["parked_batches"]["first"])) == (2, 2)
     assert doc["batches_in_flight"] == {"count": 1, "contacts": 3}
-    assert doc["due"] == {"contacts": 3, "held_by": "concurrency"}
+    assert doc["due"] == {"contacts": 3, "not_examined": 0, "held_by": "concurrency"}
+    assert doc["never_dialed"] is None
+    assert doc["examined"] == {"contacts": 13, "of": 13, "limit": 10_000, "sample": False}
     await new_campaign(db_pool, "quiet")
     quiet = to_json_document(await gather_why(db_pool, "quiet", 1.0))
     assert set(quiet) == set(doc)

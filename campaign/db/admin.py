@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
 
 import asyncpg
 
+from campaign.db import queries as q
 from campaign.db.migrate import pending
 
 if TYPE_CHECKING:
@@ -67,10 +68,14 @@ class IllegalTransition(CommandError):
 
 
 class NotMigrated(CommandError):
-    def __init__(self, missing: Sequence[str]) -> None:
+    def __init__(self, missing: Sequence[str], elsewhere: str = "") -> None:
+        """`elsewhere`: where the data the operator is after lives instead, if known."""
         super().__init__(
-            f"database is not migrated: run `campaign migrate` ({len(missing)} pending)"
+            f"{elsewhere} (its default database is not migrated)"
+            if elsewhere
+            else f"database is not migrated: run `campaign migrate` ({len(missing)} pending)"
         )
+        self.missing = list(missing)
 
 
 # --- schema check ---------------------------------------------------------------------
@@ -264,6 +269,129 @@ def _unwrap(expression: str) -> str:
                 return expression  # the first "(" closes early: "(a) AND (b)"
         expression = expression[1:-1]
     return expression
+
+
+# --- load: the rows the claim will never dial -------------------------------------------
+#
+# `campaign load` judges each row by the claim's rules as it streams the file; the rows
+# that may be dialed leave their destination key and number in load_keys, and once the
+# whole file is in, one statement finds the ones on the do-not-call list and the ones
+# that repeat a number: of the file, or of a contact already in the campaign. All of it
+# inside the load's transaction, so a --strict refusal rolls it all back.
+
+CREATE_LOAD_KEYS = """
+CREATE TEMP TABLE load_keys (
+    line       bigint,  -- the row's line in the file; NULL for a contact already there
+    contact_id bigint,  -- the contact already in the campaign
+    priority   integer NOT NULL,
+    key        text NOT NULL,
+    number     text
+) ON COMMIT DROP
+"""
+
+LAST_CONTACT_ID = """
+SELECT coalesce(max(id), 0) FROM contacts
+"""
+
+# Contacts of the campaign no claim has judged yet (dispatch_count 0: a claim records
+# the number's owner and counts the dispatch in one transaction) whose numbers may be
+# among the file's, to be judged by the loader (their keys exist nowhere else). Only
+# those whose last 7 digits are some loaded number's, or, when the file has addresses
+# that are not numbers, those that are not plain numbers: a national spelling ends in
+# the same digits as the international one. Contacts of this load (ids past $2) are not
+# "already there".
+EXISTING_UNJUDGED = f"""
+SELECT {q.CONTACT_COLUMNS}, priority
+FROM contacts
+WHERE campaign_id = $1 AND state = 'pending' AND dispatch_count = 0 AND id <= $2
+  AND (right(regexp_replace(destination, '[^0-9]', '', 'g'), 7) IN (
+           SELECT right(number, 7) FROM load_keys WHERE number IS NOT NULL)
+       OR (destination !~ '^[0-9 +().-]*$'
+           AND EXISTS (SELECT 1 FROM load_keys WHERE number IS NULL)))
+"""
+
+# The claim checks the do-not-call list before the duplicates (own_keys), so a
+# suppressed row owns no number. The others are ranked per key as the claims will meet
+# them: the contact a claim already recorded, then priority, then the contacts already
+# there before the file's, then by id (file order, for the file's).
+LOAD_FATES = """
+CREATE TEMP TABLE load_fates ON COMMIT DROP AS
+WITH listed AS (
+    SELECT DISTINCT destination FROM suppressions
+    WHERE (campaign_id IS NULL OR campaign_id = $1)
+      AND destination IN (SELECT number FROM load_keys WHERE number IS NOT NULL)
+), judged AS (
+    SELECT k.*, coalesce(k.number IN (SELECT destination FROM listed), false) AS on_list
+    FROM load_keys k
+), contenders AS (
+    SELECT NULL::bigint AS line, o.contact_id, 0 AS tier, 0 AS priority, o.key
+    FROM contact_keys o
+    WHERE o.campaign_id = $1 AND o.key IN (SELECT key FROM load_keys)
+    UNION ALL
+    SELECT line, contact_id, 1, priority, key FROM judged WHERE NOT on_list
+), ranked AS (
+    SELECT line,
+           row_number() OVER w AS nth,
+           first_value(line) OVER w AS first_line,
+           first_value(contact_id) OVER w AS first_contact
+    FROM contenders
+    WINDOW w AS (PARTITION BY key ORDER BY tier, priority DESC, line IS NOT NULL, contact_id, line)
+)
+SELECT line, 'suppressed'::text AS state, NULL::bigint AS first_line,
+       NULL::bigint AS first_contact
+FROM judged WHERE on_list AND line IS NOT NULL
+UNION ALL
+SELECT line, 'duplicate', first_line, first_contact
+FROM ranked WHERE nth > 1 AND line IS NOT NULL
+"""
+
+LOAD_FATE_COUNTS = """
+SELECT state, count(*) AS n FROM load_fates GROUP BY state
+"""
+
+FIRST_LOAD_FATES = """
+SELECT line, state, first_line, first_contact FROM load_fates ORDER BY line LIMIT $1
+"""
+
+
+@dataclass(frozen=True)
+class LoadFate:
+    line: int
+    state: Literal["suppressed", "duplicate"]
+    first_line: int | None
+    """duplicate: the line whose contact the claim will dial instead."""
+    first_contact: int | None
+    """duplicate: the contact already in the campaign that the claim dials instead."""
+
+
+async def start_load_keys(conn: Conn) -> int:
+    """Create this load's load_keys table; the last contact id before the load."""
+    await conn.execute(CREATE_LOAD_KEYS)
+    last: int = await conn.fetchval(LAST_CONTACT_ID)
+    return last
+
+
+async def existing_unjudged(
+    conn: Conn, campaign_id: int, last_before: int
+) -> list[tuple[q.ContactRow, int]]:
+    """Contacts already in the campaign that may share a number with the file (and
+    their priorities), for the loader to judge."""
+    rows = await conn.fetch(EXISTING_UNJUDGED, campaign_id, last_before)
+    return [(q.contact_row(r), r["priority"]) for r in rows]
+
+
+async def load_fates(
+    conn: Conn, campaign_id: int, shown: int
+) -> tuple[dict[str, int], list[LoadFate]]:
+    """The loaded rows the claim will mark suppressed or duplicate: counts by state,
+    and the first `shown` in file order."""
+    await conn.execute(LOAD_FATES, campaign_id)
+    counts = {r["state"]: r["n"] for r in await conn.fetch(LOAD_FATE_COUNTS)}
+    first = [
+        LoadFate(r["line"], r["state"], r["first_line"], r["first_contact"])
+        for r in await conn.fetch(FIRST_LOAD_FATES, shown)
+    ]
+    return counts, first
 
 
 # --- pause / resume / cancel ------------------------------------------------------------
@@ -757,14 +885,29 @@ class WhyCampaign:
     window: CallingWindow
 
 
+Hold = Literal["due", "not_before", "window", "retry"]
+
+
 @dataclass(frozen=True)
 class PendingGroup:
-    hold: Literal["due", "not_before", "window", "retry"]
+    hold: Hold
     detail: str | None
     """window: the dispatcher's last_error (names the opening); retry: last_result."""
     contacts: int
     earliest: datetime
     """When the first of them becomes due."""
+    examinable: int = 0
+    """Of them, due now or never judged by a claim (see `Examinable`)."""
+
+
+@dataclass(frozen=True)
+class Examinable:
+    """A pending contact a claim has yet to judge, as the claim will read it."""
+
+    contact: q.ContactRow
+    hold: Hold
+    detail: str | None
+    due_at: datetime
 
 
 @dataclass(frozen=True)
@@ -791,6 +934,10 @@ class WhySnapshot:
     parked: ParkedSummary
     daemons: list[DaemonRow]
     """The daemons alive (seen within the snapshot's `alive_within`)."""
+    rules: q.CampaignRow
+    """The campaign as the claim reads it (dispatch.contact_verdict)."""
+    examined: list[Examinable]
+    """The first `examine` pending contacts a claim has yet to judge, in claim order."""
 
 
 @dataclass(frozen=True)
@@ -819,36 +966,62 @@ WHY_CONTACT_STATES = """
 SELECT state, count(*) AS n FROM contacts WHERE campaign_id = $1 GROUP BY state
 """
 
-# Each pending contact in exactly one group, by what holds it longest: due now, a
-# not_before later than its next attempt, the calling window (the dispatcher deferred
-# it with last_result 'outside_window'), or a retry delay (per last_result).
-WHY_PENDING = """
+# Each pending contact held by what holds it longest: due now, a not_before later than
+# its next attempt, the calling window (the dispatcher deferred it with last_result
+# 'outside_window'), or a retry delay (per last_result). Shared by the counts and by
+# the contacts `campaign why` examines, so that both put a contact in the same group.
+_HELD = """
 WITH pending AS (
-    SELECT greatest(next_attempt_at, coalesce(not_before, next_attempt_at)) AS due_at,
-           not_before, next_attempt_at, last_result, last_error
+    SELECT *, greatest(next_attempt_at, coalesce(not_before, next_attempt_at)) AS due_at
     FROM contacts
     WHERE campaign_id = $1 AND state = 'pending'
-), held AS (
-    SELECT due_at,
+), classified AS (
+    SELECT *,
            CASE
                WHEN due_at <= now() THEN 'due'
                WHEN not_before IS NOT NULL AND not_before >= next_attempt_at THEN 'not_before'
                WHEN last_result = 'outside_window' THEN 'window'
                ELSE 'retry'
-           END AS hold,
-           last_result, last_error
+           END AS hold
     FROM pending
+), held AS (
+    SELECT *,
+           CASE hold
+               WHEN 'window' THEN coalesce(last_error, 'outside the calling window')
+               WHEN 'retry' THEN coalesce(last_result, 'scheduled')
+           END AS detail,
+           -- What a claim has yet to judge: due now, or never looked at by a daemon
+           -- (its not_before is still ahead, or the dispatcher deferred it to its
+           -- window before checking the do-not-call list and duplicates).
+           hold = 'due' OR dispatch_count = 0 AS examinable
+    FROM classified
 )
-SELECT hold,
-       CASE hold
-           WHEN 'window' THEN coalesce(last_error, 'outside the calling window')
-           WHEN 'retry' THEN coalesce(last_result, 'scheduled')
-       END AS detail,
-       count(*) AS n,
-       min(due_at) AS earliest
+"""
+
+WHY_PENDING = f"""
+{_HELD}
+SELECT hold, detail, count(*) AS n, min(due_at) AS earliest,
+       count(*) FILTER (WHERE examinable) AS examinable
 FROM held
 GROUP BY 1, 2
 ORDER BY 4, 2
+"""
+
+# In the order the claim takes them (due first), so that a sample is what the
+# daemons will meet next and the first of two contacts with one number is the one
+# the claim would dial.
+WHY_EXAMINED = f"""
+{_HELD}
+SELECT {q.CONTACT_COLUMNS}, hold, detail, due_at
+FROM held
+WHERE examinable
+ORDER BY hold <> 'due', priority DESC, id
+LIMIT $2
+"""
+
+# Which contact a claim already recorded as dialing each number (own_keys).
+KEY_OWNERS = """
+SELECT key, contact_id FROM contact_keys WHERE campaign_id = $1 AND key = ANY($2::text[])
 """
 
 WHY_OPEN_CALLS = """
@@ -894,10 +1067,12 @@ async def why_snapshot(
     window_seconds: float = 10.0,
     parked_shown: int = 3,
     alive_within: float = 60.0,
+    examine: int = 10_000,
 ) -> WhySnapshot:
     """What holds a campaign's contacts back. Raises CampaignNotFound.
 
     A daemon counts as alive when its heartbeat wrote its row within `alive_within`.
+    At most `examine` contacts are read for the claim's rules to be applied to.
     """
     async with (
         pool.acquire() as conn,
@@ -919,8 +1094,15 @@ async def why_snapshot(
         )
         states = {r["state"]: r["n"] for r in await conn.fetch(WHY_CONTACT_STATES, campaign.id)}
         pending = [
-            PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"])
+            PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"], r["examinable"])
             for r in await conn.fetch(WHY_PENDING, campaign.id)
+        ]
+        rules = await q.campaign_row(conn, campaign.id)
+        if rules is None:  # cannot happen inside this snapshot; keeps the types honest
+            raise CampaignNotFound(name)
+        examined = [
+            Examinable(q.contact_row(r), r["hold"], r["detail"], r["due_at"])
+            for r in await conn.fetch(WHY_EXAMINED, campaign.id, examine)
         ]
         open_calls: int = await conn.fetchval(WHY_OPEN_CALLS, campaign.id)
         keys = [campaign_budget(campaign.id), ACCOUNT_BUDGET]
@@ -960,4 +1142,30 @@ async def why_snapshot(
         in_flight_contacts=in_flight[1],
         parked=ParkedSummary(parked[0], parked[1], first_parked),
         daemons=daemons,
+        rules=rules,
+        examined=examined,
     )
+
+
+async def key_owners(pool: Pool, campaign_id: int, keys: Sequence[str]) -> dict[str, int]:
+    """The contact a claim recorded as dialing each of these destination keys."""
+    if not keys:
+        return {}
+    rows = await pool.fetch(KEY_OWNERS, campaign_id, list(keys))
+    return {r["key"]: r["contact_id"] for r in rows}
+
+
+async def suppressed_numbers(pool: Pool, campaign_id: int, numbers: Sequence[str]) -> set[str]:
+    """The numbers on the do-not-call list for this campaign, by the claim's own query."""
+    async with pool.acquire() as conn:
+        return await q.suppressed(conn, campaign_id, numbers)
+
+
+OUTLOOK_CAMPAIGNS = """
+SELECT name FROM campaigns WHERE state IN ('active', 'paused') ORDER BY priority DESC, id
+"""
+
+
+async def campaigns_to_dial(pool: Pool) -> list[str]:
+    """The campaigns a daemon may dial, now or after a resume, highest priority first."""
+    return [r["name"] for r in await pool.fetch(OUTLOOK_CAMPAIGNS)]

@@ -252,6 +252,11 @@ def _start_embedded(pgdata: Path) -> Any:
     return server
 
 
+def _embedded_uri(server: Any, db: DatabaseSettings) -> str:
+    uri = str(server.get_uri())
+    return dsn_with_database(uri, db.embedded_database) if db.embedded_database else uri
+
+
 def _release_embedded(server: Any) -> None:
     # pgserver stops the server once the last handle of the last process is released.
     server.__exit__(None, None, None)
@@ -270,8 +275,7 @@ async def resolve_dsn(db: DatabaseSettings) -> str:
     if configured:
         return configured
     server = await asyncio.to_thread(_start_embedded, _pgdata(db))
-    uri: str = server.get_uri()
-    return uri
+    return _embedded_uri(server, db)
 
 
 @asynccontextmanager
@@ -288,7 +292,7 @@ async def database_dsn(db: DatabaseSettings) -> AsyncIterator[str]:
         return
     server = await asyncio.to_thread(_start_embedded, _pgdata(db))
     try:
-        yield str(server.get_uri())
+        yield _embedded_uri(server, db)
     finally:
         # Even if this await is cancelled, the thread runs on and stops the server.
         await asyncio.to_thread(_release_embedded, server)

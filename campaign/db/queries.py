@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -33,8 +33,10 @@ class CampaignRow:
     window_days: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
 
 
-@dataclass(frozen=True)
-class ContactRow:
+class ContactRow(NamedTuple):
+    """A contact as the claim judges it. A named tuple rather than a frozen dataclass:
+    `campaign load` builds one per row of the file, and this is four times cheaper."""
+
     id: int
     destination: str
     caller_id: str | None
@@ -118,6 +120,19 @@ async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | No
     return _campaign(row) if row is not None else None
 
 
+# In any state, unlocked: what `campaign why` and `campaign load` judge contacts by.
+CAMPAIGN_BY_ID = f"""
+SELECT {_CAMPAIGN_COLUMNS}
+FROM campaigns
+WHERE id = $1
+"""
+
+
+async def campaign_row(conn: Conn, campaign_id: int) -> CampaignRow | None:
+    row = await conn.fetchrow(CAMPAIGN_BY_ID, campaign_id)
+    return _campaign(row) if row is not None else None
+
+
 # --- pacing: a sliding one-second window shared by every daemon -------------------
 
 # The budget rows' locks serialise every daemon's claims on the same budgets.
@@ -198,11 +213,17 @@ async def forget_old_grants(conn: Conn, older_than_seconds: float) -> None:
 
 # --- step 1: claim and persist --------------------------------------------------
 
-CLAIM_CONTACTS = """
-SELECT id, destination, caller_id, token, outbound_parameters,
-       -- As text, decoded per contact by the dispatcher: one hostile value (JSON
-       -- nested too deep to decode) must make one contact invalid, not fail the claim.
-       extra_sip_headers::text AS extra_sip_headers, dispatch_count, timezone
+# What the claim judges a contact by (dispatch.contact_verdict); `campaign why` and
+# `campaign load` select the same columns.
+CONTACT_COLUMNS = """
+    id, destination, caller_id, token, outbound_parameters,
+    -- As text, decoded per contact by the dispatcher: one hostile value (JSON
+    -- nested too deep to decode) must make one contact invalid, not fail the claim.
+    extra_sip_headers::text AS extra_sip_headers, dispatch_count, timezone
+"""
+
+CLAIM_CONTACTS = f"""
+SELECT {CONTACT_COLUMNS}
 FROM contacts
 WHERE campaign_id = $1
   AND state = 'pending'
@@ -214,21 +235,22 @@ FOR UPDATE SKIP LOCKED
 """
 
 
+def contact_row(r: asyncpg.Record) -> ContactRow:
+    """A row selected with CONTACT_COLUMNS."""
+    return ContactRow(
+        id=r["id"],
+        destination=r["destination"],
+        caller_id=r["caller_id"],
+        token=r["token"],
+        outbound_parameters=r["outbound_parameters"],
+        extra_sip_headers=r["extra_sip_headers"],
+        dispatch_count=r["dispatch_count"],
+        timezone=r["timezone"],
+    )
+
+
 async def claim_contacts(conn: Conn, campaign_id: int, limit: int) -> list[ContactRow]:
-    rows = await conn.fetch(CLAIM_CONTACTS, campaign_id, limit)
-    return [
-        ContactRow(
-            id=r["id"],
-            destination=r["destination"],
-            caller_id=r["caller_id"],
-            token=r["token"],
-            outbound_parameters=r["outbound_parameters"],
-            extra_sip_headers=r["extra_sip_headers"],
-            dispatch_count=r["dispatch_count"],
-            timezone=r["timezone"],
-        )
-        for r in rows
-    ]
+    return [contact_row(r) for r in await conn.fetch(CLAIM_CONTACTS, campaign_id, limit)]
 
 
 SUPPRESSED = """
