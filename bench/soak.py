@@ -896,6 +896,28 @@ async def verdict(
         if ev == "batch_send_failed" and "cannot connect" in str(body.get("error", ""))
     )
 
+    # What the engine said about each parked batch's sends, and what its re-send found.
+    for b in parked:
+        failures = []
+        for _, _, ev, t, body in events:
+            if ev == "batch_send_failed" and body.get("batch_id") == b["batch_id"]:
+                nearest = min(outage_list, key=lambda o: abs(t - o[0]), default=None)
+                failures.append(
+                    (
+                        t,
+                        {
+                            "error": body.get("error"),
+                            "s_after_nearest_outage_began": (
+                                None if nearest is None else round(t - nearest[0], 2)
+                            ),
+                        },
+                    )
+                )
+        b["engine_send_failures"] = [f for _, f in sorted(failures, key=lambda x: x[0])]
+        b["requests_after_resolving"] = [
+            r.outcome for r in sim.requests_with(b["unique_id"])[len(b["requests_seen"]) :]
+        ]
+
     # --- daemons -------------------------------------------------------------------
     daemons_out = []
     for d in run.daemons:
@@ -1092,6 +1114,16 @@ async def verdict(
     )
     for row in per_outage:
         p("  " + " ".join(f"{k}={v}" for k, v in row.items()))
+    for b in parked:
+        if b["cause"] == "never reached Aculab":
+            p(
+                f"  parked, never reached Aculab: batch {b['batch_id']} ({b['unique_id']}): "
+                f"no request of the simulator's carries its unique_id; the engine's sends "
+                f"failed with {[f['error'] for f in b['engine_send_failures']]} at "
+                f"{[f['s_after_nearest_outage_began'] for f in b['engine_send_failures']]} s "
+                f"from the start of the nearest outage; after `resolve --resend` the "
+                f"simulator answered {b['requests_after_resolving']}"
+            )
     for kind, lines in examples.items():
         for line in lines:
             p(f"  e.g. {kind}: {line}")
