@@ -336,7 +336,9 @@ def make_plan(seconds: float, rng: random.Random) -> Plan:
     blocked = (pg_at - 8.0, pg_at + 25.0)
     outages: list[tuple[float, float]] = []
     for begin, end in ((warmup, blocked[0]), (blocked[1], seconds - 5.0)):
-        t = begin + rng.uniform(0.0, 5.0)
+        # Jitter the first one only as far as still lets it fit (a 1-minute run has
+        # room for one outage before the restart, and no more).
+        t = begin + rng.uniform(0.0, max(0.0, min(5.0, end - begin - WINDOW)))
         while t + WINDOW <= end:
             duration = min(rng.uniform(1.0, 3.0) * WINDOW, end - t)
             outages.append((t, duration))
