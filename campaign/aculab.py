@@ -24,6 +24,8 @@ from campaign.settings import AccountType, AculabSettings, HttpSettings
 
 MAX_TOKEN_LENGTH = 5000  # [doc] service_start: token of up to 5000 characters
 MAX_RAW_ANSWER = 10_000
+INCOMPLETE_REQUEST = "Can not write request body"
+"""How aiohttp's error starts when it could not finish writing the request."""
 """Characters of an unusable answer kept for the operator."""
 CALL_FIELDS = assumptions.CALL_OBJECT_KEYS
 
@@ -366,7 +368,15 @@ class AculabClient:
         except TimeoutError as exc:
             raise TransientError(f"{what}: no answer in time", text="timeout") from exc
         except aiohttp.ClientConnectionError as exc:
-            raise TransientError(f"{what}: connection failed: {exc}", text="connection") from exc
+            detail = f"connection failed: {type(exc).__name__}: {exc}"
+            raise TransientError(
+                f"{what}: {detail}",
+                text=detail[:300],
+                # aiohttp's words when the request body could not be written: an
+                # incomplete request starts nothing. A reset or a close before any
+                # answer may follow a complete one, so those stay in doubt.
+                may_have_started=not str(exc).startswith(INCOMPLETE_REQUEST),
+            ) from exc
         except aiohttp.ClientError as exc:
             raise TransientError(f"{what}: {exc}", text="client error") from exc
         try:

@@ -80,6 +80,7 @@ OPEN_COUNT_REUSE_SECONDS = 1.0
 HELD_FOR_WINDOW = "re-send held outside the calling window:"
 
 REJECTED_STATUSES = frozenset({400, 413, 422})
+DATABASE_RETRY_MAX_SECONDS = 5.0
 # While Aculab is unreachable, a pending batch due within this many seconds is the
 # next probe; one due later does not hold the probing up.
 PROBE_WAITS_FOR_DUE_BATCH = 1.0
@@ -487,7 +488,10 @@ class Dispatcher:
                     failures += 1
                     self._db_trouble.failed(db_error_kind(exc), **describe_db_error(exc))
                     await after_database_error(self.pool, exc)
-                    await sleep_until_woken(stop, never, backoff_delay(failures))
+                    # Short, and woken when the LISTEN connection is back (the
+                    # database is): dispatching resumes within moments of it.
+                    delay = backoff_delay(failures, cap=DATABASE_RETRY_MAX_SECONDS)
+                    await sleep_until_woken(stop, self._wake, delay)
                     continue
                 except Exception as exc:
                     # A bug of ours, or an answer nobody foresaw: never a tight loop,
