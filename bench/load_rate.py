@@ -1,8 +1,10 @@
 """`campaign load` speed: a generated CSV of N rows loaded through the real command.
 
 Prints rows per second for a one-column file (destination only) and for a
-five-column one (distinct valid London numbers, each row judged by the claim's
-rules), each into a fresh database on the embedded PostgreSQL. Also printed: the
+five-column one (distinct valid London numbers), each into a fresh database on the
+embedded PostgreSQL, twice: with every row judged by the claim's rules (the
+default) and with `--no-check` (COPY alone), so the cost of the judging is measured
+in the same run. Also printed: the
 command's fixed cost (the same load of a one-row file: start-up, imports,
 connecting), the rate without it, and the load average before the run (on a
 shared machine, a high one means the figure is noisy).
@@ -67,14 +69,14 @@ async def fresh_database(admin_dsn: str, name: str) -> str:
     return dsn
 
 
-async def run_load(dsn: str, path: Path) -> tuple[float, str]:
-    """Seconds taken by `campaign load bench PATH`, and its stdout."""
+async def run_load(dsn: str, path: Path, *options: str) -> tuple[float, str]:
+    """Seconds taken by `campaign load bench PATH [OPTIONS]`, and its stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     env["CAMPAIGN_DATABASE__DSN"] = dsn
     began = time.perf_counter()
     proc = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "campaign", "load", "bench", str(path)],
+        [sys.executable, "-m", "campaign", "load", "bench", str(path), *options],
         env=env,
         capture_output=True,
         text=True,
@@ -104,16 +106,19 @@ async def main() -> None:
                 write_csv(one_row, 1, wide)
                 # On a database of its own, then dropped: the big load starts on a fresh one.
                 fixed, _ = await run_load(await fresh_database(admin_dsn, "bench_load"), one_row)
-                dsn = await fresh_database(admin_dsn, "bench_load")
-                load_average = os.getloadavg()[0]
-                seconds, output = await run_load(dsn, path)
                 columns = 5 if wide else 1
-                print(
-                    f"{args.rows:,} rows, {columns} column(s): {seconds:.1f} s, "
-                    f"{args.rows / seconds:,.0f} rows/s (target 100,000) — {output}; "
-                    f"fixed cost {fixed:.1f} s, without it {args.rows / (seconds - fixed):,.0f} "
-                    f"rows/s; load average before {load_average:.2f}"
-                )
+                for options in ((), ("--no-check",)):
+                    dsn = await fresh_database(admin_dsn, "bench_load")
+                    load_average = os.getloadavg()[0]
+                    seconds, output = await run_load(dsn, path, *options)
+                    how = "rows judged" if not options else "--no-check"
+                    print(
+                        f"{args.rows:,} rows, {columns} column(s), {how}: {seconds:.1f} s, "
+                        f"{args.rows / seconds:,.0f} rows/s (target 100,000) — {output}; "
+                        f"fixed cost {fixed:.1f} s, without it "
+                        f"{args.rows / (seconds - fixed):,.0f} rows/s; "
+                        f"load average before {load_average:.2f}"
+                    )
 
 
 if __name__ == "__main__":

@@ -400,6 +400,7 @@ async def _load_file(args: argparse.Namespace, pool: admin.Pool, settings: Setti
         delimiter=args.delimiter,
         on_progress=progress,
         strict=args.strict,
+        check=not args.no_check,
     )
     for refusal in result.refusals:
         print(refusal, file=sys.stderr)
@@ -1059,6 +1060,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="load nothing if any row is refused or would never be dialed",
+    )
+    load.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not judge the rows by the claim's rules (no warnings about rows that will "
+        "never be dialed): about twice as fast for millions of rows; the dispatcher still "
+        "judges every contact when it claims it",
     )
     load.add_argument(
         "--delimiter",

@@ -355,6 +355,22 @@ def test_load_warns_by_line_of_rows_never_to_be_dialed_and_counts_each_kind(
     ]
 
 
+def test_load_without_the_check_loads_every_row_unjudged(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
+    path = csv_file(tmp_path, "destination\n+44 1908 273800\n01908 273801\n")
+
+    status, out, err = cli("load", "spring", path, "--no-check")
+
+    assert (status, out, err) == (0, "loaded 2 rows\n", "")
+    rows = cli.query("SELECT destination, state FROM contacts ORDER BY id")
+    assert [(r["destination"], r["state"]) for r in rows] == [
+        ("+44 1908 273800", "pending"),
+        ("01908 273801", "pending"),
+    ]
+
+
 def test_load_strict_loads_nothing_when_a_row_would_never_be_dialed(
     cli: Cli, tmp_path: Path
 ) -> None:
