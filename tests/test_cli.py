@@ -355,9 +355,7 @@ def test_load_warns_by_line_of_rows_never_to_be_dialed_and_counts_each_kind(
     ]
 
 
-def test_load_without_the_check_loads_every_row_unjudged(
-    cli: Cli, tmp_path: Path
-) -> None:
+def test_load_without_the_check_loads_every_row_unjudged(cli: Cli, tmp_path: Path) -> None:
     cli("create", "spring", "--service", "Svc", "--caller-id", "441908273801")
     path = csv_file(tmp_path, "destination\n+44 1908 273800\n01908 273801\n")
 
