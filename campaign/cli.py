@@ -825,6 +825,69 @@ async def _suppress_load(args: argparse.Namespace, pool: admin.Pool, settings: S
     return 0
 
 
+# --- export ---------------------------------------------------------------------------------
+
+# 128 + SIGPIPE: what a shell reports for a writer whose reader went away (`| head`).
+EXIT_BROKEN_PIPE = 141
+
+
+def _export_handler(args: argparse.Namespace) -> int:
+    """Refuse a bad --since or an unwritable --output before starting any database; an
+    --output file is only ever the complete export (see export.OutputFile)."""
+    from campaign import export
+
+    args.since_moment = None if args.since is None else export.parse_since(args.since)
+    if args.spreadsheet and args.format != "csv":
+        raise admin.InvalidValue("--spreadsheet applies to --format csv only")
+    args.output_file = None if args.output is None else export.OutputFile.create(Path(args.output))
+    try:
+        return _db_command(_export)(args)
+    finally:
+        if args.output_file is not None:
+            args.output_file.discard()
+
+
+async def _export(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    from campaign import export
+    from campaign.progress import Progress
+
+    output: export.OutputFile | None = args.output_file
+    if output is None:
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+    else:
+        out = output.handle
+    # Rows going to the terminal are their own progress: a line rewritten under them
+    # would only garble them.
+    rows_on_terminal = output is None and sys.stdout.isatty()
+    progress = Progress(None, "") if rows_on_terminal else Progress.on_terminal("rows written")
+    try:
+        await export.export_results(
+            pool,
+            args.name,
+            out,
+            fmt=args.format,
+            since=args.since_moment,
+            spreadsheet=args.spreadsheet,
+            on_progress=progress.update,
+        )
+        if output is not None:
+            output.commit()
+    except BrokenPipeError:
+        # Nothing more can reach the reader; stdout is pointed at /dev/null so that
+        # the interpreter's last flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    except export.OutputFailed as exc:
+        target = "standard output" if output is None else f"{output.path} (left as it was)"
+        return _fail(args, f"cannot write {target}: {exc}", EXIT_RUNTIME)
+    finally:
+        progress.finish()
+    return 0
+
+
 # --- why ------------------------------------------------------------------------------------
 
 
@@ -1096,6 +1159,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub.set_defaults(handler=_db_command(_state_command(action)))
 
     _add_suppress_parser(commands)
+    _add_export_parser(commands)
 
     explain = commands.add_parser(
         "why",
@@ -1269,6 +1333,45 @@ def _add_suppress_parser(commands: Any) -> None:
     )
     listing.add_argument("--campaign", metavar="NAME", help="those that apply to this campaign")
     listing.set_defaults(handler=_db_command(_suppress_list))
+
+
+def _add_export_parser(commands: Any) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a campaign's results (the contact_results view) as CSV or JSON lines",
+        description=(
+            "Write one row per contact of campaign NAME from the contact_results view "
+            "(see README: Taking results out): CSV with a header row of the view's column "
+            "names, or JSON lines (one object per line). The destination is written as "
+            "loaded, unmasked: the export is your own data for your own CRM. Rows come "
+            "oldest change first (updated_at, then contact_id), read by a cursor in "
+            "chunks, so memory stays flat for millions of contacts. Progress (rows "
+            "written, rate) is shown on stderr when it is a terminal."
+        ),
+    )
+    export.add_argument("name", metavar="NAME")
+    export.add_argument(
+        "--format", choices=("csv", "jsonl"), default="csv", help="output format (default csv)"
+    )
+    export.add_argument(
+        "--since",
+        metavar="TIMESTAMP",
+        help="only contacts changed at or after this ISO 8601 time (updated_at >= it), "
+        "e.g. 2024-05-01T09:00:00+01:00; without an offset it is UTC",
+    )
+    export.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write FILE, all or nothing: a failure part way leaves it as it was "
+        "(default: standard output)",
+    )
+    export.add_argument(
+        "--spreadsheet",
+        action="store_true",
+        help="CSV for a spreadsheet: text cells starting with = + - @ get a leading ' so "
+        "they are not run as formulas (a CRM import wants the values as they are)",
+    )
+    export.set_defaults(handler=_export_handler)
 
 
 def _scrubber(args: argparse.Namespace) -> Scrubber:

@@ -177,12 +177,17 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
-def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
+def campaign_env(dsn: str) -> dict[str, str]:
+    """The environment of a `campaign` subprocess on this database, and nothing else."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     env["CAMPAIGN_DATABASE__DSN"] = dsn
+    return env
+
+
+def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "campaign", *argv],
-        env=env,
+        env=campaign_env(dsn),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
