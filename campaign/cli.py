@@ -390,18 +390,23 @@ def _delimiter(value: str) -> str:
 
 
 async def _load_file(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
-    def progress(records: int) -> None:
-        print(f"{records:,} rows read", file=sys.stderr, flush=True)
+    from campaign.progress import Progress
 
-    result = await load_csv(
-        pool,
-        args.name,
-        Path(args.file),
-        delimiter=args.delimiter,
-        on_progress=progress,
-        strict=args.strict,
-        check=not args.no_check,
-    )
+    # One updating line on a terminal; nothing at all when stderr is piped or a file.
+    progress = Progress.on_terminal("rows read", "refused")
+    try:
+        result = await load_csv(
+            pool,
+            args.name,
+            Path(args.file),
+            delimiter=args.delimiter,
+            on_progress=progress.update if progress.shown else None,
+            progress_every=1,  # every chunk: the line itself is rewritten at most 4 times a second
+            strict=args.strict,
+            check=not args.no_check,
+        )
+    finally:
+        progress.finish()
     for refusal in result.refusals:
         print(refusal, file=sys.stderr)
     if result.refused > len(result.refusals):
@@ -771,11 +776,13 @@ async def load_suppressions(
     default_country: str | None = None,
     chunk_rows: int = SUPPRESS_CHUNK_ROWS,
     max_reported: int = MAX_REPORTED,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SuppressLoadResult:
     """Add every telephone number of `path` to the do-not-call list, in one transaction.
 
     Lines that are not telephone numbers are refused and reported; the others load.
     Numbers already suppressed (in the file twice, or from before) are left as they are.
+    `on_progress(records_read, refused)` is called after each chunk of `chunk_rows`.
     """
     scope = await _scope(
         pool, SuppressOptions(campaign=campaign, reason=reason, default_country=default_country)
@@ -794,6 +801,10 @@ async def load_suppressions(
                 numbers, reasons = chunk
                 added += await admin.add_suppressions(conn, numbers, reasons, scope.campaign_id)
                 read += len(numbers)
+                if on_progress is not None:
+                    # The refusals may already count some of chunk n+1's: close enough
+                    # for a progress line, and exact in the result.
+                    on_progress(read + refusals.count, refusals.count)
         finally:
             if not parsing.done():
                 await asyncio.wait([parsing])
@@ -804,14 +815,22 @@ async def load_suppressions(
 
 
 async def _suppress_load(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    from campaign.progress import Progress
+
     options = _suppress_options(args)
-    result = await load_suppressions(
-        pool,
-        Path(args.file),
-        campaign=options.campaign,
-        reason=options.reason,
-        default_country=options.default_country,
-    )
+    # One updating line on a terminal; nothing at all when stderr is piped or a file.
+    progress = Progress.on_terminal("rows read", "refused")
+    try:
+        result = await load_suppressions(
+            pool,
+            Path(args.file),
+            campaign=options.campaign,
+            reason=options.reason,
+            default_country=options.default_country,
+            on_progress=progress.update if progress.shown else None,
+        )
+    finally:
+        progress.finish()
     for refusal in result.refusals:
         print(refusal, file=sys.stderr)
     if result.refused > len(result.refusals):

@@ -6,8 +6,10 @@ import asyncio
 import inspect
 import logging
 import os
+import pty
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -194,3 +196,44 @@ def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def run_on_terminal(
+    dsn: str, *argv: str, stdout_too: bool = False, timeout: float = 120
+) -> tuple[int, str, str]:
+    """`campaign ARGV` as a subprocess whose stderr is a terminal (a pseudo-terminal, as
+    a person at a shell has), its stdout a pipe unless `stdout_too`. Returns (status,
+    stdout, all the terminal received, with the terminal's CRLF line ends)."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "campaign", *argv],
+            env=campaign_env(dsn),
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=terminal if stdout_too else subprocess.PIPE,
+            stderr=terminal,
+        )
+    finally:
+        os.close(terminal)  # the child holds its own copy: EOF comes when it exits
+    received = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # EIO: the other side of the terminal is closed
+                return
+            if not data:
+                return
+            received.extend(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        reader.join(timeout)
+        os.close(controller)
+    return proc.returncode, (out or b"").decode(), received.decode()
