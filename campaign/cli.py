@@ -390,18 +390,23 @@ def _delimiter(value: str) -> str:
 
 
 async def _load_file(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
-    def progress(records: int) -> None:
-        print(f"{records:,} rows read", file=sys.stderr, flush=True)
+    from campaign.progress import Progress
 
-    result = await load_csv(
-        pool,
-        args.name,
-        Path(args.file),
-        delimiter=args.delimiter,
-        on_progress=progress,
-        strict=args.strict,
-        check=not args.no_check,
-    )
+    # One updating line on a terminal; nothing at all when stderr is piped or a file.
+    progress = Progress.on_terminal("rows read", "refused")
+    try:
+        result = await load_csv(
+            pool,
+            args.name,
+            Path(args.file),
+            delimiter=args.delimiter,
+            on_progress=progress.update if progress.shown else None,
+            progress_every=1,  # every chunk: the line itself is rewritten at most 4 times a second
+            strict=args.strict,
+            check=not args.no_check,
+        )
+    finally:
+        progress.finish()
     for refusal in result.refusals:
         print(refusal, file=sys.stderr)
     if result.refused > len(result.refusals):
@@ -771,11 +776,13 @@ async def load_suppressions(
     default_country: str | None = None,
     chunk_rows: int = SUPPRESS_CHUNK_ROWS,
     max_reported: int = MAX_REPORTED,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SuppressLoadResult:
     """Add every telephone number of `path` to the do-not-call list, in one transaction.
 
     Lines that are not telephone numbers are refused and reported; the others load.
     Numbers already suppressed (in the file twice, or from before) are left as they are.
+    `on_progress(records_read, refused)` is called after each chunk of `chunk_rows`.
     """
     scope = await _scope(
         pool, SuppressOptions(campaign=campaign, reason=reason, default_country=default_country)
@@ -794,6 +801,10 @@ async def load_suppressions(
                 numbers, reasons = chunk
                 added += await admin.add_suppressions(conn, numbers, reasons, scope.campaign_id)
                 read += len(numbers)
+                if on_progress is not None:
+                    # The refusals may already count some of chunk n+1's: close enough
+                    # for a progress line, and exact in the result.
+                    on_progress(read + refusals.count, refusals.count)
         finally:
             if not parsing.done():
                 await asyncio.wait([parsing])
@@ -804,14 +815,22 @@ async def load_suppressions(
 
 
 async def _suppress_load(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    from campaign.progress import Progress
+
     options = _suppress_options(args)
-    result = await load_suppressions(
-        pool,
-        Path(args.file),
-        campaign=options.campaign,
-        reason=options.reason,
-        default_country=options.default_country,
-    )
+    # One updating line on a terminal; nothing at all when stderr is piped or a file.
+    progress = Progress.on_terminal("rows read", "refused")
+    try:
+        result = await load_suppressions(
+            pool,
+            Path(args.file),
+            campaign=options.campaign,
+            reason=options.reason,
+            default_country=options.default_country,
+            on_progress=progress.update if progress.shown else None,
+        )
+    finally:
+        progress.finish()
     for refusal in result.refusals:
         print(refusal, file=sys.stderr)
     if result.refused > len(result.refusals):
@@ -822,6 +841,69 @@ async def _suppress_load(args: argparse.Namespace, pool: admin.Pool, settings: S
     if result.refused:
         summary += f", refused {result.refused:,} lines (see above)"
     print(summary)
+    return 0
+
+
+# --- export ---------------------------------------------------------------------------------
+
+# 128 + SIGPIPE: what a shell reports for a writer whose reader went away (`| head`).
+EXIT_BROKEN_PIPE = 141
+
+
+def _export_handler(args: argparse.Namespace) -> int:
+    """Refuse a bad --since or an unwritable --output before starting any database; an
+    --output file is only ever the complete export (see export.OutputFile)."""
+    from campaign import export
+
+    args.since_moment = None if args.since is None else export.parse_since(args.since)
+    if args.spreadsheet and args.format != "csv":
+        raise admin.InvalidValue("--spreadsheet applies to --format csv only")
+    args.output_file = None if args.output is None else export.OutputFile.create(Path(args.output))
+    try:
+        return _db_command(_export)(args)
+    finally:
+        if args.output_file is not None:
+            args.output_file.discard()
+
+
+async def _export(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    from campaign import export
+    from campaign.progress import Progress
+
+    output: export.OutputFile | None = args.output_file
+    if output is None:
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+    else:
+        out = output.handle
+    # Rows going to the terminal are their own progress: a line rewritten under them
+    # would only garble them.
+    rows_on_terminal = output is None and sys.stdout.isatty()
+    progress = Progress(None, "") if rows_on_terminal else Progress.on_terminal("rows written")
+    try:
+        await export.export_results(
+            pool,
+            args.name,
+            out,
+            fmt=args.format,
+            since=args.since_moment,
+            spreadsheet=args.spreadsheet,
+            on_progress=progress.update,
+        )
+        if output is not None:
+            output.commit()
+    except BrokenPipeError:
+        # Nothing more can reach the reader; stdout is pointed at /dev/null so that
+        # the interpreter's last flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    except export.OutputFailed as exc:
+        target = "standard output" if output is None else f"{output.path} (left as it was)"
+        return _fail(args, f"cannot write {target}: {exc}", EXIT_RUNTIME)
+    finally:
+        progress.finish()
     return 0
 
 
@@ -1096,6 +1178,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub.set_defaults(handler=_db_command(_state_command(action)))
 
     _add_suppress_parser(commands)
+    _add_export_parser(commands)
 
     explain = commands.add_parser(
         "why",
@@ -1269,6 +1352,45 @@ def _add_suppress_parser(commands: Any) -> None:
     )
     listing.add_argument("--campaign", metavar="NAME", help="those that apply to this campaign")
     listing.set_defaults(handler=_db_command(_suppress_list))
+
+
+def _add_export_parser(commands: Any) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a campaign's results (the contact_results view) as CSV or JSON lines",
+        description=(
+            "Write one row per contact of campaign NAME from the contact_results view "
+            "(see README: Taking results out): CSV with a header row of the view's column "
+            "names, or JSON lines (one object per line). The destination is written as "
+            "loaded, unmasked: the export is your own data for your own CRM. Rows come "
+            "oldest change first (updated_at, then contact_id), read by a cursor in "
+            "chunks, so memory stays flat for millions of contacts. Progress (rows "
+            "written, rate) is shown on stderr when it is a terminal."
+        ),
+    )
+    export.add_argument("name", metavar="NAME")
+    export.add_argument(
+        "--format", choices=("csv", "jsonl"), default="csv", help="output format (default csv)"
+    )
+    export.add_argument(
+        "--since",
+        metavar="TIMESTAMP",
+        help="only contacts changed at or after this ISO 8601 time (updated_at >= it), "
+        "e.g. 2024-05-01T09:00:00+01:00; without an offset it is UTC",
+    )
+    export.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write FILE, all or nothing: a failure part way leaves it as it was "
+        "(default: standard output)",
+    )
+    export.add_argument(
+        "--spreadsheet",
+        action="store_true",
+        help="CSV for a spreadsheet: text cells starting with = + - @ get a leading ' so "
+        "they are not run as formulas (a CRM import wants the values as they are)",
+    )
+    export.set_defaults(handler=_export_handler)
 
 
 def _scrubber(args: argparse.Namespace) -> Scrubber:

@@ -668,6 +668,8 @@ class _Chunk:
     """Rows in `data`."""
     records_read: int
     """Records read so far in the file (loaded, refused and this chunk's)."""
+    refused: int
+    """Records refused so far, as of this chunk (the reader thread goes on counting)."""
     read: list[list[str]] = field(default_factory=list)
     """The rows in `data` as read, to be judged (when asked for)."""
     lines: list[int] = field(default_factory=list)
@@ -736,7 +738,9 @@ class _CsvSource:
             # islice stops short only at the end of the file.
             done = len(rows) < batch_rows
             if taken and (taken >= chunk_rows or done):
-                yield _Chunk("".join(pieces).encode("utf-8"), loaded, records, to_judge, lines)
+                yield _Chunk(
+                    "".join(pieces).encode("utf-8"), loaded, records, self.refused, to_judge, lines
+                )
                 pieces, to_judge, lines, loaded, taken = [], [], [], 0, 0
             if done:
                 return
@@ -829,7 +833,7 @@ async def load_csv(
     delimiter: str = ",",
     chunk_rows: int = CHUNK_ROWS,
     max_reported: int = MAX_REPORTED,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
     strict: bool = False,
     workers: int | None = None,
@@ -843,7 +847,7 @@ async def load_csv(
     is refused whole: nothing is loaded and the result says so (`committed` False).
     Raises LoadError (bad header, unreadable or malformed file), CampaignNotFound, or
     LoadError when the campaign is or becomes cancelled; then nothing is loaded.
-    `on_progress(records_read)` is called about every `progress_every` records. Rows are
+    `on_progress(records_read, refused)` is called about every `progress_every` records. Rows are
     judged in `workers` processes (default: one per core for a large file, else a thread).
     Without `check` nothing is judged (no warnings, `strict` only refuses bad rows): a
     load of millions then runs at COPY's speed, and the claim still judges every contact.
@@ -978,7 +982,7 @@ async def _copy_chunks(
     src: _CsvSource,
     campaign_id: int,
     chunk_rows: int,
-    on_progress: Callable[[int], None] | None,
+    on_progress: Callable[[int, int], None] | None,
     progress_every: int,
     judging: _Judging | None = None,
 ) -> int:
@@ -999,7 +1003,7 @@ async def _copy_chunks(
             if judging is not None and chunk.read:
                 await judging.submit(conn, chunk.read, chunk.lines)
             if on_progress is not None and chunk.records_read >= next_report:
-                on_progress(chunk.records_read)
+                on_progress(chunk.records_read, chunk.refused)
                 next_report = (chunk.records_read // progress_every + 1) * progress_every
     finally:
         # The worker thread may still be reading the file: it must be done before the

@@ -3,7 +3,8 @@
 Push (the final page) and poll (application_status) both end here, in
 `record`: the first outcome recorded for a call wins, a second is a no-op, and
 an outcome for a contact that has moved on (cancelled campaign, a newer
-attempt) is stored on the call but changes nothing else.
+attempt) is stored on the call and changes nothing else but the contact's
+`updated_at` (its results changed: see the contact_results view).
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ async def record(
             await oq.apply_decision(
                 conn, call.contact_id, decision.state, decision.delay, outcome.cause, reason
             )
+        elif contact is not None:
+            await oq.touch_contact(conn, call.contact_id)
     if metrics is not None:
         metrics.outcomes.labels(cause=outcome.cause, source=source).inc()
         if decision is not None and decision.state == "pending":

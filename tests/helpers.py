@@ -6,8 +6,10 @@ import asyncio
 import inspect
 import logging
 import os
+import pty
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -177,15 +179,61 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
-def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
+def campaign_env(dsn: str) -> dict[str, str]:
+    """The environment of a `campaign` subprocess on this database, and nothing else."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     env["CAMPAIGN_DATABASE__DSN"] = dsn
+    return env
+
+
+def run_campaign(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "campaign", *argv],
-        env=env,
+        env=campaign_env(dsn),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def run_on_terminal(
+    dsn: str, *argv: str, stdout_too: bool = False, timeout: float = 120
+) -> tuple[int, str, str]:
+    """`campaign ARGV` as a subprocess whose stderr is a terminal (a pseudo-terminal, as
+    a person at a shell has), its stdout a pipe unless `stdout_too`. Returns (status,
+    stdout, all the terminal received, with the terminal's CRLF line ends)."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "campaign", *argv],
+            env=campaign_env(dsn),
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=terminal if stdout_too else subprocess.PIPE,
+            stderr=terminal,
+        )
+    finally:
+        os.close(terminal)  # the child holds its own copy: EOF comes when it exits
+    received = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # EIO: the other side of the terminal is closed
+                return
+            if not data:
+                return
+            received.extend(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        reader.join(timeout)
+        os.close(controller)
+    return proc.returncode, (out or b"").decode(), received.decode()

@@ -329,14 +329,37 @@ async def _waiting_on_a_lock(conn: asyncpg.Connection[asyncpg.Record]) -> bool:
 async def test_progress_is_reported_as_records_are_read(db_pool: Pool, tmp_path: Path) -> None:
     await new_campaign(db_pool)
     path = write(tmp_path, "destination\n" + "".join(f"+44{i}\n" for i in range(95)))
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
 
     result = await load_csv(
-        db_pool, "spring", path, chunk_rows=10, progress_every=30, on_progress=seen.append
+        db_pool,
+        "spring",
+        path,
+        chunk_rows=10,
+        progress_every=30,
+        on_progress=lambda read, refused: seen.append((read, refused)),
     )
 
     assert result.loaded == 95
-    assert seen == [30, 60, 90]
+    assert seen == [(30, 0), (60, 0), (90, 0)]
+
+
+async def test_progress_counts_the_refused_rows_read_so_far(db_pool: Pool, tmp_path: Path) -> None:
+    await new_campaign(db_pool)
+    # Every tenth record refused (an empty destination).
+    rows = "".join('""\n' if i % 10 == 9 else f"+44{i}\n" for i in range(40))
+    seen: list[tuple[int, int]] = []
+
+    await load_csv(
+        db_pool,
+        "spring",
+        write(tmp_path, "destination\n" + rows),
+        chunk_rows=10,
+        progress_every=1,
+        on_progress=lambda read, refused: seen.append((read, refused)),
+    )
+
+    assert seen == [(10, 1), (20, 2), (30, 3), (40, 4)]
 
 
 async def test_refusals_beyond_the_report_cap_are_counted(db_pool: Pool, tmp_path: Path) -> None:

@@ -103,6 +103,16 @@ async def apply_decision(
     await conn.execute(APPLY_DECISION, contact_id, state, delay, cause, reason)
 
 
+# The outcome of a call whose contact has moved on changes nothing about the contact
+# but its results (contact_results shows the last call's cause and duration): the
+# contact is marked changed, so that `campaign export --since` carries the outcome.
+TOUCH_CONTACT = "UPDATE contacts SET updated_at = now() WHERE id = $1"
+
+
+async def touch_contact(conn: Conn, contact_id: int) -> None:
+    await conn.execute(TOUCH_CONTACT, contact_id)
+
+
 # --- outcomes pushed before their batch was acknowledged ---------------------------
 
 STASH_UNMATCHED = """
