@@ -12,8 +12,10 @@ import re
 import signal
 import subprocess
 import sys
+import zipfile
 from collections.abc import AsyncIterator
 from datetime import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -387,3 +389,21 @@ async def test_the_command_serves_the_page_until_sigterm_then_exits_0(
             proc.kill()
             await proc.wait()
     assert PASSWORD not in (await proc.stderr.read()).decode() if proc.stderr else True
+
+
+@pytest.mark.slow
+def test_the_page_its_script_and_style_ship_inside_the_wheel(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), "."],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("aculab_campaign-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.startswith("campaign/")}
+    for path, (name, _) in dashboard.ASSETS.items():
+        assert f"campaign/dashboard_assets/{name}" in shipped, path
