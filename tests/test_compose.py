@@ -477,10 +477,18 @@ def test_grafana_is_provisioned_with_prometheus_and_the_campaign_dashboard(
     board = json.loads((dashboards / "campaign.json").read_text(encoding="utf-8"))
     home = environment_of(compose, "grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == "/var/lib/grafana/dashboards/campaign.json"
+    # Every query goes to the data source picked in the dashboard's `datasource` variable:
+    # of Prometheus' type, so the provisioned (default) one here, any one elsewhere.
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
+        "datasource",
+        source["type"],
+    )
     uses = [p["datasource"] for p in board["panels"]]
     uses += [t["datasource"] for p in board["panels"] for t in p["targets"]]
-    uses += [v["datasource"] for v in board["templating"]["list"]]
-    assert {(u["type"], u["uid"]) for u in uses} == {("prometheus", source["uid"])}
+    uses += [v["datasource"] for v in board["templating"]["list"] if v["type"] == "query"]
+    assert {(u["type"], u["uid"]) for u in uses} == {("prometheus", "${datasource}")}
+    assert source["isDefault"]
     assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
 
 

@@ -55,6 +55,8 @@ def queried(board: dict[str, Any]) -> dict[str, set[str]]:
     """Each query of the dashboard and the metrics it reads."""
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
     for variable in board["templating"]["list"]:
+        if variable["type"] != "query":  # e.g. the data source picker
+            continue
         query = variable["query"]
         exprs.append(query["query"] if isinstance(query, dict) else query)
     return {expr: metric_names(expr) for expr in exprs}
