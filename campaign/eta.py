@@ -63,9 +63,10 @@ def estimate_finish(given: EtaInput) -> Eta:
         recent.pop(0)
     if not recent:
         return Eta(None, "no_recent_calls", None, "unknown: no calls started recently")
-    if len(recent) <= RATE_MINUTES and len(recent) > 1:
+    if 1 < len(recent) <= RATE_MINUTES and sum(recent[1:]) > 0:
         # Its first minute began before its first call: counted whole, it would make
-        # the pace look slower than it is.
+        # the pace look slower than it is. (Unless nothing came after it yet: a new
+        # minute has only just begun.)
         recent.pop(0)
     span = len(recent) - 1 + max(given.current_minute_seconds, MIN_SPAN_SECONDS) / 60
     rate = sum(recent) / span

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given as for_all
+from hypothesis import strategies as st
+
 from campaign.eta import RATE_MINUTES, EtaInput, estimate_finish
 
 NOW = datetime(2026, 11, 30, 10, 0, 30, tzinfo=UTC)
@@ -53,3 +56,25 @@ def test_no_estimate_without_recent_calls_while_paused_or_when_nothing_is_left()
     assert estimate_finish(given(10, [100], active=False)).basis == "not_active"
     done = estimate_finish(given(0, [100]))
     assert (done.basis, done.finish_at) == ("done", None)
+
+
+def test_a_minute_that_has_only_just_begun_keeps_the_first_minutes_calls() -> None:
+    # 600 calls in the minute the campaign started, none yet 1 s into the next one.
+    eta = estimate_finish(given(1_000, [600, 0], seconds=1))
+    assert eta.basis == "recent_rate"
+    assert eta.calls_per_minute is not None and eta.calls_per_minute > 0
+
+
+@for_all(
+    st.integers(0, 10**7),
+    st.lists(st.integers(0, 10**6), min_size=1, max_size=60),
+    st.floats(0, 60),
+    st.booleans(),
+)
+def test_every_series_gives_an_estimate_or_says_why_not(
+    remaining: int, minutes: list[int], seconds: float, active: bool
+) -> None:
+    eta = estimate_finish(given(remaining, minutes, seconds=seconds, active=active))
+    assert (eta.finish_at is not None) == (eta.basis == "recent_rate")
+    if eta.finish_at is not None:
+        assert eta.finish_at >= NOW and eta.calls_per_minute and eta.calls_per_minute > 0

@@ -131,8 +131,7 @@ def test_the_settings_secrets_are_all_scrubbed() -> None:
     )
     scrub = Scrubber.from_settings(settings, environ={"PGPASSWORD": "Env-Pw-7777"})
     text = (
-        "Db-Passw0rd Api-Key-0123 Svc-Pw-4567 Webhook-Secret-890123 Env-Pw-7777 "
-        "Dashboard-Pw-4242"
+        "Db-Passw0rd Api-Key-0123 Svc-Pw-4567 Webhook-Secret-890123 Env-Pw-7777 Dashboard-Pw-4242"
     )
     assert scrub(text) == " ".join([REDACTED] * 6)
     # A browser's Basic token for the dashboard, whatever user name it was given.
