@@ -93,13 +93,15 @@ def _configure_logging(settings: Settings, stream: TextIO | None = None) -> None
 
 
 @asynccontextmanager
-async def _database(settings: Settings, command: str = "") -> AsyncIterator[admin.Pool]:
+async def _database(
+    settings: Settings, command: str = "", command_timeout: float | None = None
+) -> AsyncIterator[admin.Pool]:
     """A small pool on the configured (or embedded) database, checked to be migrated."""
     async with (
         database_dsn(settings.database) as dsn,
-        # No statement timeout: an operator command may rightly run long (a COPY of
-        # millions of rows, cancelling millions of contacts); Ctrl-C stops it.
-        open_pool(dsn, min_size=1, max_size=2, command_timeout=None) as pool,
+        # No statement timeout by default: an operator command may rightly run long (a
+        # COPY of millions of rows, cancelling millions of contacts); Ctrl-C stops it.
+        open_pool(dsn, min_size=1, max_size=2, command_timeout=command_timeout) as pool,
     ):
         try:
             await admin.require_migrated(pool)
@@ -931,6 +933,68 @@ async def _status(args: argparse.Namespace, pool: admin.Pool, settings: Settings
     return 0
 
 
+# --- dashboard ------------------------------------------------------------------------------
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from campaign import dashboard
+
+    settings = _load(args)
+    _configure_logging(settings)
+    host = settings.dashboard.host if args.host is None else args.host
+    port = settings.dashboard.port if args.port is None else args.port
+    # Refused before the database is touched: one line, status 2.
+    dashboard.check_address(host, settings.dashboard.password.get_secret_value())
+
+    def announce(url: str) -> None:
+        guarded = " (password required)" if settings.dashboard.password.get_secret_value() else ""
+        print(f"dashboard on {url}{guarded}; read-only; Ctrl-C stops it", flush=True)
+
+    async def run() -> int:
+        async with _database(settings, "dashboard", dashboard.STATEMENT_TIMEOUT) as pool:
+            await dashboard.run(pool, settings, host, port, announce)
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except dashboard.CannotListen as exc:
+        return _fail(args, str(exc), EXIT_RUNTIME)
+
+
+def _add_dashboard_parser(commands: Any) -> None:
+    board = commands.add_parser(
+        "dashboard",
+        help="a read-only web page of every campaign (and its JSON at /api/status)",
+        description=(
+            "Serve a read-only web page of every campaign, refreshed every "
+            "dashboard.refresh_seconds: state, contacts by state, calls started per minute "
+            "over the last hour, outcomes, pacing against the campaign's and the account's "
+            "budgets, the concurrency cap, an ETA, the calling window, the reasons `campaign "
+            "why` gives, parked batches, and whether Aculab is reachable from the daemons. "
+            "Scripts read the same document at /api/status (`campaign status --json` "
+            "extended). Anywhere but loopback needs dashboard.password (HTTP Basic, any user "
+            "name)."
+        ),
+    )
+    board.add_argument(
+        "--host", metavar="H", help="listening address (default dashboard.host, 127.0.0.1)"
+    )
+    board.add_argument(
+        "--port", type=_port, metavar="P", help="listening port (default dashboard.port, 8090)"
+    )
+    board.set_defaults(handler=_dashboard)
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0-65535): {value!r}")
+    return number
+
+
 # --- batches and resolve ------------------------------------------------------------------
 
 
@@ -1203,6 +1267,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     report.set_defaults(handler=_db_command(_status))
 
     _add_batch_parsers(commands)
+    _add_dashboard_parser(commands)
 
     sim = commands.add_parser("simulator", help="run the Aculab simulator as an HTTP server")
     demo_parser = commands.add_parser(

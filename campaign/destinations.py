@@ -232,6 +232,34 @@ def mask(value: str) -> str:
     )
 
 
+# Free text (an answer from Aculab, an operator's reason) can quote a destination in any
+# spelling. Searched for, in this order at each position: an ISO date or date-time or an
+# IPv4 address, left as it is (its digits would otherwise read as a number); an address
+# with a dialling prefix or an '@'; a telephone number as people and CRMs write it, 7
+# digits or more with at most two of ' .-()' between any two, not inside a longer word.
+_KEPT_IN_TEXT: Final = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
+    r"|(?<![\w.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![\w.])"
+)
+_ADDRESS_IN_TEXT: Final = (
+    r"(?:\b(?:sips?|tel|loc|webrtc|con):|\bwss://)[^\s,;<>\"'()\[\]]+"
+    r"|[^\s,;:<>\"'@()\[\]]+@[^\s,;<>\"'@()\[\]]+"
+)
+_NUMBER_IN_TEXT: Final = r"(?<![\w+])\+?[0-9](?:[ .()\-]{0,2}[0-9]){6,}(?!\w)"
+_IN_TEXT: Final = re.compile(
+    rf"(?P<kept>{_KEPT_IN_TEXT})|(?P<address>{_ADDRESS_IN_TEXT})|(?P<number>{_NUMBER_IN_TEXT})"
+)
+
+
+def mask_in_text(text: str) -> str:
+    """`text` with every destination it may quote masked as `mask` does, for showing
+    free text (an error from Aculab, a reason) where the logs' rules apply. Dates and
+    times, IPv4 addresses, counts and ids under 7 digits are left as they are. Never
+    raises."""
+    return _IN_TEXT.sub(lambda m: m[0] if m["kept"] else mask(m[0]), text)
+
+
 def zones_for_number(number: str) -> tuple[str, ...]:
     """IANA zones for international digits (a leading '+' is tolerated).
 

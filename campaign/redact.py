@@ -1,10 +1,11 @@
 """Secrets out of everything the program prints: messages, log lines, tracebacks.
 
 The secrets are the database password (under every reading of the DSN, see
-`campaign.db.dsn`, and PGPASSWORD), the Aculab API access key, the service passwords
-and the webhook secret, and the HTTP Basic tokens built from them. Printing code should
-never hold them, but drivers and libraries echo what they were given (asyncpg quotes the
-piece of a DSN it could not parse), so every line is scrubbed on its way out as well.
+`campaign.db.dsn`, and PGPASSWORD), the Aculab API access key, the service passwords,
+the webhook secret and the dashboard's password, and the HTTP Basic tokens built from
+them. Printing code should never hold them, but drivers and libraries echo what they
+were given (asyncpg quotes the piece of a DSN it could not parse), so every line is
+scrubbed on its way out as well.
 
 A `Scrubber` replaces, longest first:
 
@@ -163,4 +164,8 @@ def settings_secrets(
     webhook = settings.listener.webhook_secret.get_secret_value()
     if webhook:
         secrets.append(webhook)
+    # Any user name goes with it: its Basic tokens are caught by their base64 cores.
+    dashboard = settings.dashboard.password.get_secret_value()
+    if dashboard:
+        secrets.append(dashboard)
     return secrets, tokens

@@ -18,7 +18,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import parse_qs
 
 import asyncpg
@@ -292,6 +292,16 @@ def build_app(
     return app
 
 
+class Address(Protocol):
+    """Where a `Server` listens: the listener's settings, the dashboard's, ..."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
 class Server:
     """`app` listening on listener.host:listener.port between `start()` and `stop()`.
 
@@ -302,7 +312,7 @@ class Server:
     def __init__(
         self,
         app: web.Application,
-        listener: ListenerSettings,
+        listener: Address,
         *,
         shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     ) -> None:

@@ -166,6 +166,26 @@ class LoggingSettings(Section):
     """Log destinations in full (debugging only: they are personal data)."""
 
 
+class DashboardSettings(Section):
+    """`campaign dashboard`: the read-only web page and its JSON document."""
+
+    host: str = "127.0.0.1"
+    """Listening address (`--host` wins); anything but loopback needs a password."""
+    port: int = Field(default=8090, ge=0, le=65535)
+    password: SecretStr = SecretStr("")
+    """HTTP Basic password (any user name); empty: no password, loopback only."""
+    refresh_seconds: float = Field(default=5.0, ge=1, le=3600)
+    """How often an open page fetches the document again."""
+
+    @field_validator("password")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        # It guards personal data on a network, sent with every request.
+        if value.get_secret_value() and len(value.get_secret_value()) < 12:
+            raise ValueError("must be at least 12 characters")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CAMPAIGN_",
@@ -181,6 +201,7 @@ class Settings(BaseSettings):
     listener: ListenerSettings = ListenerSettings()
     poller: PollerSettings = PollerSettings()
     logging: LoggingSettings = LoggingSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @model_validator(mode="after")
     def _window_outlasts_a_request(self) -> Settings:

@@ -73,7 +73,13 @@ class CampaignStatus:
 
 async def gather_status(pool: admin.Pool, name: str | None = None) -> list[CampaignStatus]:
     """Status of every campaign (by id), or of the named one (CampaignNotFound if none)."""
-    snap = await admin.status_snapshot(pool, name, resolutions_shown=RESOLUTIONS_SHOWN)
+    async with admin.read_snapshot(pool) as conn:
+        return await read_status(conn, name)
+
+
+async def read_status(conn: admin.Conn, name: str | None = None) -> list[CampaignStatus]:
+    """`gather_status` on a connection inside `admin.read_snapshot`."""
+    snap = await admin.read_status(conn, name, resolutions_shown=RESOLUTIONS_SHOWN)
     parked: dict[int, list[ParkedBatch]] = {}
     for b in snap.parked:
         parked.setdefault(b.campaign_id, []).append(

@@ -1,6 +1,6 @@
 """`campaign why NAME`: why a campaign's contacts are not being dialed right now.
 
-One snapshot of the database (admin.why_snapshot) is read into a report whose sections
+One snapshot of the database (admin.read_snapshot) is read into a report whose sections
 each name one thing that holds contacts back: the campaign's state, Aculab unreachable
 (from the daemons' own reports), the calling window, retry delays, not_before, contacts
 that will never be dialed, pacing, the concurrency cap, the do-not-call list, parked
@@ -263,7 +263,7 @@ def _reason_kind(reason: str) -> str:
     return _QUOTED_NUMBER.sub("", _one_line(reason))
 
 
-async def _judge(pool: admin.Pool, snap: admin.WhySnapshot) -> list[_Fate]:
+async def _judge(conn: admin.Conn, snap: admin.WhySnapshot) -> list[_Fate]:
     """The claim's verdict on each examined contact (see the module docstring)."""
     rules = Rules.of(snap.rules, snap.taken_at)
     judged = [(item, contact_verdict(item.contact, rules)) for item in snap.examined]
@@ -271,8 +271,8 @@ async def _judge(pool: admin.Pool, snap: admin.WhySnapshot) -> list[_Fate]:
     destinations = [v.destination for _, v in live]
     numbers = sorted({d.number for d in destinations if d is not None and d.number})
     keys = sorted({d.key for d in destinations if d is not None})
-    blocked = await admin.suppressed_numbers(pool, snap.campaign.id, numbers)
-    owners = await admin.key_owners(pool, snap.campaign.id, keys)
+    blocked = await admin.suppressed_numbers(conn, snap.campaign.id, numbers)
+    owners = await admin.key_owners(conn, snap.campaign.id, keys)
     fates: list[_Fate] = []
     for item, v in judged:
         if isinstance(v, Skipped):
@@ -359,8 +359,24 @@ async def gather_why(
     a daemon that refreshed its row within `alive_within` seconds counts as running. The
     claim's rules are applied to at most `examine` contacts.
     """
-    snap = await admin.why_snapshot(
-        pool,
+    async with admin.read_snapshot(pool) as conn:
+        return await read_why_report(
+            conn, name, account_calls_per_second, alive_within=alive_within, examine=examine
+        )
+
+
+async def read_why_report(
+    conn: admin.Conn,
+    name: str,
+    account_calls_per_second: float,
+    *,
+    alive_within: float = 60.0,
+    examine: int = EXAMINE_LIMIT,
+) -> WhyReport:
+    """`gather_why` on a connection inside `admin.read_snapshot`: every figure of the
+    report, the do-not-call and duplicate checks included, comes from that snapshot."""
+    snap = await admin.read_why(
+        conn,
         name,
         window_seconds=PACING_WINDOW_SECONDS,
         parked_shown=PARKED_SHOWN,
@@ -368,7 +384,7 @@ async def gather_why(
         examine=examine,
     )
     c = snap.campaign
-    regrouped = _regroup(snap.pending, await _judge(pool, snap))
+    regrouped = _regroup(snap.pending, await _judge(conn, snap))
     return WhyReport(
         campaign=c,
         as_of=snap.taken_at,

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from campaign.aculab import AculabClient
+from campaign.daemon import run_daemon
 from campaign.dispatch import Dispatcher
 from campaign.poller import Poller
 from campaign.settings import Settings, load_settings
@@ -117,6 +118,19 @@ async def running_dispatcher(
         finally:
             stop.set()
             await running
+
+
+@asynccontextmanager
+async def running_daemon(settings: Settings) -> AsyncIterator[None]:
+    """`campaign run` in this process while the block runs (dispatcher, poller, heartbeat,
+    listener: what an operator runs), stopped when it is left; it must exit 0."""
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run_daemon(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        assert await daemon == 0
 
 
 async def run_until_idle(

@@ -8,6 +8,7 @@ start-up order, the published ports and the image build are checked.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -30,7 +31,9 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
 SERVICES = {"postgres", "simulator", "migrate", "campaign"}
-ENGINE_SERVICES = ("simulator", "migrate", "campaign")
+MONITORING = {"prometheus", "grafana", "dashboard"}
+"""The services of the `monitoring` profile (off unless asked for)."""
+ENGINE_SERVICES = ("simulator", "migrate", "campaign", "dashboard")
 SIMULATOR_PORT = 8700
 
 _VARIABLE = re.compile(
@@ -165,10 +168,24 @@ def names_a_setting(variable: str) -> bool:
 # --- services and commands ------------------------------------------------------------
 
 
+def profiles(compose: dict[str, Any], name: str) -> list[str]:
+    return list(service(compose, name).get("profiles", []))
+
+
 def test_compose_defines_postgres_the_simulator_migrate_and_the_daemon(
     compose: dict[str, Any],
 ) -> None:
-    assert set(compose["services"]) == SERVICES
+    # `docker compose up` starts these; the others wait for their profile.
+    assert {name for name in compose["services"] if not profiles(compose, name)} == SERVICES
+
+
+def test_the_monitoring_profile_adds_prometheus_grafana_and_the_dashboard(
+    compose: dict[str, Any],
+) -> None:
+    extra = {name for name in compose["services"] if profiles(compose, name)}
+    assert extra == MONITORING
+    for name in MONITORING:
+        assert profiles(compose, name) == ["monitoring"], name
 
 
 def test_postgres_is_the_official_16_image_on_a_named_volume_with_a_pg_isready_healthcheck(
@@ -201,7 +218,12 @@ def test_engine_services_are_built_from_this_repository(compose: dict[str, Any])
 
 @pytest.mark.parametrize(
     ("name", "subcommand"),
-    [("simulator", "simulator"), ("migrate", "migrate"), ("campaign", "run")],
+    [
+        ("simulator", "simulator"),
+        ("migrate", "migrate"),
+        ("campaign", "run"),
+        ("dashboard", "dashboard"),
+    ],
 )
 def test_each_engine_service_runs_a_documented_campaign_command(
     compose: dict[str, Any], name: str, subcommand: str
@@ -395,3 +417,94 @@ def test_the_build_context_leaves_out_local_state_but_keeps_what_the_image_needs
         assert excluded in patterns
     for needed in ("campaign", "migrations", "pyproject.toml", "README.md"):
         assert not any(Path(needed).match(p) or p.rstrip("/") == needed for p in patterns)
+
+
+# --- the monitoring profile -----------------------------------------------------------------
+
+
+def mounts(compose: dict[str, Any], name: str) -> dict[str, Path]:
+    """Container path -> the repository file or folder bind-mounted there."""
+    out = {}
+    for entry in service(compose, name).get("volumes", []):
+        source, _, rest = str(entry).partition(":")
+        if source.startswith("."):
+            out[rest.split(":")[0]] = (COMPOSE_FILE.parent / source).resolve()
+    return out
+
+
+def test_the_monitoring_images_come_from_their_registries_with_a_pinned_version(
+    compose: dict[str, Any],
+) -> None:
+    for name, repository in (("prometheus", "prom/prometheus"), ("grafana", "grafana/grafana")):
+        image, _, tag = service(compose, name)["image"].partition(":")
+        assert image == repository
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: pin a version, not {tag!r}"
+
+
+def test_prometheus_scrapes_the_daemons_listener(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_path = mounts(compose, "prometheus")["/etc/prometheus/prometheus.yml"]
+    assert config_path == REPO / "deploy" / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command_of(compose, "prometheus")
+    settings = settings_from(environment_of(compose, "campaign"), monkeypatch)
+
+    (job,) = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    assert targets == [f"campaign:{settings.listener.port}"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_campaign_dashboard(
+    compose: dict[str, Any],
+) -> None:
+    grafana = mounts(compose, "grafana")
+    provisioning = grafana["/etc/grafana/provisioning"]
+    dashboards = grafana["/var/lib/grafana/dashboards"]
+    assert provisioning == REPO / "deploy" / "grafana" / "provisioning"
+    assert dashboards == REPO / "deploy" / "grafana" / "dashboards"
+
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    assert 9090 in published(compose, "prometheus")
+    providers = yaml.safe_load((provisioning / "dashboards" / "campaign.yml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+    board = json.loads((dashboards / "campaign.json").read_text(encoding="utf-8"))
+    home = environment_of(compose, "grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == "/var/lib/grafana/dashboards/campaign.json"
+    # Every query goes to the data source picked in the dashboard's `datasource` variable:
+    # of Prometheus' type, so the provisioned (default) one here, any one elsewhere.
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
+        "datasource",
+        source["type"],
+    )
+    uses = [p["datasource"] for p in board["panels"]]
+    uses += [t["datasource"] for p in board["panels"] for t in p["targets"]]
+    uses += [v["datasource"] for v in board["templating"]["list"] if v["type"] == "query"]
+    assert {(u["type"], u["uid"]) for u in uses} == {("prometheus", "${datasource}")}
+    assert source["isDefault"]
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
+
+
+def test_the_dashboard_service_listens_beyond_its_container_with_a_password(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from campaign.dashboard import check_address
+
+    args = build_parser().parse_args(command_of(compose, "dashboard")[1:])
+    settings = settings_from(environment_of(compose, "dashboard"), monkeypatch)
+    password = settings.dashboard.password.get_secret_value()
+
+    assert args.host == "0.0.0.0" and password
+    check_address(args.host, password)  # would refuse to start without one
+    assert args.port in published(compose, "dashboard")
+    # The same database and account budget as the daemon it watches.
+    daemon = settings_from(environment_of(compose, "campaign"), monkeypatch)
+    assert settings.database.dsn == daemon.database.dsn
+    assert settings.aculab.calls_per_second == daemon.aculab.calls_per_second

@@ -16,6 +16,7 @@ from campaign.destinations import (
     classify,
     classify_number,
     mask,
+    mask_in_text,
     parse_destination,
     zones_for_number,
 )
@@ -354,6 +355,45 @@ def test_mask_keeps_a_short_prefix_and_the_last_two() -> None:
 def test_mask_hides_unprintable_kept_characters() -> None:
     assert mask("\n23456789\x1b") == "*234****9*"
     assert "\n" not in mask("ab\ncdefghij\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("[400] to: 441908273800 is not allowed", "[400] to: 4419******00 is not allowed"),
+        ("call to +44 1908 273800: busy", "call to +44 *********00: busy"),
+        ("+44 (0)1908 273-800", "+44 *************00"),
+        ("tel:+441908273800 refused", "tel:***********00 refused"),
+        ("sip:alice@example.com refused", "sip:***************om refused"),
+        ("from bob@example.com", "from bob@*********om"),
+        ("212.736.5000 busy", "212.******00 busy"),
+    ],
+)
+def test_mask_in_text_masks_every_spelling_of_a_destination(text: str, shown: str) -> None:
+    assert mask_in_text(text) == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "outside the calling window; opens 2026-11-30T09:00:00+00:00 (09:00 Europe/London)",
+        "first due 2026-11-30 09:00:00 UTC (in 4h35m)",
+        "2026-11-30T09:00:00.123456+00:00",
+        "cannot connect to 192.168.100.200:443",
+        "1,234,567 contacts, batch 123456, 250.5/s, age 3h12m",
+        "unique_id campaign-3-a1b2c3d41234567",
+        "national format (leading 0) needs the campaign's default country: 0190*****01",
+    ],
+)
+def test_mask_in_text_leaves_dates_addresses_counts_and_masked_numbers_alone(text: str) -> None:
+    assert mask_in_text(text) == text
+
+
+@PROPERTY_SETTINGS
+@given(st.text(max_size=40), st.text(alphabet="0123456789", min_size=8, max_size=15))
+def test_mask_in_text_never_shows_a_quoted_number_whole(before: str, number: str) -> None:
+    shown = mask_in_text(f"{before} {number} busy")
+    assert number not in shown
 
 
 # --- properties -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from campaign.db import dashboard as dashboard_db
 from campaign.db import queries as q
 from campaign.db import results
 from tests.engine import create_campaign
@@ -124,3 +125,45 @@ async def test_export_reads_its_rows_through_the_campaign_updated_index(
     # then sort those few rather than walk the index in order).
     (index,) = [n for n in recent if n.get("Index Name") == "contacts_campaign_updated_idx"]
     assert "updated_at >=" in index["Index Cond"], index
+
+
+async def test_the_dashboards_calls_per_minute_read_only_the_last_hour_through_its_index(
+    db_pool: asyncpg.Pool,
+) -> None:
+    busy = await create_campaign(db_pool, "busy")
+    other = await create_campaign(db_pool, "other")
+    contact = await db_pool.fetchval(
+        "INSERT INTO contacts (campaign_id, destination) VALUES ($1, '441908200000') RETURNING id",
+        busy,
+    )
+    batch = await db_pool.fetchval(
+        "INSERT INTO batches (campaign_id, service_name, unique_id, rest_calls, contact_ids) "
+        "VALUES ($1, 'S', 'u-1', '[]', ARRAY[$2::bigint]) RETURNING id",
+        busy,
+        contact,
+    )
+    # 300k calls over 30 days, one in a hundred in the last hour, over two campaigns.
+    await db_pool.execute(
+        """
+        INSERT INTO calls (contact_id, campaign_id, batch_id, attempt, reference, started_at)
+        SELECT $1, CASE WHEN g % 2 = 0 THEN $2::bigint ELSE $3::bigint END, $4, g, 'ref-' || g,
+               CASE WHEN g % 100 = 0 THEN now() - (g % 3600) * interval '1 second'
+                    ELSE now() - interval '2 hours' - (g % 720) * interval '1 hour' END
+        FROM generate_series(1, 300000) AS g
+        """,
+        contact,
+        busy,
+        other,
+        batch,
+    )
+    await db_pool.execute("ANALYZE calls")
+
+    nodes = await _plan(db_pool, dashboard_db.CALLS_PER_MINUTE, [busy, other], 60)
+
+    # An index scan, or a bitmap heap scan over one: either way through the new index,
+    # its range on started_at, never a read of the campaign's whole history.
+    assert not any(n["Node Type"] == "Seq Scan" for n in nodes), nodes
+    indexed = [n for n in nodes if "Index Name" in n]
+    assert indexed, nodes
+    assert {n["Index Name"] for n in indexed} == {"calls_campaign_started_idx"}, indexed
+    assert all("started_at" in n["Index Cond"] for n in indexed), indexed

@@ -127,10 +127,16 @@ def test_the_settings_secrets_are_all_scrubbed() -> None:
         database={"dsn": "postgresql://u:Db-Passw0rd@h/d"},
         aculab={"api_access_key": "Api-Key-0123", "service_passwords": {"Svc": "Svc-Pw-4567"}},
         listener={"webhook_secret": "Webhook-Secret-890123"},
+        dashboard={"password": "Dashboard-Pw-4242"},
     )
     scrub = Scrubber.from_settings(settings, environ={"PGPASSWORD": "Env-Pw-7777"})
-    text = "Db-Passw0rd Api-Key-0123 Svc-Pw-4567 Webhook-Secret-890123 Env-Pw-7777"
-    assert scrub(text) == " ".join([REDACTED] * 5)
+    text = (
+        "Db-Passw0rd Api-Key-0123 Svc-Pw-4567 Webhook-Secret-890123 Env-Pw-7777 Dashboard-Pw-4242"
+    )
+    assert scrub(text) == " ".join([REDACTED] * 6)
+    # A browser's Basic token for the dashboard, whatever user name it was given.
+    token = basic_token("anyone", "Dashboard-Pw-4242")
+    assert token not in scrub(f"Authorization: Basic {token}")
 
 
 # --- log lines --------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ CLI prints the message as one line and exits 2) and let database failures throug
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -636,63 +637,70 @@ ORDER BY r.campaign_id, r.resolved_at DESC, r.id DESC
 STATUS_NOW = "SELECT now()"
 
 
-async def status_snapshot(
-    pool: Pool, name: str | None = None, *, resolutions_shown: int = 5
-) -> StatusSnapshot:
-    """The status of every campaign, or of the one named (CampaignNotFound if none)."""
+@asynccontextmanager
+async def read_snapshot(pool: Pool) -> AsyncIterator[Conn]:
+    """A connection inside one read-only, repeatable-read transaction for the block.
+
+    Every query in the block sees the same committed state, so figures read by
+    several statements add up with each other, and none of them can change a thing.
+    """
     async with (
         pool.acquire() as conn,
-        # One snapshot for every count, so the numbers add up with each other.
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        taken_at: datetime = await conn.fetchval(STATUS_NOW)
-        campaigns = [
-            CampaignRow(r["id"], r["name"], r["state"], r["state_reason"], _window(r))
-            for r in await conn.fetch(STATUS_CAMPAIGNS, name)
-        ]
-        if name is not None and not campaigns:
-            raise CampaignNotFound(name)
-        ids = [c.id for c in campaigns]
-        counts: dict[int, dict[str, int]] = {}
-        for r in await conn.fetch(STATUS_CONTACT_COUNTS, ids):
-            counts.setdefault(r["campaign_id"], {})[r["state"]] = r["n"]
-        outcomes: dict[int, dict[str, int]] = {}
-        for r in await conn.fetch(STATUS_OUTCOMES, ids):
-            outcomes.setdefault(r["campaign_id"], {})[r["cause"]] = r["n"]
-        calls = {cid: sum(by_cause.values()) for cid, by_cause in outcomes.items()}
-        attempts: dict[int, dict[int, int]] = {}
-        for r in await conn.fetch(STATUS_ATTEMPTS, ids):
-            attempts.setdefault(r["campaign_id"], {})[r["attempts"]] = r["n"]
-        in_flight = {
-            r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_BATCHES_IN_FLIGHT, ids)
-        }
-        parked = [
-            ParkedBatchRow(
-                id=r["id"],
-                campaign_id=r["campaign_id"],
-                created_at=r["created_at"],
-                age_seconds=r["age_seconds"],
-                last_error=r["last_error"],
-                contacts=r["contacts"],
-                in_doubt=r["in_doubt"],
-            )
-            for r in await conn.fetch(STATUS_PARKED_BATCHES, ids)
-        ]
-        released = {
-            r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_RELEASED_BATCHES, ids)
-        }
-        resolutions = [
-            ResolutionRow(
-                campaign_id=r["campaign_id"],
-                batch_id=r["batch_id"],
-                action=r["action"],
-                reason=r["reason"],
-                contacts=r["contacts"],
-                resolved_by=r["resolved_by"],
-                resolved_at=r["resolved_at"],
-            )
-            for r in await conn.fetch(STATUS_RESOLUTIONS, ids, resolutions_shown)
-        ]
+        yield conn
+
+
+async def read_status(
+    conn: Conn, name: str | None = None, *, resolutions_shown: int = 5
+) -> StatusSnapshot:
+    """The status of every campaign, or of the one named (CampaignNotFound if none), read
+    on a connection inside `read_snapshot`: one snapshot for every count, so that the
+    numbers add up with each other."""
+    taken_at: datetime = await conn.fetchval(STATUS_NOW)
+    campaigns = [
+        CampaignRow(r["id"], r["name"], r["state"], r["state_reason"], _window(r))
+        for r in await conn.fetch(STATUS_CAMPAIGNS, name)
+    ]
+    if name is not None and not campaigns:
+        raise CampaignNotFound(name)
+    ids = [c.id for c in campaigns]
+    counts: dict[int, dict[str, int]] = {}
+    for r in await conn.fetch(STATUS_CONTACT_COUNTS, ids):
+        counts.setdefault(r["campaign_id"], {})[r["state"]] = r["n"]
+    outcomes: dict[int, dict[str, int]] = {}
+    for r in await conn.fetch(STATUS_OUTCOMES, ids):
+        outcomes.setdefault(r["campaign_id"], {})[r["cause"]] = r["n"]
+    calls = {cid: sum(by_cause.values()) for cid, by_cause in outcomes.items()}
+    attempts: dict[int, dict[int, int]] = {}
+    for r in await conn.fetch(STATUS_ATTEMPTS, ids):
+        attempts.setdefault(r["campaign_id"], {})[r["attempts"]] = r["n"]
+    in_flight = {r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_BATCHES_IN_FLIGHT, ids)}
+    parked = [
+        ParkedBatchRow(
+            id=r["id"],
+            campaign_id=r["campaign_id"],
+            created_at=r["created_at"],
+            age_seconds=r["age_seconds"],
+            last_error=r["last_error"],
+            contacts=r["contacts"],
+            in_doubt=r["in_doubt"],
+        )
+        for r in await conn.fetch(STATUS_PARKED_BATCHES, ids)
+    ]
+    released = {r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_RELEASED_BATCHES, ids)}
+    resolutions = [
+        ResolutionRow(
+            campaign_id=r["campaign_id"],
+            batch_id=r["batch_id"],
+            action=r["action"],
+            reason=r["reason"],
+            contacts=r["contacts"],
+            resolved_by=r["resolved_by"],
+            resolved_at=r["resolved_at"],
+        )
+        for r in await conn.fetch(STATUS_RESOLUTIONS, ids, resolutions_shown)
+    ]
     return StatusSnapshot(
         taken_at,
         campaigns,
@@ -1060,8 +1068,8 @@ def campaign_budget(campaign_id: int) -> str:
     return f"campaign:{campaign_id}"
 
 
-async def why_snapshot(
-    pool: Pool,
+async def read_why(
+    conn: Conn,
     name: str,
     *,
     window_seconds: float = 10.0,
@@ -1069,65 +1077,58 @@ async def why_snapshot(
     alive_within: float = 60.0,
     examine: int = 10_000,
 ) -> WhySnapshot:
-    """What holds a campaign's contacts back. Raises CampaignNotFound.
+    """What holds a campaign's contacts back, read on a connection inside `read_snapshot`.
+    Raises CampaignNotFound.
 
     A daemon counts as alive when its heartbeat wrote its row within `alive_within`.
     At most `examine` contacts are read for the claim's rules to be applied to.
     """
-    async with (
-        pool.acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        taken_at: datetime = await conn.fetchval(STATUS_NOW)
-        row = await conn.fetchrow(WHY_CAMPAIGN, name)
-        if row is None:
-            raise CampaignNotFound(name)
-        campaign = WhyCampaign(
-            id=row["id"],
-            name=row["name"],
-            state=row["state"],
-            state_reason=row["state_reason"],
-            service_name=row["service_name"],
-            calls_per_second=row["calls_per_second"],
-            max_concurrent_calls=row["max_concurrent_calls"],
-            window=_window(row),
+    taken_at: datetime = await conn.fetchval(STATUS_NOW)
+    row = await conn.fetchrow(WHY_CAMPAIGN, name)
+    if row is None:
+        raise CampaignNotFound(name)
+    campaign = WhyCampaign(
+        id=row["id"],
+        name=row["name"],
+        state=row["state"],
+        state_reason=row["state_reason"],
+        service_name=row["service_name"],
+        calls_per_second=row["calls_per_second"],
+        max_concurrent_calls=row["max_concurrent_calls"],
+        window=_window(row),
+    )
+    states = {r["state"]: r["n"] for r in await conn.fetch(WHY_CONTACT_STATES, campaign.id)}
+    pending = [
+        PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"], r["examinable"])
+        for r in await conn.fetch(WHY_PENDING, campaign.id)
+    ]
+    rules = await q.campaign_row(conn, campaign.id)
+    if rules is None:  # cannot happen inside this snapshot; keeps the types honest
+        raise CampaignNotFound(name)
+    examined = [
+        Examinable(q.contact_row(r), r["hold"], r["detail"], r["due_at"])
+        for r in await conn.fetch(WHY_EXAMINED, campaign.id, examine)
+    ]
+    open_calls: int = await conn.fetchval(WHY_OPEN_CALLS, campaign.id)
+    granted = await granted_calls(
+        conn, [campaign_budget(campaign.id), ACCOUNT_BUDGET], window_seconds
+    )
+    batches = {
+        r["state"]: (r["n"], r["contacts"]) for r in await conn.fetch(WHY_BATCHES, campaign.id)
+    }
+    first_parked = [
+        ParkedBatchRow(
+            id=r["id"],
+            campaign_id=r["campaign_id"],
+            created_at=r["created_at"],
+            age_seconds=r["age_seconds"],
+            last_error=r["last_error"],
+            contacts=r["contacts"],
+            in_doubt=r["in_doubt"],
         )
-        states = {r["state"]: r["n"] for r in await conn.fetch(WHY_CONTACT_STATES, campaign.id)}
-        pending = [
-            PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"], r["examinable"])
-            for r in await conn.fetch(WHY_PENDING, campaign.id)
-        ]
-        rules = await q.campaign_row(conn, campaign.id)
-        if rules is None:  # cannot happen inside this snapshot; keeps the types honest
-            raise CampaignNotFound(name)
-        examined = [
-            Examinable(q.contact_row(r), r["hold"], r["detail"], r["due_at"])
-            for r in await conn.fetch(WHY_EXAMINED, campaign.id, examine)
-        ]
-        open_calls: int = await conn.fetchval(WHY_OPEN_CALLS, campaign.id)
-        keys = [campaign_budget(campaign.id), ACCOUNT_BUDGET]
-        granted = dict.fromkeys(keys, 0)
-        for r in await conn.fetch(WHY_GRANTED, keys, window_seconds):
-            granted[r["key"]] = r["calls"]
-        batches = {
-            r["state"]: (r["n"], r["contacts"]) for r in await conn.fetch(WHY_BATCHES, campaign.id)
-        }
-        first_parked = [
-            ParkedBatchRow(
-                id=r["id"],
-                campaign_id=r["campaign_id"],
-                created_at=r["created_at"],
-                age_seconds=r["age_seconds"],
-                last_error=r["last_error"],
-                contacts=r["contacts"],
-                in_doubt=r["in_doubt"],
-            )
-            for r in await conn.fetch(WHY_FIRST_PARKED, campaign.id, parked_shown)
-        ]
-        daemons = [
-            DaemonRow(r["owner"], r["seen_ago"], r["aculab_unreachable_since"], r["aculab_error"])
-            for r in await conn.fetch(WHY_DAEMONS, alive_within)
-        ]
+        for r in await conn.fetch(WHY_FIRST_PARKED, campaign.id, parked_shown)
+    ]
+    daemons = await alive_daemons(conn, alive_within)
     in_flight = batches.get("pending", (0, 0))
     parked = batches.get("parked", (0, 0))
     return WhySnapshot(
@@ -1147,18 +1148,33 @@ async def why_snapshot(
     )
 
 
-async def key_owners(pool: Pool, campaign_id: int, keys: Sequence[str]) -> dict[str, int]:
+async def alive_daemons(conn: Conn, alive_within: float) -> list[DaemonRow]:
+    """The daemons whose heartbeat wrote their row within `alive_within` seconds."""
+    return [
+        DaemonRow(r["owner"], r["seen_ago"], r["aculab_unreachable_since"], r["aculab_error"])
+        for r in await conn.fetch(WHY_DAEMONS, alive_within)
+    ]
+
+
+async def granted_calls(conn: Conn, keys: Sequence[str], window_seconds: float) -> dict[str, int]:
+    """Calls granted per pacing budget key over the last `window_seconds` (0 when none)."""
+    granted = dict.fromkeys(keys, 0)
+    for r in await conn.fetch(WHY_GRANTED, list(keys), window_seconds):
+        granted[r["key"]] = r["calls"]
+    return granted
+
+
+async def key_owners(conn: Conn, campaign_id: int, keys: Sequence[str]) -> dict[str, int]:
     """The contact a claim recorded as dialing each of these destination keys."""
     if not keys:
         return {}
-    rows = await pool.fetch(KEY_OWNERS, campaign_id, list(keys))
+    rows = await conn.fetch(KEY_OWNERS, campaign_id, list(keys))
     return {r["key"]: r["contact_id"] for r in rows}
 
 
-async def suppressed_numbers(pool: Pool, campaign_id: int, numbers: Sequence[str]) -> set[str]:
+async def suppressed_numbers(conn: Conn, campaign_id: int, numbers: Sequence[str]) -> set[str]:
     """The numbers on the do-not-call list for this campaign, by the claim's own query."""
-    async with pool.acquire() as conn:
-        return await q.suppressed(conn, campaign_id, numbers)
+    return await q.suppressed(conn, campaign_id, numbers)
 
 
 OUTLOOK_CAMPAIGNS = """
