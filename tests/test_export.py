@@ -169,6 +169,15 @@ async def test_the_view_keeps_its_documented_columns_names_order_and_types(
     assert list(rdb.RESULT_COLUMNS) == NAMES
 
 
+def test_the_readme_describes_every_column_of_the_view() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Taking results out", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| `")]
+    described = {name for line in table for name in line.split("|")[1].split("`")[1::2]}
+
+    assert set(NAMES) <= described, sorted(set(NAMES) - described)
+
+
 async def test_a_contact_row_has_its_calls_in_attempt_order_and_the_last_calls_outcome(
     db_pool: Pool,
 ) -> None:
