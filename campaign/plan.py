@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 from campaign import windows
 from campaign.db import plan as db
 from campaign.db.admin import Pool
+from campaign.db.queries import Conn
 from campaign.dispatch import Rules, Skipped, contact_verdict
 from campaign.forecast import (
     HORIZON_DAYS,
@@ -296,6 +297,18 @@ async def forecast(
     """
     snap = await db.plan_snapshot(
         pool, name, sample=sample, alive_within=settings.dispatcher.lease_seconds
+    )
+    return plan_from_snapshot(snap, settings)
+
+
+async def forecast_on(
+    conn: Conn, name: str, settings: Settings, *, sample: int = SAMPLE_LIMIT
+) -> Forecast:
+    """`forecast` on a connection the caller holds inside a read-only, repeatable-read
+    transaction (a dashboard's snapshot: the forecast then agrees with the rest of what
+    it read). Raises CampaignNotFound."""
+    snap = await db.read_plan(
+        conn, name, sample=sample, alive_within=settings.dispatcher.lease_seconds
     )
     return plan_from_snapshot(snap, settings)
 

@@ -35,7 +35,7 @@ from campaign.forecast import (
     expected_calls,
     simulate,
 )
-from campaign.plan import forecast, render_json, render_text, to_json_document
+from campaign.plan import forecast, forecast_on, render_json, render_text, to_json_document
 from campaign.settings import Settings, load_settings
 from tests.engine import add_contacts, create_campaign, uk_numbers
 from tests.helpers import Cli, logging_restored, one_line, point_at, window_closed_now
@@ -638,6 +638,24 @@ async def test_contacts_in_parked_batches_keep_the_campaign_from_finishing(
     # The 20 others: 20 calls at 10 per 1.02 s.
     assert doc["projected"]["eta_seconds"] == pytest.approx(2 * 1.02, abs=0.5)
     assert (doc["contacts"]["parked"], doc["contacts"]["pending"]) == (3, 20)
+
+
+async def test_a_forecast_reads_within_the_callers_read_only_snapshot(db_pool: Pool) -> None:
+    cid = await create_campaign(db_pool, "spring", calls_per_second=10)
+    await add_contacts(db_pool, cid, uk_numbers(50))
+
+    async with (
+        db_pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        before = await forecast_on(conn, "spring", plan_settings())
+        # Contacts added meanwhile are not in the caller's snapshot.
+        await add_contacts(db_pool, cid, uk_numbers(50, start=100))
+        again = await forecast_on(conn, "spring", plan_settings())
+
+    assert before.workload.pending == again.workload.pending == 50
+    assert again.eta_seconds == pytest.approx(5 * 1.02, abs=0.5)
+    assert (await forecast(db_pool, "spring", plan_settings())).workload.pending == 100
 
 
 async def test_an_unknown_campaign_is_refused(db_pool: Pool) -> None:

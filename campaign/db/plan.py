@@ -258,57 +258,59 @@ async def plan_snapshot(
         # One snapshot, so that the groups, the sample and the calls add up.
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        taken_at: datetime = await conn.fetchval("SELECT now()")
-        row = await conn.fetchrow(PLAN_CAMPAIGN, name)
-        if row is None:
-            raise CampaignNotFound(name)
-        campaign = PlanCampaign(
-            id=row["id"],
-            name=row["name"],
-            state=row["state"],
-            state_reason=row["state_reason"],
-            updated_at=row["updated_at"],
-            calls_per_second=row["calls_per_second"],
-            max_concurrent_calls=row["max_concurrent_calls"],
-            max_attempts=row["max_attempts"],
-            retry_delays=json.loads(row["retry_delays"]),
-            batch_size=row["batch_size"],
-            window=CallingWindow(
-                start=row["window_start"],
-                end=row["window_end"],
-                days=tuple(sorted(row["window_days"])),
-                default_timezone=row["default_timezone"],
-            ),
+        return await read_plan(conn, name, sample=sample, alive_within=alive_within)
+
+
+async def read_plan(
+    conn: q.Conn, name: str, *, sample: int = 20_000, alive_within: float = 30.0
+) -> PlanSnapshot:
+    """`plan_snapshot` on a connection the caller holds, inside its own read-only,
+    repeatable-read transaction (so that the figures add up). Raises CampaignNotFound."""
+    taken_at: datetime = await conn.fetchval("SELECT now()")
+    row = await conn.fetchrow(PLAN_CAMPAIGN, name)
+    if row is None:
+        raise CampaignNotFound(name)
+    campaign = PlanCampaign(
+        id=row["id"],
+        name=row["name"],
+        state=row["state"],
+        state_reason=row["state_reason"],
+        updated_at=row["updated_at"],
+        calls_per_second=row["calls_per_second"],
+        max_concurrent_calls=row["max_concurrent_calls"],
+        max_attempts=row["max_attempts"],
+        retry_delays=json.loads(row["retry_delays"]),
+        batch_size=row["batch_size"],
+        window=CallingWindow(
+            start=row["window_start"],
+            end=row["window_end"],
+            days=tuple(sorted(row["window_days"])),
+            default_timezone=row["default_timezone"],
+        ),
+    )
+    rules = await q.campaign_row(conn, campaign.id)
+    if rules is None:  # cannot happen inside this snapshot; keeps the types honest
+        raise CampaignNotFound(name)
+    states = {r["state"]: r["n"] for r in await conn.fetch(PLAN_CONTACT_STATES, campaign.id)}
+    groups = [
+        OpenGroup(r["state"], r["attempts"], r["hold"], r["detail"], r["bucket"], r["n"], r["at"])
+        for r in await conn.fetch(PLAN_OPEN_GROUPS, campaign.id)
+    ]
+    sampled = [
+        SampledContact(
+            q.contact_row(r), (r["state"], r["attempts"], r["hold"], r["detail"], r["bucket"])
         )
-        rules = await q.campaign_row(conn, campaign.id)
-        if rules is None:  # cannot happen inside this snapshot; keeps the types honest
-            raise CampaignNotFound(name)
-        states = {r["state"]: r["n"] for r in await conn.fetch(PLAN_CONTACT_STATES, campaign.id)}
-        groups = [
-            OpenGroup(
-                r["state"], r["attempts"], r["hold"], r["detail"], r["bucket"], r["n"], r["at"]
-            )
-            for r in await conn.fetch(PLAN_OPEN_GROUPS, campaign.id)
-        ]
-        sampled = [
-            SampledContact(
-                q.contact_row(r), (r["state"], r["attempts"], r["hold"], r["detail"], r["bucket"])
-            )
-            for r in await conn.fetch(PLAN_SAMPLE, campaign.id, sample)
-        ]
-        parked: int = await conn.fetchval(PLAN_PARKED_CONTACTS, campaign.id)
+        for r in await conn.fetch(PLAN_SAMPLE, campaign.id, sample)
+    ]
+    parked: int = await conn.fetchval(PLAN_PARKED_CONTACTS, campaign.id)
+    own = _causes(await conn.fetch(PLAN_CAMPAIGN_CAUSES, campaign.id, True, CAMPAIGN_HISTORY_CALLS))
+    if sum(c.calls for c in own) < COMPLETE_CALLS_ENOUGH:
         own = _causes(
-            await conn.fetch(PLAN_CAMPAIGN_CAUSES, campaign.id, True, CAMPAIGN_HISTORY_CALLS)
+            await conn.fetch(PLAN_CAMPAIGN_CAUSES, campaign.id, False, CAMPAIGN_HISTORY_CALLS)
         )
-        if sum(c.calls for c in own) < COMPLETE_CALLS_ENOUGH:
-            own = _causes(
-                await conn.fetch(PLAN_CAMPAIGN_CAUSES, campaign.id, False, CAMPAIGN_HISTORY_CALLS)
-            )
-        account = (
-            [] if own else _causes(await conn.fetch(PLAN_ACCOUNT_CAUSES, ACCOUNT_HISTORY_CALLS))
-        )
-        daemons = len(await conn.fetch(WHY_DAEMONS, alive_within))
-        others: int = await conn.fetchval(PLAN_OTHER_ACTIVE, campaign.id)
+    account = [] if own else _causes(await conn.fetch(PLAN_ACCOUNT_CAUSES, ACCOUNT_HISTORY_CALLS))
+    daemons = len(await conn.fetch(WHY_DAEMONS, alive_within))
+    others: int = await conn.fetchval(PLAN_OTHER_ACTIVE, campaign.id)
     return PlanSnapshot(
         taken_at=taken_at,
         campaign=campaign,
