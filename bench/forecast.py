@@ -10,6 +10,8 @@ with and without calling windows and retries:
                  the contacts' zone, at the next whole minute), then pacing
     retries      busy/no_answer/failed/dropped retried after 10-25 s, 3 attempts
     window+retries  both
+    zones+retries   half the contacts in a zone whose window closes within the run,
+                 half in one where it opens within it (15 minutes apart), with retries
 
 Before them a short campaign gives the account a history: a forecast made before any
 call of its campaign has finished uses the account's latest outcomes and durations.
@@ -75,6 +77,9 @@ class Scenario:
     cap: int = 10_000
     retries: bool = False
     window: bool = False
+    zones: bool = False
+    """Half the contacts in Kathmandu, half in Kolkata (15 minutes behind): the window
+    is open in Kathmandu now and closes within the run; in Kolkata it opens within it."""
     scored: bool = True
 
 
@@ -110,10 +115,33 @@ def window_opening_soon() -> tuple[str, str, float]:
     return f"{opens:%H:%M}", f"{opens + timedelta(minutes=6):%H:%M}", (opens - now).total_seconds()
 
 
+NEAR_ZONES = ("Asia/Kathmandu", "Asia/Kolkata")
+"""UTC+5:45 and UTC+5:30: the same local window opens and closes 15 minutes apart."""
+
+
+def windows_in_two_zones() -> tuple[str, str, float, float]:
+    """A window, in local time, open in Kathmandu now and closing there within 3-4
+    minutes, that opens in Kolkata within 1-2 minutes: (start, end, seconds until it
+    closes in Kathmandu, seconds until it opens in Kolkata)."""
+    now = datetime.now(ZoneInfo(NEAR_ZONES[0]))
+    minute = now.replace(second=0, microsecond=0)
+    start, end = minute - timedelta(minutes=13), minute + timedelta(minutes=4)
+    closes = (end - now).total_seconds()
+    opens = (start + timedelta(minutes=15) - now).total_seconds()
+    return f"{start:%H:%M}", f"{end:%H:%M}", closes, opens
+
+
 async def create(pool: asyncpg.Pool, s: Scenario, number_base: int) -> tuple[int, str]:
     window = ("00:00", "24:00")
     note = ""
-    if s.window:
+    if s.zones:
+        start, end, closes, opens = windows_in_two_zones()
+        window = (start, end)
+        note = (
+            f"window {start}-{end} local: closes in {closes:.0f} s in {NEAR_ZONES[0]}, "
+            f"opens in {opens:.0f} s in {NEAR_ZONES[1]}"
+        )
+    elif s.window:
         start, end, wait = window_opening_soon()
         window = (start, end)
         note = f"window {start}-{end} {ZONE}, opens in {wait:.0f} s"
@@ -133,8 +161,15 @@ async def create(pool: asyncpg.Pool, s: Scenario, number_base: int) -> tuple[int
     )
     await pool.copy_records_to_table(
         "contacts",
-        records=[(campaign_id, f"+44 1908 {number_base + i:06d}") for i in range(s.contacts)],
-        columns=["campaign_id", "destination"],
+        records=[
+            (
+                campaign_id,
+                f"+44 1908 {number_base + i:06d}",
+                NEAR_ZONES[i % 2] if s.zones else None,
+            )
+            for i in range(s.contacts)
+        ],
+        columns=["campaign_id", "destination", "timezone"],
     )
     return campaign_id, note
 
@@ -216,6 +251,7 @@ SCENARIOS = [
     Scenario("window", 400, 10, window=True),
     Scenario("retries", 300, 10, retries=True),
     Scenario("window+retries", 250, 10, retries=True, window=True),
+    Scenario("zones+retries", 300, 10, retries=True, zones=True),
 ]
 
 
