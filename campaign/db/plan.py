@@ -134,11 +134,13 @@ WITH open AS (
            CASE c.state
                WHEN 'pending' THEN
                    greatest(c.next_attempt_at, coalesce(c.not_before, c.next_attempt_at))
-               WHEN 'dialing' THEN coalesce(k.started_at, now())
+               -- One look-up by reference per call in progress (at most the cap),
+               -- never a join with every call the account has made.
+               WHEN 'dialing' THEN coalesce(
+                   (SELECT k.started_at FROM calls k WHERE k.reference = c.reference), now())
                ELSE now()
            END AS at
     FROM contacts c
-    LEFT JOIN calls k ON c.state = 'dialing' AND k.reference = c.reference
     WHERE c.campaign_id = $1
       AND c.state IN ('pending', 'dispatching', 'dialing')
       AND NOT (c.state = 'dispatching' AND EXISTS (
