@@ -565,6 +565,7 @@ def render_text(f: Forecast) -> str:
         shares = ", ".join(
             f"{CONSTRAINT_TEXT[k]} {v / total:.0%}"
             for k, v in sorted(spent.items(), key=lambda kv: -kv[1])
+            if v / total >= 0.005  # what rounds to 0 % says nothing
         )
         lines.append(f"  held back by: {shares} of the time")
     lines += _hour_lines(p)
