@@ -8,8 +8,10 @@ concurrency cap. Zones come from the claim's own judgement of each contact
 (`dispatch.contact_verdict`); beyond SAMPLE_LIMIT open contacts, of a sample spread
 over the campaign, whose mix of zones is applied to each group of alike contacts.
 
-`forecast()` is the entry point for other views (the dashboard): it returns a frozen
-`Forecast` whose `eta_seconds` and `finish_at` are None unless the campaign is active.
+`forecast()` (its own snapshot) and `forecast_on()` (inside the caller's read-only
+snapshot, as a dashboard reads) are the entry points for other views: they return a
+frozen `Forecast` whose `eta_seconds` and `finish_at` are None unless the campaign is
+active and will finish on its own (`outlook()` says why not).
 """
 
 from __future__ import annotations
