@@ -21,7 +21,7 @@ final state, database clock) and the error. Target: within +-15 %.
 
     .venv/bin/python bench/forecast.py [--scale 0.5] [--only pacing,retries]
 
-At --scale 0.5 the whole run takes about seven minutes (two of them waiting for the
+At --scale 0.5 the whole run takes about ten minutes (three of them waiting for the
 windows to open).
 """
 
