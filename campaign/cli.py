@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from campaign import assumptions, status, why
+from campaign import assumptions, plan, status, why
 from campaign import batches as batch_output
 from campaign.db import admin
 from campaign.db import batches as batch_db
@@ -924,6 +924,35 @@ async def _why(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -
     return 0
 
 
+# --- plan -----------------------------------------------------------------------------------
+
+
+async def _plan(args: argparse.Namespace, pool: admin.Pool, settings: Settings) -> int:
+    result = await plan.forecast(pool, args.name, settings)
+    print(plan.render_json(result) if args.json else plan.render_text(result))
+    return 0
+
+
+def _add_plan_parser(commands: Any) -> None:
+    forecast = commands.add_parser(
+        "plan",
+        help="when a campaign will finish, and what it will do until then",
+        description=(
+            "Forecast when a campaign will finish and what it will do until then: the "
+            "finish time, what holds it back most (pacing, the concurrency cap, calling "
+            "windows, retry delays, not_before) and calls and finished contacts hour by "
+            "hour. A small simulation of the engine's rules over the open contacts (when "
+            "each becomes due, its zones' calling windows), the calls in progress, the "
+            "outcome mix and call durations so far, the retry delays, pacing (the "
+            "campaign's and the account's calls per second) and the concurrency cap. A "
+            "paused campaign is forecast as if resumed now."
+        ),
+    )
+    forecast.add_argument("name", metavar="NAME")
+    forecast.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    forecast.set_defaults(handler=_db_command(_plan))
+
+
 # --- status ---------------------------------------------------------------------------------
 
 
@@ -1260,6 +1289,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     explain.add_argument("name", metavar="NAME")
     explain.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     explain.set_defaults(handler=_db_command(_why))
+
+    _add_plan_parser(commands)
 
     report = commands.add_parser("status", help="contact counts, calls and batches per campaign")
     report.add_argument("name", metavar="NAME", nargs="?", help="one campaign (default: all)")
