@@ -4,7 +4,7 @@ The page (HTML, JS and CSS shipped in the package, nothing from the internet) fe
 one JSON document every `dashboard.refresh_seconds` and draws it. The document is
 `campaign status --json`, each campaign extended with what the page shows besides:
 calls started per minute over the last hour, pacing against the campaign's and the
-account's budgets, the concurrency cap, an ETA (`campaign.eta`), the calling window
+account's budgets, the concurrency cap, an ETA (`campaign plan`'s forecast), the calling window
 now, and the reasons `campaign why` gives; plus the account's pacing and the daemons.
 Scripts can read the same document at /api/status.
 
@@ -42,13 +42,13 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from campaign import status, why
+from campaign import plan, status, why
 from campaign.db import admin
 from campaign.db import dashboard as dashboard_db
 from campaign.destinations import mask_in_text
-from campaign.eta import EtaInput, estimate_finish
 from campaign.server import DB_ERRORS, Server
 from campaign.settings import Settings
+from campaign.status import format_age
 
 log = structlog.get_logger("campaign.dashboard")
 
@@ -61,6 +61,9 @@ EXAMINE: Final = 1_000
 is for one look by an operator; the dashboard looks every few seconds)."""
 REASONS_FROM: Final = frozenset({"active", "paused"})
 """Campaigns whose reasons (`campaign why`) are read: the others dial nothing again."""
+FORECAST_SAMPLE: Final = 2_000
+"""Open contacts per campaign whose zones the ETA's forecast judges one by one (the
+rest are taken to be like them): enough for the zone mix, cheap every few seconds."""
 POOL_SIZE: Final = 2
 STATEMENT_TIMEOUT: Final = 30.0
 REALM: Final = 'Basic realm="campaign dashboard", charset="UTF-8"'
@@ -179,38 +182,50 @@ def _budget(cap: float, granted: int, seconds: float) -> dict[str, Any]:
     return {"cap": cap, "granted": granted, "rate": round(granted / seconds, 3)}
 
 
+def eta_json(f: plan.Forecast | None) -> dict[str, Any]:
+    """The ETA block: `campaign plan`'s forecast (retries, windows, pacing and the cap),
+    or why there is no finish time."""
+    if f is None:
+        return {
+            "finish_at": None,
+            "eta_seconds": None,
+            "basis": "completed_or_cancelled",
+            "reason": None,
+            "remaining": 0,
+            "text": "nothing left to dial",
+        }
+    word, reason = plan.outlook(f)
+    seconds = f.eta_seconds
+    if word == "finishes" and seconds is not None:
+        text = f"in about {format_age(seconds)} (campaign plan's forecast)"
+    elif word == "completed":
+        text = "finished"
+    else:
+        text = f"{word}: {reason}" if reason else word
+    return {
+        "finish_at": _iso(f.finish_at),
+        "eta_seconds": None if seconds is None else round(seconds, 1),
+        "basis": word,
+        "reason": reason,
+        "remaining": f.workload.open,
+        "text": text,
+    }
+
+
 def _campaign_extras(
     s: status.CampaignStatus,
     series: dashboard_db.Series,
     report: why.WhyReport | None,
+    forecast: plan.Forecast | None,
 ) -> dict[str, Any]:
     minutes = series.calls.get(s.id, [])
-    remaining = s.contacts["pending"] + s.contacts["dispatching"]
-    current_minute = series.start + timedelta(minutes=len(minutes) - 1)
-    eta = estimate_finish(
-        EtaInput(
-            now=s.as_of,
-            active=s.state == "active",
-            remaining=remaining,
-            calls_per_minute=minutes,
-            current_minute_seconds=(s.as_of - current_minute).total_seconds(),
-        )
-    )
     extras: dict[str, Any] = {
         "calls_per_minute": [
             {"minute": _iso(series.start + timedelta(minutes=i)), "calls": n}
             for i, n in enumerate(minutes)
         ],
         "calls_last_hour": sum(minutes),
-        "eta": {
-            "finish_at": _iso(eta.finish_at),
-            "basis": eta.basis,
-            "calls_per_minute": None
-            if eta.calls_per_minute is None
-            else round(eta.calls_per_minute, 3),
-            "remaining": remaining,
-            "text": eta.text,
-        },
+        "eta": eta_json(forecast),
         "pacing": None,
         "concurrency": None,
         "calling_window_now": None,
@@ -249,6 +264,7 @@ async def read_document(conn: admin.Conn, settings: Settings) -> dict[str, Any]:
         conn, window_seconds=why.PACING_WINDOW_SECONDS, alive_within=alive_within
     )
     reports: dict[int, why.WhyReport] = {}
+    forecasts: dict[int, plan.Forecast] = {}
     for s in statuses:
         if s.state in REASONS_FROM:
             reports[s.id] = await why.read_why_report(
@@ -258,9 +274,10 @@ async def read_document(conn: admin.Conn, settings: Settings) -> dict[str, Any]:
                 alive_within=alive_within,
                 examine=EXAMINE,
             )
+            forecasts[s.id] = await plan.forecast_on(conn, s.name, settings, sample=FORECAST_SAMPLE)
     doc = status.to_json_document(statuses)
     for s, entry in zip(statuses, doc["campaigns"], strict=True):
-        entry |= _campaign_extras(s, series, reports.get(s.id))
+        entry |= _campaign_extras(s, series, reports.get(s.id), forecasts.get(s.id))
     unreachable = [d for d in account.daemons if d.aculab_unreachable_since is not None]
     doc["as_of"] = _iso(account.taken_at)
     doc["refresh_seconds"] = settings.dashboard.refresh_seconds

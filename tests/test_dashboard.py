@@ -121,9 +121,27 @@ async def test_each_campaign_shows_pacing_concurrency_the_window_an_eta_and_why(
     assert any(
         line.startswith("  waiting for the calling window: 4 contacts") for line in c["why_text"]
     )
-    # No call started yet: the rate-based ETA cannot say.
-    assert c["eta"]["basis"] == "no_recent_calls" and c["eta"]["finish_at"] is None
-    assert c["eta"]["remaining"] == 4
+    # The ETA is campaign plan's forecast: the four calls wait for the window to open.
+    eta = c["eta"]
+    assert eta["basis"] == "finishes" and eta["remaining"] == 4
+    assert eta["finish_at"] > window["next_opening"] and eta["eta_seconds"] > 0
+
+
+async def test_the_eta_says_why_a_paused_or_parked_campaign_has_no_finish_time(
+    db_pool: asyncpg.Pool,
+) -> None:
+    paused = await create_campaign(db_pool, "paused")
+    await add_contacts(db_pool, paused, uk_numbers(3))
+    await db_pool.execute("UPDATE campaigns SET state = 'paused' WHERE id = $1", paused)
+    stuck = await create_campaign(db_pool, "stuck")
+    await add_batch(db_pool, stuck)
+
+    etas = {c["name"]: c["eta"] for c in (await document(db_pool))["campaigns"]}
+
+    assert (etas["paused"]["basis"], etas["paused"]["finish_at"]) == ("paused", None)
+    assert etas["paused"]["remaining"] == 3
+    assert (etas["stuck"]["basis"], etas["stuck"]["finish_at"]) == ("never", None)
+    assert "campaign resolve" in etas["stuck"]["reason"], etas["stuck"]
 
 
 async def test_the_account_shows_its_pacing_the_daemons_alive_and_whether_aculab_answers_them(
