@@ -61,6 +61,8 @@ EXAMINE: Final = 1_000
 is for one look by an operator; the dashboard looks every few seconds)."""
 REASONS_FROM: Final = frozenset({"active", "paused"})
 """Campaigns whose reasons (`campaign why`) are read: the others dial nothing again."""
+FORECAST_MIN_SECONDS: Final = 15.0
+"""An ETA's forecast is made again after at least this long (see Forecasts)."""
 FORECAST_SAMPLE: Final = 2_000
 """Open contacts per campaign whose zones the ETA's forecast judges one by one (the
 rest are taken to be like them): enough for the zone mix, cheap every few seconds."""
@@ -182,11 +184,43 @@ def _budget(cap: float, granted: int, seconds: float) -> dict[str, Any]:
     return {"cap": cap, "granted": granted, "rate": round(granted / seconds, 3)}
 
 
+class Forecasts:
+    """The ETAs' forecasts, each kept for FORECAST_MIN_SECONDS and for COST_FACTOR times
+    as long as it took: a forecast of a large campaign costs seconds, and an ETA need
+    not move every second while the figures around it do. A campaign whose state
+    changed is forecast again at once."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.spent = 0.0
+        """Seconds spent forecasting since the caller last reset it."""
+        self._kept: dict[int, tuple[plan.Forecast, float]] = {}
+
+    async def get(
+        self, conn: admin.Conn, s: status.CampaignStatus, settings: Settings
+    ) -> plan.Forecast:
+        kept = self._kept.get(s.id)
+        if kept is not None and self.clock() < kept[1] and kept[0].campaign.state == s.state:
+            return kept[0]
+        started = self.clock()
+        f = await plan.forecast_on(conn, s.name, settings, sample=FORECAST_SAMPLE)
+        took = self.clock() - started
+        self.spent += took
+        self._kept[s.id] = (f, self.clock() + max(FORECAST_MIN_SECONDS, COST_FACTOR * took))
+        return f
+
+    def keep_only(self, campaign_ids: set[int]) -> None:
+        """Forget the forecasts of campaigns no longer read (deleted, or finished)."""
+        for cid in set(self._kept) - campaign_ids:
+            del self._kept[cid]
+
+
 def eta_json(f: plan.Forecast | None) -> dict[str, Any]:
     """The ETA block: `campaign plan`'s forecast (retries, windows, pacing and the cap),
     or why there is no finish time."""
     if f is None:
         return {
+            "as_of": None,
             "finish_at": None,
             "eta_seconds": None,
             "basis": "completed_or_cancelled",
@@ -203,6 +237,7 @@ def eta_json(f: plan.Forecast | None) -> dict[str, Any]:
     else:
         text = f"{word}: {reason}" if reason else word
     return {
+        "as_of": _iso(f.as_of),
         "finish_at": _iso(f.finish_at),
         "eta_seconds": None if seconds is None else round(seconds, 1),
         "basis": word,
@@ -255,8 +290,12 @@ def _campaign_extras(
     return extras
 
 
-async def read_document(conn: admin.Conn, settings: Settings) -> dict[str, Any]:
-    """The dashboard's document, read on a connection inside `admin.read_snapshot`."""
+async def read_document(
+    conn: admin.Conn, settings: Settings, forecasts: Forecasts | None = None
+) -> dict[str, Any]:
+    """The dashboard's document, read on a connection inside `admin.read_snapshot`;
+    the ETAs' forecasts are reused from `forecasts` while they are fresh."""
+    kept = forecasts if forecasts is not None else Forecasts()
     alive_within = settings.dispatcher.lease_seconds  # the heartbeat's period is a third
     statuses = await status.read_status(conn)
     series = await dashboard_db.calls_per_minute(conn, [s.id for s in statuses])
@@ -264,7 +303,7 @@ async def read_document(conn: admin.Conn, settings: Settings) -> dict[str, Any]:
         conn, window_seconds=why.PACING_WINDOW_SECONDS, alive_within=alive_within
     )
     reports: dict[int, why.WhyReport] = {}
-    forecasts: dict[int, plan.Forecast] = {}
+    made: dict[int, plan.Forecast] = {}
     for s in statuses:
         if s.state in REASONS_FROM:
             reports[s.id] = await why.read_why_report(
@@ -274,10 +313,11 @@ async def read_document(conn: admin.Conn, settings: Settings) -> dict[str, Any]:
                 alive_within=alive_within,
                 examine=EXAMINE,
             )
-            forecasts[s.id] = await plan.forecast_on(conn, s.name, settings, sample=FORECAST_SAMPLE)
+            made[s.id] = await kept.get(conn, s, settings)
+    kept.keep_only(set(made))
     doc = status.to_json_document(statuses)
     for s, entry in zip(statuses, doc["campaigns"], strict=True):
-        entry |= _campaign_extras(s, series, reports.get(s.id), forecasts.get(s.id))
+        entry |= _campaign_extras(s, series, reports.get(s.id), made.get(s.id))
     unreachable = [d for d in account.daemons if d.aculab_unreachable_since is not None]
     doc["as_of"] = _iso(account.taken_at)
     doc["refresh_seconds"] = settings.dashboard.refresh_seconds
@@ -326,6 +366,7 @@ class DocumentCache:
         """Documents read from the database so far."""
         self._last: _Read | None = None
         self._reading: asyncio.Task[_Read] | None = None
+        self._forecasts = Forecasts(clock)
 
     async def get(self) -> tuple[bytes, int]:
         """The JSON body and its HTTP status (200, or 503 while the database fails)."""
@@ -348,15 +389,18 @@ class DocumentCache:
         started = self.clock()
         self.reads += 1
         try:
+            self._forecasts.spent = 0.0
             async with admin.read_snapshot(self.pool) as conn:
-                doc = await read_document(conn, self.settings)
+                doc = await read_document(conn, self.settings, self._forecasts)
             body, code = json.dumps(doc, ensure_ascii=False).encode("utf-8"), 200
         except DB_ERRORS as exc:
             error = " ".join(str(exc).split()) or type(exc).__name__
             log.warning("dashboard_database_error", error=error)
             body = json.dumps({"error": f"database unavailable: {mask_in_text(error)}"}).encode()
             code = 503
-        took = self.clock() - started
+        # The forecasts' cost is bounded by their own keeping; counted here as well, one
+        # forecast of a large campaign would hold every other figure still for a minute.
+        took = self.clock() - started - self._forecasts.spent
         return _Read(body, code, self.clock() + max(MIN_CACHE_SECONDS, COST_FACTOR * took))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import re
@@ -251,11 +252,42 @@ async def test_viewers_share_one_read_of_the_database_until_it_is_a_second_old(
 
 async def test_a_document_slow_to_read_is_kept_ten_times_as_long(db_pool: asyncpg.Pool) -> None:
     await create_campaign(db_pool, "spring")
-    times = iter([1000.0, 1003.0, 1003.0])  # the read starts, ends 3 s later
-    cache = dashboard.DocumentCache(db_pool, load_settings(None), clock=lambda: next(times))
+    reads = itertools.count()  # the read starts, and every later look is 3 s later
+    cache = dashboard.DocumentCache(
+        db_pool, load_settings(None), clock=lambda: 1000.0 if next(reads) == 0 else 1003.0
+    )
     await cache.get()
     assert cache._last is not None
     assert cache._last.until == 1003.0 + dashboard.COST_FACTOR * 3.0
+
+
+async def test_an_etas_forecast_is_kept_a_while_but_made_again_when_the_state_changes(
+    db_pool: asyncpg.Pool,
+) -> None:
+    cid = await create_campaign(db_pool, "spring", calls_per_second=10)
+    await add_contacts(db_pool, cid, uk_numbers(100))
+    clock = Clock()
+    forecasts = dashboard.Forecasts(clock)
+    settings = load_settings(None)
+
+    async def eta() -> dict[str, Any]:
+        async with admin.read_snapshot(db_pool) as conn:
+            doc = await dashboard.read_document(conn, settings, forecasts)
+        eta: dict[str, Any] = doc["campaigns"][0]["eta"]
+        return eta
+
+    first = await eta()
+    await add_contacts(db_pool, cid, uk_numbers(900, start=5000))
+    clock.now += dashboard.FORECAST_MIN_SECONDS - 1
+    kept = await eta()
+    clock.now += 2
+    again = await eta()
+    await db_pool.execute("UPDATE campaigns SET state = 'paused' WHERE id = $1", cid)
+    paused = await eta()
+
+    assert kept == first and first["remaining"] == 100
+    assert again["remaining"] == 1000 and again["eta_seconds"] > first["eta_seconds"]
+    assert paused["basis"] == "paused"
 
 
 async def test_while_the_database_fails_the_document_is_a_503_saying_so(
