@@ -565,6 +565,12 @@ async def main() -> int:
     parser.add_argument(
         "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "campaign-bench"
     )
+    parser.add_argument(
+        "--admin-dsn",
+        default="",
+        help="a PostgreSQL server (on this machine) to make the scratch databases on;"
+        " default: the embedded one in --data-dir",
+    )
     args = parser.parse_args()
     counts = [int(c) for c in args.campaigns.split(",") if c]
     parts = [p for p in args.parts.split(",") if p]
@@ -595,7 +601,7 @@ async def main() -> int:
     rng = random.Random(args.seed)
     result: dict[str, Any] = {}
     sim, base_url = await start_simulator(SERVICE, PASSWORD, api_key=API_KEY)
-    base = load_settings(None, database={"data_dir": args.data_dir})
+    base = load_settings(None, database={"data_dir": args.data_dir, "dsn": args.admin_dsn})
     try:
         async with database_dsn(base.database) as admin_dsn:
             run = Run(admin_dsn, base_url, out)

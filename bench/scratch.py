@@ -134,10 +134,10 @@ class PostgresCpu:
     async def attach(cls, dsn: str) -> PostgresCpu:
         conn = await connect(dsn)
         try:
-            backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
+            # Asked while the backend lives: once it has ended it has no parent.
+            postmaster = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()")).parent()
         finally:
             await conn.close()
-        postmaster = backend.parent()
         if postmaster is None:
             raise SystemExit("cannot find the PostgreSQL postmaster (is the server local?)")
         return cls(postmaster)
