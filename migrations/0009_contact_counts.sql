@@ -21,11 +21,14 @@ CREATE TABLE contact_counts (
     PRIMARY KEY (campaign_id, state)
 );
 
+-- Rows come and go every few seconds: vacuumed after a thousand changes whatever
+-- its size, so that reading it stays a look at a few pages.
 CREATE TABLE contact_count_deltas (
     campaign_id bigint NOT NULL,
     state       text NOT NULL,
     n           bigint NOT NULL
-);
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
 
 CREATE FUNCTION contact_counts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

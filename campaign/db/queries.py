@@ -856,14 +856,15 @@ async def ping(conn: Conn) -> None:
 # Kept by migration 0009's triggers: a few rows per campaign, however many contacts.
 # Groups that net to 0 are left out, as count(*) ... GROUP BY would.
 STATE_COUNTS = """
-SELECT campaign_id, state, sum(n)::bigint AS n
+SELECT c.campaign_id, c.state, sum(c.n)::bigint AS n
 FROM (
-    SELECT campaign_id, state, n FROM contact_counts WHERE campaign_id = ANY($1::bigint[])
+    SELECT campaign_id, state, n FROM contact_counts
     UNION ALL
-    SELECT campaign_id, state, n FROM contact_count_deltas WHERE campaign_id = ANY($1::bigint[])
+    SELECT campaign_id, state, n FROM contact_count_deltas
 ) AS c
-GROUP BY campaign_id, state
-HAVING sum(n) <> 0
+JOIN unnest($1::bigint[]) AS wanted (id) ON wanted.id = c.campaign_id
+GROUP BY c.campaign_id, c.state
+HAVING sum(c.n) <> 0
 """
 
 # Moves the deltas the triggers appended into contact_counts, in one statement.
