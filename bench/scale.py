@@ -356,7 +356,8 @@ class Run:
                 ):
                     if time.monotonic() > deadline or daemon.returncode is not None:
                         raise SystemExit(f"the closed campaigns were not deferred: see {log}")
-                    await asyncio.sleep(0.5)
+                    # Not often: with millions of contacts this count is a scan.
+                    await asyncio.sleep(2.0)
                 await asyncio.sleep(2.0)
                 d0, p0 = process_cpu(daemon), meter.read()
                 tx0 = await transactions(self.admin_dsn, name)
