@@ -173,6 +173,8 @@ async def test_several_statements_in_one_transaction_are_counted_once_each(
             await assert_exact(conn, [cid])
         await assert_exact(conn, [cid])
         assert sum((await q.state_counts(conn, [cid]))[cid].values()) == 8
+        # A campaign asked for twice is counted once.
+        assert await q.state_counts(conn, [cid, cid]) == await q.state_counts(conn, [cid])
 
 
 async def test_a_fold_leaves_open_transactions_alone_and_concurrent_folds_move_each_delta_once(

@@ -862,7 +862,7 @@ FROM (
     UNION ALL
     SELECT campaign_id, state, n FROM contact_count_deltas
 ) AS c
-JOIN unnest($1::bigint[]) AS wanted (id) ON wanted.id = c.campaign_id
+JOIN (SELECT DISTINCT unnest($1::bigint[])) AS wanted (id) ON wanted.id = c.campaign_id
 GROUP BY c.campaign_id, c.state
 HAVING sum(c.n) <> 0
 """
