@@ -3,7 +3,8 @@
 The simulator runs as its own process (`campaign simulator`, CPS effectively
 unlimited); the dispatcher runs in this process against the embedded
 PostgreSQL. Prints contacts/s for each batch size, the requests sent, and the
-dispatcher's CPU time per 1,000 contacts.
+CPU time per 1,000 contacts of the dispatcher and of PostgreSQL (postmaster and
+every backend, reaped ones included).
 
     .venv/bin/python bench/dispatch_rate.py [--contacts 20000] [--batch-sizes 10,50,100]
 """
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scratch import create_scratch, drop_scratch, start_simulator, stop
+from scratch import PostgresCpu, create_scratch, drop_scratch, start_simulator, stop
 
 from campaign.aculab import AculabClient
 from campaign.db.migrate import migrate
@@ -68,13 +69,16 @@ async def one_run(
                 records=[(cid, f"4419082{i:05d}") for i in range(contacts)],
                 columns=["campaign_id", "destination"],
             )
+        meter = await PostgresCpu.attach(dsn)
         async with AculabClient(settings.aculab, settings.http) as client:
             d = Dispatcher(pool, client, settings, "bench")
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+            pg0 = meter.read()
             t0 = time.perf_counter()
             await d.run(asyncio.Event(), until_idle=True)
             wall = time.perf_counter() - t0
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+            pg1 = meter.read()
         dialing = await pool.fetchval("SELECT count(*) FROM contacts WHERE state = 'dialing'")
     await drop_scratch(admin_dsn, name)
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
@@ -86,6 +90,7 @@ async def one_run(
         "contacts_per_s": contacts / wall,
         "requests": d.counters.batches_submitted,
         "cpu_s_per_1000": cpu / contacts * 1000,
+        "postgres_cpu_s_per_1000": (pg1 - pg0) / contacts * 1000,
     }
 
 
@@ -109,7 +114,8 @@ async def main() -> None:
                 print(
                     f"batch {r['batch_size']:>4}: {r['contacts_per_s']:8.0f} contacts/s "
                     f"({r['contacts']:.0f} in {r['seconds']:.1f} s, {r['requests']:.0f} requests), "
-                    f"dispatcher CPU {r['cpu_s_per_1000']:.3f} s per 1,000 contacts"
+                    f"CPU s per 1,000 contacts: dispatcher {r['cpu_s_per_1000']:.3f},"
+                    f" PostgreSQL {r['postgres_cpu_s_per_1000']:.3f}"
                 )
     finally:
         await stop(sim)

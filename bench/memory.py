@@ -14,21 +14,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from scratch import create_scratch, drop_scratch, start_simulator, stop
+from scratch import (
+    create_scratch,
+    daemon_env,
+    drop_scratch,
+    start_daemon,
+    start_simulator,
+    stop,
+)
 
 from campaign.db.migrate import migrate
 from campaign.db.pool import connect, database_dsn
 from campaign.logs import configure_logging
 from campaign.settings import LoggingSettings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "BenchService"
 PASSWORD = "bench-password"
 API_KEY = "bench-key"
@@ -95,31 +100,17 @@ async def run(args: argparse.Namespace) -> int:
             dsn = await create_scratch(admin_dsn, name)
             try:
                 await prepare(dsn, args.contacts, args.list_size)
-                env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
-                env.update(
-                    {
-                        "CAMPAIGN_DATABASE__DSN": dsn,
-                        "CAMPAIGN_ACULAB__BASE_URL": base_url,
-                        "CAMPAIGN_ACULAB__API_ACCESS_KEY": API_KEY,
-                        "CAMPAIGN_ACULAB__SERVICE_PASSWORDS": json.dumps({SERVICE: PASSWORD}),
-                        "CAMPAIGN_ACULAB__CALLS_PER_SECOND": "100000",
-                        "CAMPAIGN_LISTENER__PORT": "0",
-                        "CAMPAIGN_POLLER__ENABLED": "false",
-                        "CAMPAIGN_LOGGING__LEVEL": "warning",
-                    }
+                env = daemon_env(
+                    dsn,
+                    base_url,
+                    SERVICE,
+                    PASSWORD,
+                    CAMPAIGN_ACULAB__API_ACCESS_KEY=API_KEY,
+                    CAMPAIGN_POLLER__ENABLED="false",
                 )
                 log = Path(tempfile.gettempdir()) / f"{name}.log"
-                with log.open("wb") as out:
-                    daemon = await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "campaign",
-                        "run",
-                        env=env,
-                        cwd=ROOT,
-                        stdout=out,
-                        stderr=out,
-                    )
+                log.unlink(missing_ok=True)
+                daemon = await start_daemon(env, log)
                 t0 = time.monotonic()
                 deadline = t0 + args.timeout
                 dialing = 0

@@ -576,12 +576,8 @@ WHERE $1::text IS NULL OR name = $1
 ORDER BY id
 """
 
-STATUS_CONTACT_COUNTS = """
-SELECT campaign_id, state, count(*) AS n
-FROM contacts
-WHERE campaign_id = ANY($1::bigint[])
-GROUP BY campaign_id, state
-"""
+# The counts kept by migration 0009 (exact in any snapshot): no scan of the contacts.
+STATUS_CONTACT_COUNTS = q.STATE_COUNTS
 
 STATUS_OUTCOMES = """
 SELECT campaign_id, coalesce(call_cause, 'awaiting') AS cause, count(*) AS n
@@ -970,9 +966,7 @@ SELECT id, name, state, state_reason, service_name, calls_per_second, max_concur
 FROM campaigns WHERE name = $1
 """
 
-WHY_CONTACT_STATES = """
-SELECT state, count(*) AS n FROM contacts WHERE campaign_id = $1 GROUP BY state
-"""
+WHY_CONTACT_STATES = q.STATE_COUNTS
 
 # Each pending contact held by what holds it longest: due now, a not_before later than
 # its next attempt, the calling window (the dispatcher deferred it with last_result
@@ -1097,7 +1091,7 @@ async def read_why(
         max_concurrent_calls=row["max_concurrent_calls"],
         window=_window(row),
     )
-    states = {r["state"]: r["n"] for r in await conn.fetch(WHY_CONTACT_STATES, campaign.id)}
+    states = {r["state"]: r["n"] for r in await conn.fetch(WHY_CONTACT_STATES, [campaign.id])}
     pending = [
         PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"], r["examinable"])
         for r in await conn.fetch(WHY_PENDING, campaign.id)
