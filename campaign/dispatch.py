@@ -417,7 +417,23 @@ class Dispatcher:
         self._queue_cache: dict[str, tuple[float, float]] = {}
         # campaign id -> (when, open calls counted then, the cap they were counted up to).
         self._open_counts: dict[int, tuple[float, int, int]] = {}
-        self._rotation = 0
+        # The active campaigns, as last read, and when (this daemon's clock) each one's
+        # first pending contact is due (absent: none pending). Only campaigns due now
+        # are claimed; the loop sleeps until the earliest of the others.
+        self._campaigns: dict[int, q.DueCampaign] = {}
+        self._due_at: dict[int, float] = {}
+        # Campaigns to read again before the next claims: named by a notification, or
+        # emptied by a claim (their next due time is then unknown here).
+        self._recheck: set[int] = set()
+        # Read every active campaign again: at start, on a notification that names
+        # none, and every poll_interval whatever the notifications said (one query),
+        # so that a missed notification delays work by that much at most.
+        self._refresh_all = True
+        self._refreshed_at = -math.inf
+        # Priority -> the campaign served last: the next round starts after it.
+        self._cursor: dict[int, int] = {}
+        # Claim transactions begun (for tests and benchmarks: idle campaigns cost none).
+        self.claims = 0
         # batch id -> when (this daemon's clock) it may be taken again, after its
         # send or its acknowledgement failed in a way that left it pending.
         self._cooldown: dict[int, float] = {}
@@ -464,7 +480,14 @@ class Dispatcher:
         """Age beyond which a batch is never sent under its unique_id again."""
         return max(0.0, self._cfg.idempotency_window_seconds - self._margin)
 
-    def wake(self) -> None:
+    def wake(self, payload: str | None = None) -> None:
+        """A notification: '<table>:<campaign id>' names the campaign that changed;
+        anything else (or nothing) means look at every campaign again."""
+        _, _, tail = (payload or "").partition(":")
+        if tail.isdigit():
+            self._recheck.add(int(tail))
+        else:
+            self._refresh_all = True
         self._wake.set()
 
     def aculab_unreachable(self) -> tuple[float, str | None] | None:
@@ -518,9 +541,7 @@ class Dispatcher:
         if free <= 0:
             await asyncio.wait(list(self._inflight.values()), return_when=asyncio.FIRST_COMPLETED)
             return True
-        async with self.pool.acquire() as conn:
-            campaigns = await q.active_campaigns(conn)
-        self._note_active(campaigns)
+        campaigns = await self._due_campaigns()
         if self.breaker.is_open:
             return await self._tick_unreachable(free, campaigns)
         # A service not yet known good gets one request at a time.
@@ -560,13 +581,14 @@ class Dispatcher:
             # The free send slots are shared out among the campaigns still to go.
             share = max(1, free // (len(order) - i)) if known_good else 1
             claimed, did = await self.claim(campaign, queue_delay, share)
+            self._cursor[campaign.priority] = campaign.id
             worked = worked or did
             for batch in claimed:
                 self._spawn(batch)
             free -= len(claimed)
         return worked
 
-    async def _tick_unreachable(self, free: int, campaigns: list[q.CampaignRow]) -> bool:
+    async def _tick_unreachable(self, free: int, campaigns: list[q.DueCampaign]) -> bool:
         """Aculab cannot be reached: claim nothing, send one probe at a time.
 
         Batches past their idempotency window are still closed (released or
@@ -637,13 +659,42 @@ class Dispatcher:
                 return
         self._answered(None)
 
-    def _note_active(self, campaigns: list[q.CampaignRow]) -> None:
-        """A campaign that became active (at start, after a resume) must prove its
-        service's credentials again before its requests fan out."""
-        for campaign in campaigns:
+    async def _due_campaigns(self) -> list[q.DueCampaign]:
+        """The active campaigns with a contact due now, read in one query before any
+        lock is taken: every campaign every poll_interval (or when a notification named
+        none), else only those a notification named or a claim emptied."""
+        now = self._clock()
+        if self._refresh_all or now - self._refreshed_at >= self._cfg.poll_interval:
+            self._refresh_all = False
+            self._recheck.clear()
+            self._refreshed_at = now
+            async with self.pool.acquire() as conn:
+                rows = await q.due_campaigns(conn)
+            self._note_active(rows, None, now)
+        elif self._recheck:
+            ids, self._recheck = sorted(self._recheck), set()
+            async with self.pool.acquire() as conn:
+                rows = await q.due_campaigns(conn, ids)
+            self._note_active(rows, set(ids), now)
+        return [c for c in self._campaigns.values() if self._due_at.get(c.id, math.inf) <= now]
+
+    def _note_active(
+        self, rows: list[q.DueCampaign], looked_at: set[int] | None, now: float
+    ) -> None:
+        """Record what was read of the campaigns in `looked_at` (None: of every
+        campaign); those not in `rows` are no longer active. A campaign that became
+        active (at start, after a resume) must prove its service's credentials again
+        before its requests fan out."""
+        for campaign_id in set(self._campaigns) if looked_at is None else looked_at:
+            self._campaigns.pop(campaign_id, None)
+            self._due_at.pop(campaign_id, None)
+        for campaign in rows:
             if campaign.id not in self._active:
                 self._confirmed.discard(campaign.service_name)
-        self._active = {c.id for c in campaigns}
+            self._campaigns[campaign.id] = campaign
+            if campaign.due_in is not None:
+                self._due_at[campaign.id] = now + campaign.due_in
+        self._active = set(self._campaigns)
 
     def _busy(self) -> list[int]:
         """Batches not to take now: being sent here, or cooling down after a failure."""
@@ -673,24 +724,35 @@ class Dispatcher:
         self._queue_cache[service] = (now, delay)
         return delay
 
-    def _fair_order(self, campaigns: list[q.CampaignRow]) -> list[q.CampaignRow]:
-        """Priority first; campaigns of equal priority take turns leading."""
-        self._rotation += 1
-        out: list[q.CampaignRow] = []
+    def _fair_order(self, campaigns: list[q.DueCampaign]) -> list[q.DueCampaign]:
+        """Priority first; among campaigns of equal priority, round-robin: the order
+        starts after the campaign served last, so every due campaign gets its turn
+        however many there are."""
+        out: list[q.DueCampaign] = []
         for prio in sorted({c.priority for c in campaigns}, reverse=True):
-            group = [c for c in campaigns if c.priority == prio]
-            shift = self._rotation % len(group)
+            group = sorted((c for c in campaigns if c.priority == prio), key=lambda c: c.id)
+            last = self._cursor.get(prio)
+            shift = 0 if last is None else next((i for i, c in enumerate(group) if c.id > last), 0)
             out.extend(group[shift:] + group[:shift])
         return out
 
     def _sleep_for(self) -> float:
-        wait = self._cfg.poll_interval
+        now = self._clock()
+        if self._recheck or self._refresh_all:
+            return 0.005
+        # At the latest, every campaign is read again a poll_interval after the last
+        # time; sooner when a campaign's next contact is due before that.
+        wait = self._refreshed_at + self._cfg.poll_interval - now
+        # Campaigns due now that were not claimed wait for their pacing, cap or slot.
+        later = [t for t in self._due_at.values() if t > now]
+        if later:
+            wait = min(wait, min(later) - now)
         if self._pacing_wait is not None:
             wait = min(wait, self._pacing_wait)
         if self._inflight:
             wait = min(wait, 0.5)
         if self._cooldown:
-            wait = min(wait, max(0.0, min(self._cooldown.values()) - self._clock()))
+            wait = min(wait, max(0.0, min(self._cooldown.values()) - now))
         return max(0.005, wait)
 
     async def _idle(self) -> bool:
@@ -753,7 +815,10 @@ class Dispatcher:
     # --- step 1: claim and persist ------------------------------------------------
 
     async def claim(
-        self, campaign: q.CampaignRow, queue_delay: float = 0.0, batches: int = 1
+        self,
+        campaign: q.CampaignRow | q.DueCampaign,
+        queue_delay: float = 0.0,
+        batches: int = 1,
     ) -> tuple[list[q.BatchRow], bool]:
         """Claim up to `batches` batches for `campaign`: (the batches, whether anything changed).
 
@@ -764,9 +829,11 @@ class Dispatcher:
         """
         account_cps = self.settings.aculab.calls_per_second
         trial = self.settings.aculab.account_type == "trial"
+        self.claims += 1
         async with self.pool.acquire() as conn, conn.transaction():
             locked = await q.lock_active_campaign(conn, campaign.id)
             if locked is None:
+                self._recheck.add(campaign.id)
                 return [], False
             campaign = locked
             size = 1 if trial else campaign.batch_size
@@ -796,7 +863,13 @@ class Dispatcher:
             grant = min(size * max(1, batches), room, available)
             # Whole batches are claimed even when the grant is smaller, so that
             # contacts skipped below (invalid, duplicate...) do not leave it short.
-            contacts = await q.claim_contacts(conn, campaign.id, size * math.ceil(grant / size))
+            limit = size * math.ceil(grant / size)
+            contacts = await q.claim_contacts(conn, campaign.id, limit)
+            if len(contacts) < limit:
+                # No more due now: the campaign is left alone until its next contact
+                # is due (read again before the next claims) or a notification.
+                self._due_at.pop(campaign.id, None)
+                self._recheck.add(campaign.id)
             if not contacts:
                 return [], False
             now = datetime.now(UTC)

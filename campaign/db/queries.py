@@ -115,6 +115,37 @@ async def active_campaigns(conn: Conn) -> list[CampaignRow]:
     return [_campaign(r) for r in await conn.fetch(ACTIVE_CAMPAIGNS)]
 
 
+@dataclass(frozen=True)
+class DueCampaign:
+    """An active campaign as the dispatcher's loop sees it before taking any lock."""
+
+    id: int
+    priority: int
+    service_name: str
+    due_in: float | None
+    """Seconds until its first pending contact is due (0 or less: due now); None when
+    it has no pending contact."""
+
+
+# One lookup per active campaign: the first entry of its range in contacts_due_idx
+# (migration 0008), never a scan of its contacts. `$1` NULL: every active campaign;
+# else only those ids (the ones a notification named, or a claim just emptied).
+DUE_CAMPAIGNS = """
+SELECT k.id, k.priority, k.service_name,
+       extract(epoch FROM (
+           SELECT min(greatest(c.next_attempt_at, c.not_before))
+           FROM contacts c
+           WHERE c.campaign_id = k.id AND c.state = 'pending') - now())::float8 AS due_in
+FROM campaigns k
+WHERE k.state = 'active' AND ($1::bigint[] IS NULL OR k.id = ANY($1::bigint[]))
+"""
+
+
+async def due_campaigns(conn: Conn, ids: Sequence[int] | None = None) -> list[DueCampaign]:
+    rows = await conn.fetch(DUE_CAMPAIGNS, None if ids is None else list(ids))
+    return [DueCampaign(r["id"], r["priority"], r["service_name"], r["due_in"]) for r in rows]
+
+
 async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | None:
     row = await conn.fetchrow(LOCK_ACTIVE_CAMPAIGN, campaign_id)
     return _campaign(row) if row is not None else None
