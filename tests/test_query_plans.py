@@ -63,3 +63,30 @@ async def test_claim_query_is_an_index_scan_on_the_pending_index(db_pool: asyncp
         assert all(n["Node Type"] in {"Index Scan", "Index Only Scan"} for n in scans), scans
         assert {n["Index Name"] for n in scans} == {"contacts_claim_idx"}
         assert not any(n["Node Type"] == "Sort" for n in nodes), "the index gives the order"
+
+
+async def test_due_campaigns_query_is_one_index_lookup_per_campaign(
+    db_pool: asyncpg.Pool,
+) -> None:
+    ids = [await create_campaign(db_pool, f"c{i}") for i in range(20)]
+    # 300k contacts over 20 campaigns, most finished, the pending ones due at spread times.
+    await db_pool.execute(
+        """
+        INSERT INTO contacts (campaign_id, destination, state, next_attempt_at, not_before)
+        SELECT ($1::bigint[])[1 + g % 20], '4419082' || lpad(g::text, 5, '0'),
+               CASE WHEN g % 50 = 0 THEN 'pending' ELSE 'completed' END,
+               now() + make_interval(secs => g % 7), CASE WHEN g % 3 = 0 THEN now() END
+        FROM generate_series(1, 300000) AS g
+        """,
+        ids,
+    )
+    await db_pool.execute("ANALYZE")
+    for args in ([None], [ids[:2]]):
+        nodes = await _plan(db_pool, q.DUE_CAMPAIGNS, *args)
+        scans = [n for n in nodes if n.get("Relation Name") == "contacts"]
+        assert scans, nodes
+        assert all(n["Node Type"] in {"Index Scan", "Index Only Scan"} for n in scans), scans
+        assert {n["Index Name"] for n in scans} == {"contacts_due_idx"}
+        # The earliest entry of the campaign's range: the scan stops at its first row.
+        assert any(n["Node Type"] == "Limit" for n in nodes), nodes
+        assert not any(n["Node Type"] == "Sort" for n in nodes), nodes
