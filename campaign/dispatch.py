@@ -830,20 +830,20 @@ class Dispatcher:
         account_cps = self.settings.aculab.calls_per_second
         trial = self.settings.aculab.account_type == "trial"
         self.claims += 1
+        campaign_key = f"campaign:{campaign.id}"
         async with self.pool.acquire() as conn, conn.transaction():
-            locked = await q.lock_active_campaign(conn, campaign.id)
+            locked = await q.lock_campaign_and_budgets(conn, campaign.id, ["account", campaign_key])
             if locked is None:
                 self._recheck.add(campaign.id)
                 return [], False
             campaign = locked
             size = 1 if trial else campaign.batch_size
-            campaign_key = f"campaign:{campaign.id}"
             budgets = {
                 "account": Budget.of(account_cps, self._cfg.pacing_guard_seconds),
                 campaign_key: Budget.of(campaign.calls_per_second, self._cfg.pacing_guard_seconds),
             }
             grants_window = max(b.window for b in budgets.values())
-            grants = await q.lock_budgets(conn, list(budgets), grants_window)
+            grants = await q.recent_grants(conn, list(budgets), grants_window)
             # Counted under the account budget's lock, which every claim of every
             # daemon holds until it commits: two claims cannot both use the same room.
             room = campaign.max_concurrent_calls - await self._open_calls(
@@ -931,10 +931,9 @@ class Dispatcher:
                 )
             if not ready:
                 return [], True
-            claimed = []
-            for start in range(0, len(ready), size):
-                claimed.append(await self._persist(conn, campaign, ready[start : start + size]))
-            await q.record_grant(conn, list(budgets), len(ready))
+            claimed = await self._persist(
+                conn, campaign, [ready[i : i + size] for i in range(0, len(ready), size)], budgets
+            )
         # Committed: from here on a crash loses nothing, each batch is re-sent by id.
         self.counters.claimed += len(ready)
         for batch in claimed:
@@ -948,38 +947,50 @@ class Dispatcher:
         return claimed, True
 
     async def _persist(
-        self, conn: q.Conn, campaign: q.CampaignRow, ready: Sequence[Ready]
-    ) -> q.BatchRow:
-        """Store one batch with its exact request and id; its contacts become dispatching."""
-        ids = [r.contact.id for r in ready]
-        unique_id = unique_id_for(
-            self._cfg.namespace,
-            campaign.id,
-            [(r.contact.id, r.contact.dispatch_count + 1) for r in ready],
-        )
-        rest_calls = encode_rest_calls([r.call for r in ready], self.settings.aculab.account_type)
-        batch_id = await q.insert_dispatching_batch(
+        self,
+        conn: q.Conn,
+        campaign: q.CampaignRow,
+        groups: Sequence[Sequence[Ready]],
+        budgets: dict[str, Budget],
+    ) -> list[q.BatchRow]:
+        """Store each group as a batch with its exact request and id, its contacts
+        becoming dispatching, and the calls granted against `budgets`: one round trip."""
+        new = [
+            q.NewBatch(
+                unique_id_for(
+                    self._cfg.namespace,
+                    campaign.id,
+                    [(r.contact.id, r.contact.dispatch_count + 1) for r in group],
+                ),
+                encode_rest_calls([r.call for r in group], self.settings.aculab.account_type),
+                [r.contact.id for r in group],
+            )
+            for group in groups
+        ]
+        ids = await q.insert_dispatching_batches(
             conn,
             campaign_id=campaign.id,
             service_name=campaign.service_name,
-            unique_id=unique_id,
-            rest_calls=rest_calls,
-            contact_ids=ids,
+            batches=new,
             owner=self.owner,
             lease_seconds=self._cfg.lease_seconds,
+            grant_keys=list(budgets),
         )
-        return q.BatchRow(
-            id=batch_id,
-            campaign_id=campaign.id,
-            campaign_name=campaign.name,
-            service_name=campaign.service_name,
-            unique_id=unique_id,
-            rest_calls=rest_calls,
-            contact_ids=ids,
-            sends=0,
-            age_seconds=0.0,
-            first_send=True,
-        )
+        return [
+            q.BatchRow(
+                id=batch_id,
+                campaign_id=campaign.id,
+                campaign_name=campaign.name,
+                service_name=campaign.service_name,
+                unique_id=b.unique_id,
+                rest_calls=b.rest_calls,
+                contact_ids=b.contact_ids,
+                sends=0,
+                age_seconds=0.0,
+                first_send=True,
+            )
+            for batch_id, b in zip(ids, new, strict=True)
+        ]
 
     async def _open_calls(
         self,

@@ -94,11 +94,12 @@ async def test_a_contact_due_later_is_dispatched_at_its_time_without_a_notificat
         )
         d.wake(f"contacts:{cid}")  # what the LISTEN connection passes on
         due_at += await db_clock_offset(db_pool)
-        await wait_until(lambda: simulator.started_count() == 1, 10, "the contact started")
+        await wait_until(lambda: simulator.started_count() == 1, 30, "the contact started")
     sent_at = simulator.start_requests[-1].at
     assert sent_at >= due_at - 0.05
-    # Woken at the due time, not at the next poll a minute later.
-    assert sent_at - due_at < 1.0, sent_at - due_at
+    # Woken at the due time (within moments; loose for a loaded machine), not at the
+    # next poll a minute later.
+    assert sent_at - due_at < 10, sent_at - due_at
 
 
 class Listener:

@@ -83,15 +83,6 @@ WHERE state = 'active'
 ORDER BY priority DESC, id
 """
 
-# FOR SHARE: a concurrent pause/cancel waits for this claim to commit, and a
-# claim that starts after the pause committed sees the campaign inactive.
-LOCK_ACTIVE_CAMPAIGN = f"""
-SELECT {_CAMPAIGN_COLUMNS}
-FROM campaigns
-WHERE id = $1 AND state = 'active'
-FOR SHARE
-"""
-
 
 def _campaign(row: asyncpg.Record) -> CampaignRow:
     return CampaignRow(
@@ -146,8 +137,33 @@ async def due_campaigns(conn: Conn, ids: Sequence[int] | None = None) -> list[Du
     return [DueCampaign(r["id"], r["priority"], r["service_name"], r["due_in"]) for r in rows]
 
 
-async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | None:
-    row = await conn.fetchrow(LOCK_ACTIVE_CAMPAIGN, campaign_id)
+# The claim's two first locks in one round trip. The campaign FOR SHARE: a concurrent
+# pause/cancel waits for this claim to commit, and a claim that starts after the
+# pause committed sees the campaign inactive. Its budgets as LOCK_BUDGETS does; they
+# are locked even when the campaign turns out not to be active, which only holds
+# them until this transaction ends.
+LOCK_CAMPAIGN_AND_BUDGETS = f"""
+WITH budgets AS (
+    INSERT INTO rate_budgets (key)
+    SELECT k FROM unnest($2::text[]) AS k ORDER BY k
+    ON CONFLICT (key) DO UPDATE SET key = excluded.key
+)
+SELECT {_CAMPAIGN_COLUMNS}
+FROM campaigns
+WHERE id = $1 AND state = 'active'
+FOR SHARE
+"""
+
+
+async def lock_campaign_and_budgets(
+    conn: Conn, campaign_id: int, budget_keys: Sequence[str]
+) -> CampaignRow | None:
+    """Lock the campaign (None when it is not active) and the budgets `budget_keys`.
+
+    The budgets' grants must then be read by a later statement (recent_grants), so
+    that they include every grant committed by a claim that held the lock before us.
+    """
+    row = await conn.fetchrow(LOCK_CAMPAIGN_AND_BUDGETS, campaign_id, list(budget_keys))
     return _campaign(row) if row is not None else None
 
 
@@ -186,11 +202,6 @@ WHERE key = ANY($1::text[]) AND granted_at > now() - make_interval(secs => $2)
 ORDER BY granted_at
 """
 
-RECORD_GRANT = """
-INSERT INTO rate_grants (key, granted_at, calls)
-SELECT k, clock_timestamp(), $2 FROM unnest($1::text[]) AS k
-"""
-
 FORGET_OLD_GRANTS = """
 DELETE FROM rate_grants WHERE granted_at < now() - make_interval(secs => $1)
 """
@@ -202,15 +213,10 @@ class Grant:
     calls: int
 
 
-async def lock_budgets(
+async def recent_grants(
     conn: Conn, keys: Sequence[str], window_seconds: float
 ) -> dict[str, list[Grant]]:
-    """Lock the budgets and return each one's grants inside the window, oldest first.
-
-    The grants are read by a statement after the lock, so they include every
-    grant committed by a claim that held the lock before us.
-    """
-    await conn.execute(LOCK_BUDGETS, list(keys))
+    """Each budget's grants inside the window, oldest first (read after its lock)."""
     grants: dict[str, list[Grant]] = {k: [] for k in keys}
     for r in await conn.fetch(RECENT_GRANTS, list(keys), window_seconds):
         grants[r["key"]].append(Grant(r["age"], r["calls"]))
@@ -232,10 +238,6 @@ async def open_calls(conn: Conn, campaign_id: int, cap: int) -> int:
     """Calls started and not finished, plus those being started now (at most 2 x cap)."""
     n: int = await conn.fetchval(OPEN_CALLS, campaign_id, cap)
     return n
-
-
-async def record_grant(conn: Conn, keys: Sequence[str], calls: int) -> None:
-    await conn.execute(RECORD_GRANT, list(keys), calls)
 
 
 async def forget_old_grants(conn: Conn, older_than_seconds: float) -> None:
@@ -371,25 +373,78 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), false)
 RETURNING id
 """
 
-# A new batch and its contacts, in one statement: the contacts become
-# `dispatching` and name the batch; each one's dispatch count rises, so a later
-# batch of the same contact gets a new unique_id.
-# `sending`: the claiming daemon sends it at once; should it die before recording
-# what became of that send, whoever takes the batch over counts it as in doubt.
-INSERT_DISPATCHING_BATCH = """
-WITH b AS (
+
+# New batches of one campaign, their contacts and the pacing grant, in one statement
+# (one round trip however many batches a claim takes): the contacts become
+# `dispatching` and name their batch; each one's dispatch count rises, so a later
+# batch of the same contact gets a new unique_id. Each batch's contacts are those of
+# `$5` whose `$6` is the batch's place in `$3`/`$4` (from 1), in request order.
+# `sending`: the claiming daemon sends them at once; should it die before recording
+# what became of a send, whoever takes the batch over counts it as in doubt.
+# Returns the batch ids in the order of `$3`.
+INSERT_DISPATCHING_BATCHES = """
+WITH input AS (
+    SELECT * FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS t(unique_id, rest_calls, ord)
+), members AS (
+    SELECT * FROM unnest($5::bigint[], $6::bigint[]) WITH ORDINALITY AS m(contact_id, ord, pos)
+), b AS (
     INSERT INTO batches (campaign_id, parent_id, service_name, unique_id, rest_calls,
                          contact_ids, owner, lease_until, sending)
-    VALUES ($1, NULL, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), true)
-    RETURNING id
+    SELECT $1, NULL, $2, i.unique_id, i.rest_calls,
+           ARRAY(SELECT m.contact_id FROM members m WHERE m.ord = i.ord ORDER BY m.pos),
+           $7, now() + make_interval(secs => $8), true
+    FROM input i
+    ORDER BY i.ord
+    RETURNING id, unique_id
 ), marked AS (
-    UPDATE contacts
-    SET state = 'dispatching', dispatch_count = dispatch_count + 1,
-        batch_id = (SELECT id FROM b), last_error = NULL, updated_at = now()
-    WHERE id = ANY($5::bigint[])
+    UPDATE contacts c
+    SET state = 'dispatching', dispatch_count = c.dispatch_count + 1,
+        batch_id = b.id, last_error = NULL, updated_at = now()
+    FROM b, input i, members m
+    WHERE i.unique_id = b.unique_id AND m.ord = i.ord AND c.id = m.contact_id
+), granted AS (
+    INSERT INTO rate_grants (key, granted_at, calls)
+    SELECT k, clock_timestamp(), $10 FROM unnest($9::text[]) AS k
 )
-SELECT id FROM b
+SELECT b.id FROM b JOIN input i ON i.unique_id = b.unique_id ORDER BY i.ord
 """
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    unique_id: str
+    rest_calls: str
+    contact_ids: list[int]
+
+
+async def insert_dispatching_batches(
+    conn: Conn,
+    *,
+    campaign_id: int,
+    service_name: str,
+    batches: Sequence[NewBatch],
+    owner: str,
+    lease_seconds: float,
+    grant_keys: Sequence[str],
+) -> list[int]:
+    """Store new batches under our lease, mark their contacts `dispatching`, and record
+    their calls against the budgets `grant_keys`; the batch ids, in order."""
+    members = [cid for b in batches for cid in b.contact_ids]
+    places = [n for n, b in enumerate(batches, 1) for _ in b.contact_ids]
+    rows = await conn.fetch(
+        INSERT_DISPATCHING_BATCHES,
+        campaign_id,
+        service_name,
+        [b.unique_id for b in batches],
+        [b.rest_calls for b in batches],
+        members,
+        places,
+        owner,
+        lease_seconds,
+        list(grant_keys),
+        len(members),
+    )
+    return [r["id"] for r in rows]
 
 
 async def insert_batch(
@@ -408,31 +463,6 @@ async def insert_batch(
         INSERT_BATCH,
         campaign_id,
         parent_id,
-        service_name,
-        unique_id,
-        rest_calls,
-        list(contact_ids),
-        owner,
-        lease_seconds,
-    )
-    return batch_id
-
-
-async def insert_dispatching_batch(
-    conn: Conn,
-    *,
-    campaign_id: int,
-    service_name: str,
-    unique_id: str,
-    rest_calls: str,
-    contact_ids: Sequence[int],
-    owner: str,
-    lease_seconds: float,
-) -> int:
-    """Store a new batch under our lease and mark its contacts `dispatching`."""
-    batch_id: int = await conn.fetchval(
-        INSERT_DISPATCHING_BATCH,
-        campaign_id,
         service_name,
         unique_id,
         rest_calls,
