@@ -430,6 +430,9 @@ class Dispatcher:
         # so that a missed notification delays work by that much at most.
         self._refresh_all = True
         self._refreshed_at = -math.inf
+        # Campaign -> the claim-order key of the last contact claimed: the next claim
+        # resumes there (q.CLAIM_CONTACTS), until the campaign is read again.
+        self._claim_after: dict[int, q.ClaimKey] = {}
         # Priority -> the campaign served last: the next round starts after it.
         self._cursor: dict[int, int] = {}
         # Claim transactions begun (for tests and benchmarks: idle campaigns cost none).
@@ -688,6 +691,11 @@ class Dispatcher:
         for campaign_id in set(self._campaigns) if looked_at is None else looked_at:
             self._campaigns.pop(campaign_id, None)
             self._due_at.pop(campaign_id, None)
+            # Each look at a campaign (every poll_interval at least) makes its next claim
+            # start from its first contact again, so that none due behind the point
+            # where claims stopped waits longer than that (a retry, a release, a new
+            # contact of higher priority); in between, claims resume where they stopped.
+            self._claim_after.pop(campaign_id, None)
         for campaign in rows:
             if campaign.id not in self._active:
                 self._confirmed.discard(campaign.service_name)
@@ -864,7 +872,18 @@ class Dispatcher:
             # Whole batches are claimed even when the grant is smaller, so that
             # contacts skipped below (invalid, duplicate...) do not leave it short.
             limit = size * math.ceil(grant / size)
-            contacts = await q.claim_contacts(conn, campaign.id, limit)
+            after = self._claim_after.get(campaign.id, q.FIRST_KEY)
+            contacts, last = await q.claim_contacts(conn, campaign.id, limit, after)
+            if len(contacts) < limit and after != q.FIRST_KEY:
+                # Before where the last claim stopped: contacts due again (a retry, a
+                # release), or added with a higher priority, since.
+                more, last_before = await q.claim_contacts(
+                    conn, campaign.id, limit - len(contacts), q.FIRST_KEY, after
+                )
+                contacts += more
+                last = last_before or last
+            if last is not None:
+                self._claim_after[campaign.id] = last
             if len(contacts) < limit:
                 # No more due now: the campaign is left alone until its next contact
                 # is due (read again before the next claims) or a notification.

@@ -7,6 +7,15 @@
 CREATE INDEX contacts_due_idx ON contacts (campaign_id, greatest(next_attempt_at, not_before))
     WHERE state = 'pending';
 
+-- The claim's order, priority first, as one ascending key (-priority, id): a claim
+-- can then resume after the last contact it took with one row comparison, which the
+-- index bounds (an index in (priority DESC, id) order cannot bound a comparison
+-- mixing both directions), instead of walking from the campaign's first entry over
+-- every contact that left `pending` since the last VACUUM.
+DROP INDEX contacts_claim_idx;
+CREATE INDEX contacts_claim_idx ON contacts (campaign_id, (-priority), id)
+    WHERE state = 'pending';
+
 -- 2. Wake-ups say which campaign changed ('<table>:<campaign id>') and fire only when
 --    a row really changed: an UPDATE that matches no row, or changes nothing a daemon
 --    acts on, sends nothing. A payload without an id ('batches', from `campaign

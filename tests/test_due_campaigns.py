@@ -20,6 +20,7 @@ from campaign.simulator import Simulator
 from tests.engine import (
     add_contacts,
     create_campaign,
+    dispatcher,
     engine_settings,
     running_dispatcher,
     states,
@@ -212,3 +213,21 @@ async def test_due_campaigns_take_turns_so_none_starves(
     assert set(dialing) == set(ids), f"campaigns never served: {set(ids) - set(dialing)}"
     # Round-robin: no campaign is more than one batch ahead of another.
     assert max(dialing.values()) - min(dialing.values()) <= 5, dialing
+
+
+async def test_a_claim_resuming_after_its_last_contact_still_takes_one_due_again_before_it(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    cid = await create_campaign(db_pool, batch_size=5)
+    ids = await add_contacts(db_pool, cid, uk_numbers(8))
+    async with dispatcher(db_pool, engine_settings(simulator)) as d:
+        [campaign] = await d._due_campaigns()
+        [first], _ = await d.claim(campaign)
+        assert first.contact_ids == ids[:5]
+        # The first contact is back in the queue (as a released batch leaves it),
+        # behind the point where the next claim resumes.
+        await db_pool.execute(
+            "UPDATE contacts SET state = 'pending', batch_id = NULL WHERE id = $1", ids[0]
+        )
+        claimed, _ = await d.claim(campaign, batches=2)
+    assert [c for b in claimed for c in b.contact_ids] == [*ids[5:], ids[0]]

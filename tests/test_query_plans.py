@@ -28,8 +28,12 @@ async def _plan(
         else:
             async with conn.transaction():
                 await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-                await conn.execute(f"PREPARE claim_plan(bigint, int) AS {sql}")
-                raw = await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE claim_plan(1, 50)")
+                await conn.execute(
+                    f"PREPARE claim_plan(bigint, int, int, bigint, int, bigint) AS {sql}"
+                )
+                raw = await conn.fetchval(
+                    "EXPLAIN (FORMAT JSON) EXECUTE claim_plan(1, 50, 0, 100, 2147483647, 1000000)"
+                )
                 await conn.execute("DEALLOCATE claim_plan")
     doc = json.loads(raw) if isinstance(raw, str) else raw
     return _nodes(doc[0]["Plan"])
@@ -55,13 +59,16 @@ async def test_claim_query_is_an_index_scan_on_the_pending_index(db_pool: asyncp
     )
     await db_pool.execute("ANALYZE contacts")
     for nodes in [
-        await _plan(db_pool, q.CLAIM_CONTACTS, busy, 50),
+        await _plan(db_pool, q.CLAIM_CONTACTS, busy, 50, *q.FIRST_KEY, *q.LAST_KEY),
+        # Resuming after the last contact taken: the key bounds the index range.
+        await _plan(db_pool, q.CLAIM_CONTACTS, busy, 50, -1, 150_000, *q.LAST_KEY),
         await _plan(db_pool, q.CLAIM_CONTACTS, generic=True),
     ]:
         scans = [n for n in nodes if n.get("Relation Name") == "contacts"]
         assert scans, nodes
         assert all(n["Node Type"] in {"Index Scan", "Index Only Scan"} for n in scans), scans
         assert {n["Index Name"] for n in scans} == {"contacts_claim_idx"}
+        assert all("ROW(" in n["Index Cond"] for n in scans), scans
         assert not any(n["Node Type"] == "Sort" for n in nodes), "the index gives the order"
 
 

@@ -255,17 +255,32 @@ CONTACT_COLUMNS = """
     extra_sip_headers::text AS extra_sip_headers, dispatch_count, timezone
 """
 
+# Walks contacts_claim_idx (migration 0008) in claim order, priority first, from
+# just after the key `($3, $4)` up to the key `($5, $6)` included, a key being
+# (-priority, id). A dispatcher resumes after the last contact it took, so that it
+# does not walk again, claim after claim, over the entries of contacts that left
+# `pending` and that no VACUUM has removed yet; from time to time it starts from
+# the first key again (dispatch.Dispatcher.claim).
 CLAIM_CONTACTS = f"""
-SELECT {CONTACT_COLUMNS}
+SELECT {CONTACT_COLUMNS}, -priority AS rank
 FROM contacts
 WHERE campaign_id = $1
   AND state = 'pending'
+  AND (-priority, id) > ($3::int, $4::bigint)
+  AND (-priority, id) <= ($5::int, $6::bigint)
   AND next_attempt_at <= now()
   AND (not_before IS NULL OR not_before <= now())
-ORDER BY priority DESC, id
+ORDER BY -priority, id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
+
+ClaimKey = tuple[int, int]
+"""A contact's place in claim order: (-priority, id)."""
+FIRST_KEY: ClaimKey = (-(2**31), -(2**63))
+"""Before every contact."""
+LAST_KEY: ClaimKey = (2**31 - 1, 2**63 - 1)
+"""After every contact."""
 
 
 def contact_row(r: asyncpg.Record) -> ContactRow:
@@ -282,8 +297,18 @@ def contact_row(r: asyncpg.Record) -> ContactRow:
     )
 
 
-async def claim_contacts(conn: Conn, campaign_id: int, limit: int) -> list[ContactRow]:
-    return [contact_row(r) for r in await conn.fetch(CLAIM_CONTACTS, campaign_id, limit)]
+async def claim_contacts(
+    conn: Conn,
+    campaign_id: int,
+    limit: int,
+    after: ClaimKey = FIRST_KEY,
+    up_to: ClaimKey = LAST_KEY,
+) -> tuple[list[ContactRow], ClaimKey | None]:
+    """Due contacts in claim order between the keys `after` (excluded) and `up_to`,
+    locked; and the key of the last one (None when there is none)."""
+    rows = await conn.fetch(CLAIM_CONTACTS, campaign_id, limit, *after, *up_to)
+    last = (rows[-1]["rank"], rows[-1]["id"]) if rows else None
+    return [contact_row(r) for r in rows], last
 
 
 SUPPRESSED = """
