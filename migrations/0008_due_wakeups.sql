@@ -13,7 +13,8 @@ CREATE INDEX contacts_due_idx ON contacts (campaign_id, greatest(next_attempt_at
 -- mixing both directions), instead of walking from the campaign's first entry over
 -- every contact that left `pending` since the last VACUUM.
 DROP INDEX contacts_claim_idx;
-CREATE INDEX contacts_claim_idx ON contacts (campaign_id, (-priority), id)
+-- (As bigint: -priority overflows for the smallest integer, which a contact may have.)
+CREATE INDEX contacts_claim_idx ON contacts (campaign_id, (-(priority::bigint)), id)
     WHERE state = 'pending';
 
 -- 2. Wake-ups say which campaign changed ('<table>:<campaign id>') and fire only when

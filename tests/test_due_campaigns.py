@@ -231,3 +231,21 @@ async def test_a_claim_resuming_after_its_last_contact_still_takes_one_due_again
         )
         claimed, _ = await d.claim(campaign, batches=2)
     assert [c for b in claimed for c in b.contact_ids] == [*ids[5:], ids[0]]
+
+
+async def test_claim_order_is_priority_first_even_at_the_extreme_priorities(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    cid = await create_campaign(db_pool, batch_size=5)
+    ids = await db_pool.fetch(
+        "INSERT INTO contacts (campaign_id, destination, priority)"
+        " SELECT $1, '+44 1908 ' || (200000 + n), p"
+        " FROM unnest($2::int[]) WITH ORDINALITY AS t(p, n) ORDER BY n RETURNING id",
+        cid,
+        [-(2**31), 0, 2**31 - 1, 0],
+    )
+    low, mid, high, mid2 = (r["id"] for r in ids)
+    async with dispatcher(db_pool, engine_settings(simulator)) as d:
+        [campaign] = await d._due_campaigns()
+        [batch], _ = await d.claim(campaign)
+    assert batch.contact_ids == [high, mid, mid2, low]

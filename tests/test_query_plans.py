@@ -29,7 +29,7 @@ async def _plan(
             async with conn.transaction():
                 await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
                 await conn.execute(
-                    f"PREPARE claim_plan(bigint, int, int, bigint, int, bigint) AS {sql}"
+                    f"PREPARE claim_plan(bigint, int, bigint, bigint, bigint, bigint) AS {sql}"
                 )
                 raw = await conn.fetchval(
                     "EXPLAIN (FORMAT JSON) EXECUTE claim_plan(1, 50, 0, 100, 2147483647, 1000000)"

@@ -262,24 +262,24 @@ CONTACT_COLUMNS = """
 # `pending` and that no VACUUM has removed yet; from time to time it starts from
 # the first key again (dispatch.Dispatcher.claim).
 CLAIM_CONTACTS = f"""
-SELECT {CONTACT_COLUMNS}, -priority AS rank
+SELECT {CONTACT_COLUMNS}, -(priority::bigint) AS rank
 FROM contacts
 WHERE campaign_id = $1
   AND state = 'pending'
-  AND (-priority, id) > ($3::int, $4::bigint)
-  AND (-priority, id) <= ($5::int, $6::bigint)
+  AND (-(priority::bigint), id) > ($3::bigint, $4::bigint)
+  AND (-(priority::bigint), id) <= ($5::bigint, $6::bigint)
   AND next_attempt_at <= now()
   AND (not_before IS NULL OR not_before <= now())
-ORDER BY -priority, id
+ORDER BY -(priority::bigint), id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
 ClaimKey = tuple[int, int]
 """A contact's place in claim order: (-priority, id)."""
-FIRST_KEY: ClaimKey = (-(2**31), -(2**63))
+FIRST_KEY: ClaimKey = (-(2**63), -(2**63))
 """Before every contact."""
-LAST_KEY: ClaimKey = (2**31 - 1, 2**63 - 1)
+LAST_KEY: ClaimKey = (2**63 - 1, 2**63 - 1)
 """After every contact."""
 
 
