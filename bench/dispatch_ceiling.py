@@ -73,7 +73,7 @@ FROM (
     FROM contacts
     WHERE campaign_id = :cid AND state = 'pending' AND next_attempt_at <= now()
       AND (not_before IS NULL OR not_before <= now())
-    ORDER BY priority DESC, id
+    ORDER BY -(priority::bigint), id
     LIMIT 100
     FOR UPDATE SKIP LOCKED
 ) c
