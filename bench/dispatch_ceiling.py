@@ -10,7 +10,8 @@
 3. Ceiling (b): the simulator's own capacity, driven by a bare aiohttp client
    sending lists of 100 fresh numbers with unique ids, no database.
 
-Prints the engine's rate as a fraction of the lower ceiling (target >= 0.6), and
+Prints the engine's rate as a fraction of the lower ceiling, and of the combined
+ceiling 1 / (1/a + 1/b) (target >= 0.6: the engine needs both on the same cores), and
 where the machine's CPU went in each part: the engine, PostgreSQL (postmaster and
 every backend) and the simulator, in CPU seconds per 1,000 contacts. Their sum
 bounds what any engine could reach on this machine with the simulator and the
@@ -51,6 +52,8 @@ API_KEY = "bench-key"
 CALLER_ID = "441908273801"
 LIST = 100
 CLIENTS = (1, 2, 4, 8)
+# Issue 11, item 6: the engine's rate against the combined ceiling of both parts.
+COMBINED_TARGET = 0.6
 PGBENCH = (
     Path(sys.executable).resolve().parents[1]
     / "lib/python3.11/site-packages/pgserver/pginstall/bin/pgbench"
@@ -70,7 +73,7 @@ FROM (
     FROM contacts
     WHERE campaign_id = :cid AND state = 'pending' AND next_attempt_at <= now()
       AND (not_before IS NULL OR not_before <= now())
-    ORDER BY priority DESC, id
+    ORDER BY -(priority::bigint), id
     LIMIT 100
     FOR UPDATE SKIP LOCKED
 ) c
@@ -475,10 +478,20 @@ async def main() -> None:
     lower_name = min(ceilings, key=lambda k: ceilings[k])
     lower = ceilings[lower_name]
     ratio = engine["calls_per_s"] / lower
+    # The engine's run needs the database cycle and the simulator on the same
+    # cores, where each ceiling had them to itself: the rate both together allow is
+    # 1 / (1/a + 1/b) (issue 11, item 6).
+    combined = 1 / sum(1 / c for c in ceilings.values())
+    combined_ratio = engine["calls_per_s"] / combined
     total = time.monotonic() - started
     print(
-        f"RESULT: engine {engine['calls_per_s']:,.0f}/s vs lower ceiling ({lower_name})"
-        f" {lower:,.0f}/s = {ratio:.2f} (target >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'});"
+        f"engine {engine['calls_per_s']:,.0f}/s vs lower ceiling ({lower_name})"
+        f" {lower:,.0f}/s = {ratio:.2f}"
+    )
+    print(
+        f"RESULT: engine {engine['calls_per_s']:,.0f}/s vs combined ceiling 1/(1/a+1/b)"
+        f" {combined:,.0f}/s = {combined_ratio:.2f} (target >= {COMBINED_TARGET}:"
+        f" {'met' if combined_ratio >= COMBINED_TARGET else 'NOT met'});"
         f" CPU {engine['cpu_s_per_1000']:.3f} s per 1,000 contacts; whole run {total:.0f} s"
     )
     if args.contacts < 200_000:
@@ -490,6 +503,8 @@ async def main() -> None:
                 "pgbench": pg,
                 "simulator": sim_r,
                 "ratio": ratio,
+                "combined_ceiling": combined,
+                "combined_ratio": combined_ratio,
                 "cpu_bound": cpu_bound,
                 "seconds": total,
             }

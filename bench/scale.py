@@ -446,7 +446,7 @@ class Run:
                 await conn.execute(
                     "UPDATE contacts SET state = 'dialing', updated_at = now() WHERE id IN"
                     " (SELECT id FROM contacts WHERE campaign_id = $1 AND state = 'pending'"
-                    " ORDER BY priority DESC, id LIMIT $2)",
+                    " ORDER BY -(priority::bigint), id LIMIT $2)",
                     cid,
                     n,
                 )
@@ -454,8 +454,17 @@ class Run:
             churn_s = time.monotonic() - t0
             if settle > 0:
                 await asyncio.sleep(settle)
-            after = await claim_times(conn, cid, samples)
-            after_plan = await claim_plan(conn, cid)
+            # The dispatcher's claims resume after the last contact taken, which is
+            # past the moved ones; from time to time one starts again from the first.
+            resume = await conn.fetchrow(
+                "SELECT -(priority::bigint) AS rank, id FROM contacts"
+                " WHERE campaign_id = $1 AND state = 'dialing'"
+                " ORDER BY -(priority::bigint) DESC, id DESC LIMIT 1",
+                cid,
+            )
+            after = await claim_times(conn, cid, samples, (resume["rank"], resume["id"]))
+            after_plan = await claim_plan(conn, cid, (resume["rank"], resume["id"]))
+            from_first = await claim_times(conn, cid, samples)
             table = await conn.fetchrow(
                 "SELECT n_live_tup, n_dead_tup, autovacuum_count, vacuum_count,"
                 " last_autovacuum FROM pg_stat_user_tables WHERE relname = 'contacts'"
@@ -471,6 +480,7 @@ class Run:
             "clean_ms": statistics.median(clean) * 1000,
             "after_ms": statistics.median(after) * 1000,
             "after_first_ms": after[0] * 1000,
+            "from_first_key_ms": statistics.median(from_first) * 1000,
             "clean_plan": clean_plan,
             "after_plan": after_plan,
             "dead_tuples": table["n_dead_tup"],
@@ -481,25 +491,32 @@ class Run:
         }
 
 
-async def claim_times(conn: asyncpg.Connection, cid: int, samples: int) -> list[float]:
+async def claim_times(
+    conn: asyncpg.Connection, cid: int, samples: int, after: q.ClaimKey = q.FIRST_KEY
+) -> list[float]:
     """Seconds the engine's claim query takes for one list, each in a transaction
-    rolled back (the contacts stay pending), first sample first."""
+    rolled back (the contacts stay pending), first sample first. Each claim resumes
+    after the last contact the one before it took, as the dispatcher's do (starting
+    after `after`)."""
     out = []
     for _ in range(samples):
         tr = conn.transaction()
         await tr.start()
         try:
             t = time.perf_counter()
-            got = await q.claim_contacts(conn, cid, LIST)
+            got, last = await q.claim_contacts(conn, cid, LIST, after)
             out.append(time.perf_counter() - t)
         finally:
             await tr.rollback()
-        if not got:
+        if not got or last is None:
             raise SystemExit("the claim found no pending contact")
+        after = last
     return out
 
 
-async def claim_plan(conn: asyncpg.Connection, cid: int) -> dict[str, float] | None:
+async def claim_plan(
+    conn: asyncpg.Connection, cid: int, after: q.ClaimKey = q.FIRST_KEY
+) -> dict[str, float] | None:
     """The claim query's execution time in the server and the pages it touched, from
     EXPLAIN ANALYZE (rolled back); None if the engine no longer has CLAIM_CONTACTS."""
     sql = getattr(q, "CLAIM_CONTACTS", None)
@@ -508,7 +525,9 @@ async def claim_plan(conn: asyncpg.Connection, cid: int) -> dict[str, float] | N
     tr = conn.transaction()
     await tr.start()
     try:
-        raw = await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, cid, LIST)
+        raw = await conn.fetchval(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, cid, LIST, *after, *q.LAST_KEY
+        )
     finally:
         await tr.rollback()
     plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
@@ -648,7 +667,9 @@ async def main() -> int:
                     f"\n4. claim of {LIST} under churn: {c['clean_ms']:.2f} ms on a clean table of"
                     f" {c['contacts']:,}; {c['after_ms']:.2f} ms (first {c['after_first_ms']:.2f})"
                     f" after {c['moved']:,} left pending by UPDATE in {c['churn_s']:.1f} s"
-                    f" + {c['settle_s']:.0f} s; then {c['dead_tuples']:,} dead tuples,"
+                    f" + {c['settle_s']:.0f} s, resuming after the last key taken as the"
+                    f" dispatcher does; {c['from_first_key_ms']:.2f} ms from the first key (the"
+                    f" dispatcher's periodic restart); then {c['dead_tuples']:,} dead tuples,"
                     f" {c['autovacuum_runs']} autovacuum run(s)"
                 )
                 if c["clean_plan"] and c["after_plan"]:

@@ -174,9 +174,11 @@ async def heartbeat(
         await sleep_until_woken(stop, never, lease / 3)
 
 
-async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
+async def listen(dsn: str, on_wake: Callable[[str | None], None], stop: asyncio.Event) -> None:
     """LISTEN on a dedicated connection; reconnect when it dies.
 
+    Each notification's payload ('<table>:<campaign id>') goes to `on_wake`, None
+    after a (re)connection: anything may have changed while nobody listened.
     Notifications only shorten the dispatcher's sleep: its polling fallback
     keeps working while this connection is down.
     """
@@ -196,8 +198,8 @@ async def listen(dsn: str, on_wake: Callable[[], None], stop: asyncio.Event) -> 
         lost = asyncio.Event()
         conn.add_termination_listener(_setter(lost))
         try:
-            await conn.add_listener(WAKE_CHANNEL, lambda *_args: on_wake())
-            on_wake()  # anything that changed while we were not listening
+            await conn.add_listener(WAKE_CHANNEL, _notified(on_wake))
+            on_wake(None)  # anything that changed while we were not listening
             while not stop.is_set() and not lost.is_set():
                 await sleep_until_woken(stop, lost, 10.0)
                 if not stop.is_set() and not conn.is_closed():
@@ -229,6 +231,12 @@ async def _listen_http(
 
 class ListenerFailed(Exception):
     """The HTTP listener could not start; the message says what to change."""
+
+
+def _notified(
+    on_wake: Callable[[str | None], None],
+) -> Callable[[asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, int, str, object], None]:
+    return lambda _conn, _pid, _channel, payload: on_wake(str(payload))
 
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:

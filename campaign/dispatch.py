@@ -417,7 +417,26 @@ class Dispatcher:
         self._queue_cache: dict[str, tuple[float, float]] = {}
         # campaign id -> (when, open calls counted then, the cap they were counted up to).
         self._open_counts: dict[int, tuple[float, int, int]] = {}
-        self._rotation = 0
+        # The active campaigns, as last read, and when (this daemon's clock) each one's
+        # first pending contact is due (absent: none pending). Only campaigns due now
+        # are claimed; the loop sleeps until the earliest of the others.
+        self._campaigns: dict[int, q.DueCampaign] = {}
+        self._due_at: dict[int, float] = {}
+        # Campaigns to read again before the next claims: named by a notification, or
+        # emptied by a claim (their next due time is then unknown here).
+        self._recheck: set[int] = set()
+        # Read every active campaign again: at start, on a notification that names
+        # none, and every poll_interval whatever the notifications said (one query),
+        # so that a missed notification delays work by that much at most.
+        self._refresh_all = True
+        self._refreshed_at = -math.inf
+        # Campaign -> the claim-order key of the last contact claimed: the next claim
+        # resumes there (q.CLAIM_CONTACTS), until the campaign is read again.
+        self._claim_after: dict[int, q.ClaimKey] = {}
+        # Priority -> the campaign served last: the next round starts after it.
+        self._cursor: dict[int, int] = {}
+        # Claim transactions begun (for tests and benchmarks: idle campaigns cost none).
+        self.claims = 0
         # batch id -> when (this daemon's clock) it may be taken again, after its
         # send or its acknowledgement failed in a way that left it pending.
         self._cooldown: dict[int, float] = {}
@@ -464,7 +483,14 @@ class Dispatcher:
         """Age beyond which a batch is never sent under its unique_id again."""
         return max(0.0, self._cfg.idempotency_window_seconds - self._margin)
 
-    def wake(self) -> None:
+    def wake(self, payload: str | None = None) -> None:
+        """A notification: '<table>:<campaign id>' names the campaign that changed;
+        anything else (or nothing) means look at every campaign again."""
+        _, _, tail = (payload or "").partition(":")
+        if tail.isdigit():
+            self._recheck.add(int(tail))
+        else:
+            self._refresh_all = True
         self._wake.set()
 
     def aculab_unreachable(self) -> tuple[float, str | None] | None:
@@ -518,9 +544,7 @@ class Dispatcher:
         if free <= 0:
             await asyncio.wait(list(self._inflight.values()), return_when=asyncio.FIRST_COMPLETED)
             return True
-        async with self.pool.acquire() as conn:
-            campaigns = await q.active_campaigns(conn)
-        self._note_active(campaigns)
+        campaigns = await self._due_campaigns()
         if self.breaker.is_open:
             return await self._tick_unreachable(free, campaigns)
         # A service not yet known good gets one request at a time.
@@ -560,13 +584,14 @@ class Dispatcher:
             # The free send slots are shared out among the campaigns still to go.
             share = max(1, free // (len(order) - i)) if known_good else 1
             claimed, did = await self.claim(campaign, queue_delay, share)
+            self._cursor[campaign.priority] = campaign.id
             worked = worked or did
             for batch in claimed:
                 self._spawn(batch)
             free -= len(claimed)
         return worked
 
-    async def _tick_unreachable(self, free: int, campaigns: list[q.CampaignRow]) -> bool:
+    async def _tick_unreachable(self, free: int, campaigns: list[q.DueCampaign]) -> bool:
         """Aculab cannot be reached: claim nothing, send one probe at a time.
 
         Batches past their idempotency window are still closed (released or
@@ -637,13 +662,47 @@ class Dispatcher:
                 return
         self._answered(None)
 
-    def _note_active(self, campaigns: list[q.CampaignRow]) -> None:
-        """A campaign that became active (at start, after a resume) must prove its
-        service's credentials again before its requests fan out."""
-        for campaign in campaigns:
+    async def _due_campaigns(self) -> list[q.DueCampaign]:
+        """The active campaigns with a contact due now, read in one query before any
+        lock is taken: every campaign every poll_interval (or when a notification named
+        none), else only those a notification named or a claim emptied."""
+        now = self._clock()
+        if self._refresh_all or now - self._refreshed_at >= self._cfg.poll_interval:
+            self._refresh_all = False
+            self._recheck.clear()
+            self._refreshed_at = now
+            async with self.pool.acquire() as conn:
+                rows = await q.due_campaigns(conn)
+            self._note_active(rows, None, now)
+        elif self._recheck:
+            ids, self._recheck = sorted(self._recheck), set()
+            async with self.pool.acquire() as conn:
+                rows = await q.due_campaigns(conn, ids)
+            self._note_active(rows, set(ids), now)
+        return [c for c in self._campaigns.values() if self._due_at.get(c.id, math.inf) <= now]
+
+    def _note_active(
+        self, rows: list[q.DueCampaign], looked_at: set[int] | None, now: float
+    ) -> None:
+        """Record what was read of the campaigns in `looked_at` (None: of every
+        campaign); those not in `rows` are no longer active. A campaign that became
+        active (at start, after a resume) must prove its service's credentials again
+        before its requests fan out."""
+        for campaign_id in set(self._campaigns) if looked_at is None else looked_at:
+            self._campaigns.pop(campaign_id, None)
+            self._due_at.pop(campaign_id, None)
+            # Each look at a campaign (every poll_interval at least) makes its next claim
+            # start from its first contact again, so that none due behind the point
+            # where claims stopped waits longer than that (a retry, a release, a new
+            # contact of higher priority); in between, claims resume where they stopped.
+            self._claim_after.pop(campaign_id, None)
+        for campaign in rows:
             if campaign.id not in self._active:
                 self._confirmed.discard(campaign.service_name)
-        self._active = {c.id for c in campaigns}
+            self._campaigns[campaign.id] = campaign
+            if campaign.due_in is not None:
+                self._due_at[campaign.id] = now + campaign.due_in
+        self._active = set(self._campaigns)
 
     def _busy(self) -> list[int]:
         """Batches not to take now: being sent here, or cooling down after a failure."""
@@ -673,24 +732,35 @@ class Dispatcher:
         self._queue_cache[service] = (now, delay)
         return delay
 
-    def _fair_order(self, campaigns: list[q.CampaignRow]) -> list[q.CampaignRow]:
-        """Priority first; campaigns of equal priority take turns leading."""
-        self._rotation += 1
-        out: list[q.CampaignRow] = []
+    def _fair_order(self, campaigns: list[q.DueCampaign]) -> list[q.DueCampaign]:
+        """Priority first; among campaigns of equal priority, round-robin: the order
+        starts after the campaign served last, so every due campaign gets its turn
+        however many there are."""
+        out: list[q.DueCampaign] = []
         for prio in sorted({c.priority for c in campaigns}, reverse=True):
-            group = [c for c in campaigns if c.priority == prio]
-            shift = self._rotation % len(group)
+            group = sorted((c for c in campaigns if c.priority == prio), key=lambda c: c.id)
+            last = self._cursor.get(prio)
+            shift = 0 if last is None else next((i for i, c in enumerate(group) if c.id > last), 0)
             out.extend(group[shift:] + group[:shift])
         return out
 
     def _sleep_for(self) -> float:
-        wait = self._cfg.poll_interval
+        now = self._clock()
+        if self._recheck or self._refresh_all:
+            return 0.005
+        # At the latest, every campaign is read again a poll_interval after the last
+        # time; sooner when a campaign's next contact is due before that.
+        wait = self._refreshed_at + self._cfg.poll_interval - now
+        # Campaigns due now that were not claimed wait for their pacing, cap or slot.
+        later = [t for t in self._due_at.values() if t > now]
+        if later:
+            wait = min(wait, min(later) - now)
         if self._pacing_wait is not None:
             wait = min(wait, self._pacing_wait)
         if self._inflight:
             wait = min(wait, 0.5)
         if self._cooldown:
-            wait = min(wait, max(0.0, min(self._cooldown.values()) - self._clock()))
+            wait = min(wait, max(0.0, min(self._cooldown.values()) - now))
         return max(0.005, wait)
 
     async def _idle(self) -> bool:
@@ -753,7 +823,10 @@ class Dispatcher:
     # --- step 1: claim and persist ------------------------------------------------
 
     async def claim(
-        self, campaign: q.CampaignRow, queue_delay: float = 0.0, batches: int = 1
+        self,
+        campaign: q.CampaignRow | q.DueCampaign,
+        queue_delay: float = 0.0,
+        batches: int = 1,
     ) -> tuple[list[q.BatchRow], bool]:
         """Claim up to `batches` batches for `campaign`: (the batches, whether anything changed).
 
@@ -764,19 +837,21 @@ class Dispatcher:
         """
         account_cps = self.settings.aculab.calls_per_second
         trial = self.settings.aculab.account_type == "trial"
+        self.claims += 1
+        campaign_key = f"campaign:{campaign.id}"
         async with self.pool.acquire() as conn, conn.transaction():
-            locked = await q.lock_active_campaign(conn, campaign.id)
+            locked = await q.lock_campaign_and_budgets(conn, campaign.id, ["account", campaign_key])
             if locked is None:
+                self._recheck.add(campaign.id)
                 return [], False
             campaign = locked
             size = 1 if trial else campaign.batch_size
-            campaign_key = f"campaign:{campaign.id}"
             budgets = {
                 "account": Budget.of(account_cps, self._cfg.pacing_guard_seconds),
                 campaign_key: Budget.of(campaign.calls_per_second, self._cfg.pacing_guard_seconds),
             }
             grants_window = max(b.window for b in budgets.values())
-            grants = await q.lock_budgets(conn, list(budgets), grants_window)
+            grants = await q.recent_grants(conn, list(budgets), grants_window)
             # Counted under the account budget's lock, which every claim of every
             # daemon holds until it commits: two claims cannot both use the same room.
             room = campaign.max_concurrent_calls - await self._open_calls(
@@ -796,7 +871,24 @@ class Dispatcher:
             grant = min(size * max(1, batches), room, available)
             # Whole batches are claimed even when the grant is smaller, so that
             # contacts skipped below (invalid, duplicate...) do not leave it short.
-            contacts = await q.claim_contacts(conn, campaign.id, size * math.ceil(grant / size))
+            limit = size * math.ceil(grant / size)
+            after = self._claim_after.get(campaign.id, q.FIRST_KEY)
+            contacts, last = await q.claim_contacts(conn, campaign.id, limit, after)
+            if len(contacts) < limit and after != q.FIRST_KEY:
+                # Before where the last claim stopped: contacts due again (a retry, a
+                # release), or added with a higher priority, since.
+                more, last_before = await q.claim_contacts(
+                    conn, campaign.id, limit - len(contacts), q.FIRST_KEY, after
+                )
+                contacts += more
+                last = last_before or last
+            if last is not None:
+                self._claim_after[campaign.id] = last
+            if len(contacts) < limit:
+                # No more due now: the campaign is left alone until its next contact
+                # is due (read again before the next claims) or a notification.
+                self._due_at.pop(campaign.id, None)
+                self._recheck.add(campaign.id)
             if not contacts:
                 return [], False
             now = datetime.now(UTC)
@@ -858,10 +950,9 @@ class Dispatcher:
                 )
             if not ready:
                 return [], True
-            claimed = []
-            for start in range(0, len(ready), size):
-                claimed.append(await self._persist(conn, campaign, ready[start : start + size]))
-            await q.record_grant(conn, list(budgets), len(ready))
+            claimed = await self._persist(
+                conn, campaign, [ready[i : i + size] for i in range(0, len(ready), size)], budgets
+            )
         # Committed: from here on a crash loses nothing, each batch is re-sent by id.
         self.counters.claimed += len(ready)
         for batch in claimed:
@@ -875,38 +966,50 @@ class Dispatcher:
         return claimed, True
 
     async def _persist(
-        self, conn: q.Conn, campaign: q.CampaignRow, ready: Sequence[Ready]
-    ) -> q.BatchRow:
-        """Store one batch with its exact request and id; its contacts become dispatching."""
-        ids = [r.contact.id for r in ready]
-        unique_id = unique_id_for(
-            self._cfg.namespace,
-            campaign.id,
-            [(r.contact.id, r.contact.dispatch_count + 1) for r in ready],
-        )
-        rest_calls = encode_rest_calls([r.call for r in ready], self.settings.aculab.account_type)
-        batch_id = await q.insert_dispatching_batch(
+        self,
+        conn: q.Conn,
+        campaign: q.CampaignRow,
+        groups: Sequence[Sequence[Ready]],
+        budgets: dict[str, Budget],
+    ) -> list[q.BatchRow]:
+        """Store each group as a batch with its exact request and id, its contacts
+        becoming dispatching, and the calls granted against `budgets`: one round trip."""
+        new = [
+            q.NewBatch(
+                unique_id_for(
+                    self._cfg.namespace,
+                    campaign.id,
+                    [(r.contact.id, r.contact.dispatch_count + 1) for r in group],
+                ),
+                encode_rest_calls([r.call for r in group], self.settings.aculab.account_type),
+                [r.contact.id for r in group],
+            )
+            for group in groups
+        ]
+        ids = await q.insert_dispatching_batches(
             conn,
             campaign_id=campaign.id,
             service_name=campaign.service_name,
-            unique_id=unique_id,
-            rest_calls=rest_calls,
-            contact_ids=ids,
+            batches=new,
             owner=self.owner,
             lease_seconds=self._cfg.lease_seconds,
+            grant_keys=list(budgets),
         )
-        return q.BatchRow(
-            id=batch_id,
-            campaign_id=campaign.id,
-            campaign_name=campaign.name,
-            service_name=campaign.service_name,
-            unique_id=unique_id,
-            rest_calls=rest_calls,
-            contact_ids=ids,
-            sends=0,
-            age_seconds=0.0,
-            first_send=True,
-        )
+        return [
+            q.BatchRow(
+                id=batch_id,
+                campaign_id=campaign.id,
+                campaign_name=campaign.name,
+                service_name=campaign.service_name,
+                unique_id=b.unique_id,
+                rest_calls=b.rest_calls,
+                contact_ids=b.contact_ids,
+                sends=0,
+                age_seconds=0.0,
+                first_send=True,
+            )
+            for batch_id, b in zip(ids, new, strict=True)
+        ]
 
     async def _open_calls(
         self,

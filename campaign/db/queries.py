@@ -83,15 +83,6 @@ WHERE state = 'active'
 ORDER BY priority DESC, id
 """
 
-# FOR SHARE: a concurrent pause/cancel waits for this claim to commit, and a
-# claim that starts after the pause committed sees the campaign inactive.
-LOCK_ACTIVE_CAMPAIGN = f"""
-SELECT {_CAMPAIGN_COLUMNS}
-FROM campaigns
-WHERE id = $1 AND state = 'active'
-FOR SHARE
-"""
-
 
 def _campaign(row: asyncpg.Record) -> CampaignRow:
     return CampaignRow(
@@ -115,8 +106,64 @@ async def active_campaigns(conn: Conn) -> list[CampaignRow]:
     return [_campaign(r) for r in await conn.fetch(ACTIVE_CAMPAIGNS)]
 
 
-async def lock_active_campaign(conn: Conn, campaign_id: int) -> CampaignRow | None:
-    row = await conn.fetchrow(LOCK_ACTIVE_CAMPAIGN, campaign_id)
+@dataclass(frozen=True)
+class DueCampaign:
+    """An active campaign as the dispatcher's loop sees it before taking any lock."""
+
+    id: int
+    priority: int
+    service_name: str
+    due_in: float | None
+    """Seconds until its first pending contact is due (0 or less: due now); None when
+    it has no pending contact."""
+
+
+# One lookup per active campaign: the first entry of its range in contacts_due_idx
+# (migration 0008), never a scan of its contacts. `$1` NULL: every active campaign;
+# else only those ids (the ones a notification named, or a claim just emptied).
+DUE_CAMPAIGNS = """
+SELECT k.id, k.priority, k.service_name,
+       extract(epoch FROM (
+           SELECT min(greatest(c.next_attempt_at, c.not_before))
+           FROM contacts c
+           WHERE c.campaign_id = k.id AND c.state = 'pending') - now())::float8 AS due_in
+FROM campaigns k
+WHERE k.state = 'active' AND ($1::bigint[] IS NULL OR k.id = ANY($1::bigint[]))
+"""
+
+
+async def due_campaigns(conn: Conn, ids: Sequence[int] | None = None) -> list[DueCampaign]:
+    rows = await conn.fetch(DUE_CAMPAIGNS, None if ids is None else list(ids))
+    return [DueCampaign(r["id"], r["priority"], r["service_name"], r["due_in"]) for r in rows]
+
+
+# The claim's two first locks in one round trip. The campaign FOR SHARE: a concurrent
+# pause/cancel waits for this claim to commit, and a claim that starts after the
+# pause committed sees the campaign inactive. Its budgets as LOCK_BUDGETS does; they
+# are locked even when the campaign turns out not to be active, which only holds
+# them until this transaction ends.
+LOCK_CAMPAIGN_AND_BUDGETS = f"""
+WITH budgets AS (
+    INSERT INTO rate_budgets (key)
+    SELECT k FROM unnest($2::text[]) AS k ORDER BY k
+    ON CONFLICT (key) DO UPDATE SET key = excluded.key
+)
+SELECT {_CAMPAIGN_COLUMNS}
+FROM campaigns
+WHERE id = $1 AND state = 'active'
+FOR SHARE
+"""
+
+
+async def lock_campaign_and_budgets(
+    conn: Conn, campaign_id: int, budget_keys: Sequence[str]
+) -> CampaignRow | None:
+    """Lock the campaign (None when it is not active) and the budgets `budget_keys`.
+
+    The budgets' grants must then be read by a later statement (recent_grants), so
+    that they include every grant committed by a claim that held the lock before us.
+    """
+    row = await conn.fetchrow(LOCK_CAMPAIGN_AND_BUDGETS, campaign_id, list(budget_keys))
     return _campaign(row) if row is not None else None
 
 
@@ -155,11 +202,6 @@ WHERE key = ANY($1::text[]) AND granted_at > now() - make_interval(secs => $2)
 ORDER BY granted_at
 """
 
-RECORD_GRANT = """
-INSERT INTO rate_grants (key, granted_at, calls)
-SELECT k, clock_timestamp(), $2 FROM unnest($1::text[]) AS k
-"""
-
 FORGET_OLD_GRANTS = """
 DELETE FROM rate_grants WHERE granted_at < now() - make_interval(secs => $1)
 """
@@ -171,15 +213,10 @@ class Grant:
     calls: int
 
 
-async def lock_budgets(
+async def recent_grants(
     conn: Conn, keys: Sequence[str], window_seconds: float
 ) -> dict[str, list[Grant]]:
-    """Lock the budgets and return each one's grants inside the window, oldest first.
-
-    The grants are read by a statement after the lock, so they include every
-    grant committed by a claim that held the lock before us.
-    """
-    await conn.execute(LOCK_BUDGETS, list(keys))
+    """Each budget's grants inside the window, oldest first (read after its lock)."""
     grants: dict[str, list[Grant]] = {k: [] for k in keys}
     for r in await conn.fetch(RECENT_GRANTS, list(keys), window_seconds):
         grants[r["key"]].append(Grant(r["age"], r["calls"]))
@@ -203,10 +240,6 @@ async def open_calls(conn: Conn, campaign_id: int, cap: int) -> int:
     return n
 
 
-async def record_grant(conn: Conn, keys: Sequence[str], calls: int) -> None:
-    await conn.execute(RECORD_GRANT, list(keys), calls)
-
-
 async def forget_old_grants(conn: Conn, older_than_seconds: float) -> None:
     await conn.execute(FORGET_OLD_GRANTS, older_than_seconds)
 
@@ -222,17 +255,32 @@ CONTACT_COLUMNS = """
     extra_sip_headers::text AS extra_sip_headers, dispatch_count, timezone
 """
 
+# Walks contacts_claim_idx (migration 0008) in claim order, priority first, from
+# just after the key `($3, $4)` up to the key `($5, $6)` included, a key being
+# (-priority, id). A dispatcher resumes after the last contact it took, so that it
+# does not walk again, claim after claim, over the entries of contacts that left
+# `pending` and that no VACUUM has removed yet; from time to time it starts from
+# the first key again (dispatch.Dispatcher.claim).
 CLAIM_CONTACTS = f"""
-SELECT {CONTACT_COLUMNS}
+SELECT {CONTACT_COLUMNS}, -(priority::bigint) AS rank
 FROM contacts
 WHERE campaign_id = $1
   AND state = 'pending'
+  AND (-(priority::bigint), id) > ($3::bigint, $4::bigint)
+  AND (-(priority::bigint), id) <= ($5::bigint, $6::bigint)
   AND next_attempt_at <= now()
   AND (not_before IS NULL OR not_before <= now())
-ORDER BY priority DESC, id
+ORDER BY -(priority::bigint), id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
+
+ClaimKey = tuple[int, int]
+"""A contact's place in claim order: (-priority, id)."""
+FIRST_KEY: ClaimKey = (-(2**63), -(2**63))
+"""Before every contact."""
+LAST_KEY: ClaimKey = (2**63 - 1, 2**63 - 1)
+"""After every contact."""
 
 
 def contact_row(r: asyncpg.Record) -> ContactRow:
@@ -249,8 +297,18 @@ def contact_row(r: asyncpg.Record) -> ContactRow:
     )
 
 
-async def claim_contacts(conn: Conn, campaign_id: int, limit: int) -> list[ContactRow]:
-    return [contact_row(r) for r in await conn.fetch(CLAIM_CONTACTS, campaign_id, limit)]
+async def claim_contacts(
+    conn: Conn,
+    campaign_id: int,
+    limit: int,
+    after: ClaimKey = FIRST_KEY,
+    up_to: ClaimKey = LAST_KEY,
+) -> tuple[list[ContactRow], ClaimKey | None]:
+    """Due contacts in claim order between the keys `after` (excluded) and `up_to`,
+    locked; and the key of the last one (None when there is none)."""
+    rows = await conn.fetch(CLAIM_CONTACTS, campaign_id, limit, *after, *up_to)
+    last = (rows[-1]["rank"], rows[-1]["id"]) if rows else None
+    return [contact_row(r) for r in rows], last
 
 
 SUPPRESSED = """
@@ -340,25 +398,78 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), false)
 RETURNING id
 """
 
-# A new batch and its contacts, in one statement: the contacts become
-# `dispatching` and name the batch; each one's dispatch count rises, so a later
-# batch of the same contact gets a new unique_id.
-# `sending`: the claiming daemon sends it at once; should it die before recording
-# what became of that send, whoever takes the batch over counts it as in doubt.
-INSERT_DISPATCHING_BATCH = """
-WITH b AS (
+
+# New batches of one campaign, their contacts and the pacing grant, in one statement
+# (one round trip however many batches a claim takes): the contacts become
+# `dispatching` and name their batch; each one's dispatch count rises, so a later
+# batch of the same contact gets a new unique_id. Each batch's contacts are those of
+# `$5` whose `$6` is the batch's place in `$3`/`$4` (from 1), in request order.
+# `sending`: the claiming daemon sends them at once; should it die before recording
+# what became of a send, whoever takes the batch over counts it as in doubt.
+# Returns the batch ids in the order of `$3`.
+INSERT_DISPATCHING_BATCHES = """
+WITH input AS (
+    SELECT * FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS t(unique_id, rest_calls, ord)
+), members AS (
+    SELECT * FROM unnest($5::bigint[], $6::bigint[]) WITH ORDINALITY AS m(contact_id, ord, pos)
+), b AS (
     INSERT INTO batches (campaign_id, parent_id, service_name, unique_id, rest_calls,
                          contact_ids, owner, lease_until, sending)
-    VALUES ($1, NULL, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), true)
-    RETURNING id
+    SELECT $1, NULL, $2, i.unique_id, i.rest_calls,
+           ARRAY(SELECT m.contact_id FROM members m WHERE m.ord = i.ord ORDER BY m.pos),
+           $7, now() + make_interval(secs => $8), true
+    FROM input i
+    ORDER BY i.ord
+    RETURNING id, unique_id
 ), marked AS (
-    UPDATE contacts
-    SET state = 'dispatching', dispatch_count = dispatch_count + 1,
-        batch_id = (SELECT id FROM b), last_error = NULL, updated_at = now()
-    WHERE id = ANY($5::bigint[])
+    UPDATE contacts c
+    SET state = 'dispatching', dispatch_count = c.dispatch_count + 1,
+        batch_id = b.id, last_error = NULL, updated_at = now()
+    FROM b, input i, members m
+    WHERE i.unique_id = b.unique_id AND m.ord = i.ord AND c.id = m.contact_id
+), granted AS (
+    INSERT INTO rate_grants (key, granted_at, calls)
+    SELECT k, clock_timestamp(), $10 FROM unnest($9::text[]) AS k
 )
-SELECT id FROM b
+SELECT b.id FROM b JOIN input i ON i.unique_id = b.unique_id ORDER BY i.ord
 """
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    unique_id: str
+    rest_calls: str
+    contact_ids: list[int]
+
+
+async def insert_dispatching_batches(
+    conn: Conn,
+    *,
+    campaign_id: int,
+    service_name: str,
+    batches: Sequence[NewBatch],
+    owner: str,
+    lease_seconds: float,
+    grant_keys: Sequence[str],
+) -> list[int]:
+    """Store new batches under our lease, mark their contacts `dispatching`, and record
+    their calls against the budgets `grant_keys`; the batch ids, in order."""
+    members = [cid for b in batches for cid in b.contact_ids]
+    places = [n for n, b in enumerate(batches, 1) for _ in b.contact_ids]
+    rows = await conn.fetch(
+        INSERT_DISPATCHING_BATCHES,
+        campaign_id,
+        service_name,
+        [b.unique_id for b in batches],
+        [b.rest_calls for b in batches],
+        members,
+        places,
+        owner,
+        lease_seconds,
+        list(grant_keys),
+        len(members),
+    )
+    return [r["id"] for r in rows]
 
 
 async def insert_batch(
@@ -377,31 +488,6 @@ async def insert_batch(
         INSERT_BATCH,
         campaign_id,
         parent_id,
-        service_name,
-        unique_id,
-        rest_calls,
-        list(contact_ids),
-        owner,
-        lease_seconds,
-    )
-    return batch_id
-
-
-async def insert_dispatching_batch(
-    conn: Conn,
-    *,
-    campaign_id: int,
-    service_name: str,
-    unique_id: str,
-    rest_calls: str,
-    contact_ids: Sequence[int],
-    owner: str,
-    lease_seconds: float,
-) -> int:
-    """Store a new batch under our lease and mark its contacts `dispatching`."""
-    batch_id: int = await conn.fetchval(
-        INSERT_DISPATCHING_BATCH,
-        campaign_id,
         service_name,
         unique_id,
         rest_calls,
