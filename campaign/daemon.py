@@ -289,14 +289,16 @@ class Progress:
         self.last = {cid: s for cid, s in self.last.items() if cid in counts}
         for campaign in campaigns:
             by_state = counts.get(campaign.id, {})
+            before = self.last.get(campaign.id)
+            if before is not None and before.states == by_state:
+                # Its gauges still hold these counts: setting ten labelled gauges for
+                # each of a thousand idle campaigns was most of an idle daemon's CPU.
+                continue
             if self.metrics is not None:
                 for state in CONTACT_STATES:
                     self.metrics.contacts.labels(campaign=campaign.name, state=state).set(
                         by_state.get(state, 0)
                     )
-            before = self.last.get(campaign.id)
-            if before is not None and before.states == by_state:
-                continue
             waiting = by_state.get("pending", 0)
             done = sum(n for s, n in by_state.items() if s not in ("pending", "dispatching"))
             self.last[campaign.id] = _Sample(now, done, by_state)

@@ -22,6 +22,7 @@ from campaign.db import queries as q
 from campaign.db.admin import CONTACT_STATES
 from campaign.db.migrate import MIGRATIONS_DIR, migrate
 from campaign.db.pool import connect, dsn_with_database
+from campaign.metrics import new_metrics
 from campaign.simulator import Simulator
 from tests.engine import create_campaign, dispatcher, engine_settings, uk_numbers
 from tests.fixtures_db import create_database, drop_database
@@ -292,6 +293,38 @@ async def test_progress_writes_a_line_only_for_campaigns_that_moved(
         with capture_logs() as third:
             await progress.report()
         assert lines(third) == {}
+
+
+async def test_the_contacts_gauges_follow_the_counts_though_unmoved_campaigns_are_skipped(
+    db_pool: asyncpg.Pool, simulator: Simulator
+) -> None:
+    cid = await create_campaign(db_pool, "gauged")
+    await db_pool.execute(
+        "INSERT INTO contacts (campaign_id, destination) SELECT $1, d FROM unnest($2::text[]) AS d",
+        cid,
+        uk_numbers(4),
+    )
+    metrics = new_metrics()
+
+    def gauge(state: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "campaign_contacts", {"campaign": "gauged", "state": state}
+        )
+
+    async with dispatcher(db_pool, engine_settings(simulator)) as d:
+        progress = Progress(db_pool, d, interval=1.0, metrics=metrics)
+        await progress.report()
+        first = (gauge("pending"), gauge("dialing"))
+        await progress.report()  # unmoved: the gauges keep their values
+        unmoved = (gauge("pending"), gauge("dialing"))
+        await db_pool.execute(
+            "UPDATE contacts SET state = 'dialing' WHERE campaign_id = $1 AND id % 2 = 0", cid
+        )
+        await progress.report()
+        moved = (gauge("pending"), gauge("dialing"))
+
+    assert first == unmoved == (4, 0)
+    assert moved == (2, 2)
 
 
 @pytest.mark.parametrize("state", ["paused", "completed"])
