@@ -25,6 +25,7 @@ from campaign import windows
 from campaign.db.admin import CampaignNotFound, Pool
 from campaign.forecast import (
     ASSUMED_MIX,
+    HORIZON_DAYS,
     CauseShare,
     Cohort,
     InFlight,
@@ -298,6 +299,16 @@ def test_contacts_whose_window_never_opens_never_finish() -> None:
 
     assert p.finish_at is None
     assert p.eta_seconds is None
+
+
+def test_contacts_due_beyond_the_horizon_never_finish_and_the_hours_stop_at_it() -> None:
+    # not_before is any timestamp a file holds: twenty years on, or the year 9999.
+    for years in (20, 7_000):
+        p = simulate(inputs([Cohort(years * 365 * 86400.0, 0, (), 5, "not_before")]))
+
+        assert p.finish_at is None
+        assert len(p.hours) <= HORIZON_DAYS * 24 + 1
+        assert sum(p.constraint_seconds.values()) <= (HORIZON_DAYS * 86400 + 1)
 
 
 def test_a_large_campaign_costs_a_bounded_number_of_steps() -> None:
@@ -763,3 +774,20 @@ def test_plan_refuses_an_unknown_campaign_with_status_2(cli: Cli) -> None:
 
     assert (status, out) == (2, "")
     assert one_line(err) == "campaign plan: no campaign named 'nope'"
+
+
+def test_plan_of_contacts_due_in_the_year_9999_says_it_will_not_finish(
+    cli: Cli, tmp_path: Any
+) -> None:
+    contacts = tmp_path / "far.csv"
+    contacts.write_text("destination,not_before\n+441908200001,9999-12-30T00:00:00Z\n")
+    cli("create", "far", "--service", "Svc")
+    assert cli("load", "far", str(contacts))[0] == 0
+
+    status, out, err = cli("plan", "far", "--json")
+
+    assert (status, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["eta_seconds"] is None and doc["finish_at"] is None
+    status, out, err = cli("plan", "far")
+    assert (status, err) == (0, "")
