@@ -16,7 +16,8 @@ operators' reasons) are masked as in the logs.
 Bounded cost. One document serves every viewer for at least MIN_CACHE_SECONDS, and for
 COST_FACTOR times as long as it took to read: a page left open for weeks, or opened by
 many people at once, keeps the database busy for at most 1/COST_FACTOR of the time.
-Viewers arriving while a document is being read wait for that one.
+Viewers arriving while a document is being read get the last one meanwhile (the
+first viewers wait for the first).
 
 Access. Anywhere but loopback needs `dashboard.password` (HTTP Basic, any user name);
 `check_address` refuses to start otherwise.
@@ -376,14 +377,25 @@ class DocumentCache:
         if self._reading is None:
             self._reading = asyncio.create_task(self._read())
             self._reading.add_done_callback(self._done)
+        if last is not None:
+            # A read can take a minute (a large campaign's forecast, a table locked for
+            # maintenance): meanwhile the last document, not a request left hanging.
+            return last.body, last.status
         # shield: a viewer who leaves must not cancel the read the others wait for.
         read = await asyncio.shield(self._reading)
         return read.body, read.status
 
     def _done(self, task: asyncio.Task[_Read]) -> None:
         self._reading = None
-        if not task.cancelled() and task.exception() is None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
             self._last = task.result()
+        else:
+            # Viewers may not be waiting for it (they got the last document): said here.
+            error = mask_in_text(" ".join(str(exc).split()) or type(exc).__name__)
+            log.error("dashboard_read_failed", error=error, error_type=type(exc).__name__)
 
     async def _read(self) -> _Read:
         started = self.clock()

@@ -509,7 +509,9 @@ def _simulate(inputs: PlanInputs, dt: float) -> Projection | None:
             ]
             if not candidates:
                 break  # nothing will ever change: what is left can never be dialed
-            following = max(step + 1, min(candidates))
+            # Never past the horizon: a not_before in the year 9999 would otherwise be
+            # booked (and tabled) hour by hour, millions of them, in one jump.
+            following = max(step + 1, min(min(candidates), last + 1))
         if demand > _EPSILON and demand >= min(pacing_room, room) - _EPSILON:
             # More was due than went out: the cap when it left no more room than pacing.
             held: Constraint = "concurrency" if room <= pacing_room + _EPSILON else "pacing"

@@ -250,6 +250,27 @@ async def test_viewers_share_one_read_of_the_database_until_it_is_a_second_old(
         assert cache.reads == 2
 
 
+async def test_while_a_new_document_is_read_viewers_get_the_last_one_at_once(
+    db_pool: asyncpg.Pool,
+) -> None:
+    # A read can take a minute (a large campaign's forecast, a table locked for
+    # maintenance): the figures shown meanwhile stay the last ones, not a hung request.
+    await create_campaign(db_pool, "spring")
+    clock = Clock()
+    cache = dashboard.DocumentCache(db_pool, load_settings(None), clock=clock)
+    first = await cache.get()
+    clock.now += 60
+    async with db_pool.acquire() as locker, locker.transaction():
+        await locker.execute("LOCK TABLE campaigns IN ACCESS EXCLUSIVE MODE")
+        viewers = [asyncio.create_task(cache.get()) for _ in range(3)]
+        done, _ = await asyncio.wait(viewers, timeout=10)
+        reading = cache._reading
+        assert reading is not None and not reading.done()  # waits for the lock
+    assert done == set(viewers) and all(v.result() == first for v in viewers)
+    await reading
+    assert cache.reads == 2 and cache._last is not None and cache._last.status == 200
+
+
 async def test_a_document_slow_to_read_is_kept_ten_times_as_long(db_pool: asyncpg.Pool) -> None:
     await create_campaign(db_pool, "spring")
     reads = itertools.count()  # the read starts, and every later look is 3 s later

@@ -12,6 +12,7 @@ for a large campaign; and the command's text and JSON.
 from __future__ import annotations
 
 import json
+import threading
 import time as clock
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
@@ -21,10 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from campaign import windows
+from campaign import plan, windows
 from campaign.db.admin import CampaignNotFound, Pool
 from campaign.forecast import (
     ASSUMED_MIX,
+    HORIZON_DAYS,
     CauseShare,
     Cohort,
     InFlight,
@@ -298,6 +300,16 @@ def test_contacts_whose_window_never_opens_never_finish() -> None:
 
     assert p.finish_at is None
     assert p.eta_seconds is None
+
+
+def test_contacts_due_beyond_the_horizon_never_finish_and_the_hours_stop_at_it() -> None:
+    # not_before is any timestamp a file holds: twenty years on, or the year 9999.
+    for years in (20, 7_000):
+        p = simulate(inputs([Cohort(years * 365 * 86400.0, 0, (), 5, "not_before")]))
+
+        assert p.finish_at is None
+        assert len(p.hours) <= HORIZON_DAYS * 24 + 1
+        assert sum(p.constraint_seconds.values()) <= (HORIZON_DAYS * 86400 + 1)
 
 
 def test_a_large_campaign_costs_a_bounded_number_of_steps() -> None:
@@ -763,3 +775,46 @@ def test_plan_refuses_an_unknown_campaign_with_status_2(cli: Cli) -> None:
 
     assert (status, out) == (2, "")
     assert one_line(err) == "campaign plan: no campaign named 'nope'"
+
+
+def test_plan_of_contacts_due_in_the_year_9999_says_it_will_not_finish(
+    cli: Cli, tmp_path: Any
+) -> None:
+    contacts = tmp_path / "far.csv"
+    contacts.write_text("destination,not_before\n+441908200001,9999-12-30T00:00:00Z\n")
+    cli("create", "far", "--service", "Svc")
+    assert cli("load", "far", str(contacts))[0] == 0
+
+    status, out, err = cli("plan", "far", "--json")
+
+    assert (status, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["eta_seconds"] is None and doc["finish_at"] is None
+    status, out, err = cli("plan", "far")
+    assert (status, err) == (0, "")
+
+
+async def test_the_simulation_runs_off_the_event_loop_so_a_dashboard_keeps_answering(
+    db_pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A campaign of a million contacts in thirty zones' windows takes a minute of CPU to
+    # forecast: on the loop, every request to the dashboard would wait that long.
+    cid = await create_campaign(db_pool, "spring", calls_per_second=10)
+    await add_contacts(db_pool, cid, uk_numbers(5))
+    threads: list[int] = []
+
+    def simulated(inputs: PlanInputs) -> Projection:
+        threads.append(threading.get_ident())
+        return simulate(inputs)
+
+    monkeypatch.setattr(plan, "simulate", simulated)
+
+    async with (
+        db_pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        on = await forecast_on(conn, "spring", plan_settings())
+    own = await forecast(db_pool, "spring", plan_settings())
+
+    assert on.eta_seconds is not None and own.eta_seconds is not None
+    assert len(threads) == 2 and threading.get_ident() not in threads
