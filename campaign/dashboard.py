@@ -406,9 +406,10 @@ class DocumentCache:
                 doc = await read_document(conn, self.settings, self._forecasts)
             body, code = json.dumps(doc, ensure_ascii=False).encode("utf-8"), 200
         except DB_ERRORS as exc:
-            error = " ".join(str(exc).split()) or type(exc).__name__
+            # A database error may quote a row's values: masked in the log line too.
+            error = mask_in_text(" ".join(str(exc).split()) or type(exc).__name__)
             log.warning("dashboard_database_error", error=error)
-            body = json.dumps({"error": f"database unavailable: {mask_in_text(error)}"}).encode()
+            body = json.dumps({"error": f"database unavailable: {error}"}).encode()
             code = 503
         # The forecasts' cost is bounded by their own keeping; counted here as well, one
         # forecast of a large campaign would hold every other figure still for a minute.
