@@ -536,6 +536,19 @@ class ParkedBatchRow:
     """A send of it may have started calls at Aculab."""
 
 
+def parked_batch_row(r: asyncpg.Record) -> ParkedBatchRow:
+    """A row of STATUS_PARKED_BATCHES or WHY_FIRST_PARKED (the same columns)."""
+    return ParkedBatchRow(
+        id=r["id"],
+        campaign_id=r["campaign_id"],
+        created_at=r["created_at"],
+        age_seconds=r["age_seconds"],
+        last_error=r["last_error"],
+        contacts=r["contacts"],
+        in_doubt=r["in_doubt"],
+    )
+
+
 @dataclass(frozen=True)
 class ResolutionRow:
     """An operator's decision on a parked batch (`campaign resolve`)."""
@@ -672,18 +685,7 @@ async def read_status(
     for r in await conn.fetch(STATUS_ATTEMPTS, ids):
         attempts.setdefault(r["campaign_id"], {})[r["attempts"]] = r["n"]
     in_flight = {r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_BATCHES_IN_FLIGHT, ids)}
-    parked = [
-        ParkedBatchRow(
-            id=r["id"],
-            campaign_id=r["campaign_id"],
-            created_at=r["created_at"],
-            age_seconds=r["age_seconds"],
-            last_error=r["last_error"],
-            contacts=r["contacts"],
-            in_doubt=r["in_doubt"],
-        )
-        for r in await conn.fetch(STATUS_PARKED_BATCHES, ids)
-    ]
+    parked = [parked_batch_row(r) for r in await conn.fetch(STATUS_PARKED_BATCHES, ids)]
     released = {r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_RELEASED_BATCHES, ids)}
     resolutions = [
         ResolutionRow(
@@ -1111,16 +1113,7 @@ async def read_why(
         r["state"]: (r["n"], r["contacts"]) for r in await conn.fetch(WHY_BATCHES, campaign.id)
     }
     first_parked = [
-        ParkedBatchRow(
-            id=r["id"],
-            campaign_id=r["campaign_id"],
-            created_at=r["created_at"],
-            age_seconds=r["age_seconds"],
-            last_error=r["last_error"],
-            contacts=r["contacts"],
-            in_doubt=r["in_doubt"],
-        )
-        for r in await conn.fetch(WHY_FIRST_PARKED, campaign.id, parked_shown)
+        parked_batch_row(r) for r in await conn.fetch(WHY_FIRST_PARKED, campaign.id, parked_shown)
     ]
     daemons = await alive_daemons(conn, alive_within)
     in_flight = batches.get("pending", (0, 0))
