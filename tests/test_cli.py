@@ -38,12 +38,6 @@ def _restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    point_at(monkeypatch, db_dsn)
-    return Cli(db_dsn, capsys)
-
-
-@pytest.fixture
 async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
     """A database never migrated."""
     name = f"test_empty_{uuid.uuid4().hex[:12]}"

@@ -35,7 +35,7 @@ from tests.engine import (
     uk_numbers,
 )
 from tests.fixtures_sim import MakeSimulator
-from tests.helpers import REPO_ROOT, Cli, campaign_env, logging_restored, one_line, point_at
+from tests.helpers import REPO_ROOT, Cli, campaign_env, logging_restored, one_line
 
 # The view's shape, as documented in the README ("Taking results out"). Columns are
 # only ever added at the end.
@@ -65,12 +65,6 @@ NAMES = [name for name, _ in COLUMNS]
 def _restore_logging() -> Iterator[None]:
     with logging_restored():
         yield
-
-
-@pytest.fixture
-def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    point_at(monkeypatch, db_dsn)
-    return Cli(db_dsn, capsys)
 
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)

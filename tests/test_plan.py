@@ -40,7 +40,7 @@ from campaign.forecast import (
 from campaign.plan import forecast, forecast_on, render_json, render_text, to_json_document
 from campaign.settings import Settings, load_settings
 from tests.engine import add_contacts, create_campaign, uk_numbers
-from tests.helpers import Cli, logging_restored, one_line, point_at, window_closed_now
+from tests.helpers import Cli, logging_restored, one_line, window_closed_now
 from tests.parked_batches import add_batch
 
 MONDAY_10_UTC = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
@@ -732,12 +732,6 @@ async def test_the_json_document_carries_eta_finish_and_every_section(db_pool: P
 def _restore_logging() -> Iterator[None]:
     with logging_restored():
         yield
-
-
-@pytest.fixture
-def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    point_at(monkeypatch, db_dsn)
-    return Cli(db_dsn, capsys)
 
 
 def test_plan_prints_text_or_json_with_the_accounts_cps_from_the_settings(

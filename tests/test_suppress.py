@@ -17,19 +17,13 @@ from campaign.cli import load_suppressions, normalise_number
 from campaign.db.admin import Pool
 from campaign.destinations import Rejected, parse_destination
 from campaign.simulator import Simulator
-from tests.helpers import Cli, logging_restored, one_line, point_at
+from tests.helpers import Cli, logging_restored, one_line
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     with logging_restored():
         yield
-
-
-@pytest.fixture
-def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    point_at(monkeypatch, db_dsn)
-    return Cli(db_dsn, capsys)
 
 
 def entries(cli: Cli) -> list[tuple[str, str | None, str | None]]:

@@ -37,7 +37,6 @@ from tests.helpers import (
     Cli,
     logging_restored,
     one_line,
-    point_at,
     run_campaign,
     wait_until,
     window_closed_now,
@@ -53,12 +52,6 @@ NEW_YORK_OPENING = (
 def _restore_logging() -> Iterator[None]:
     with logging_restored():
         yield
-
-
-@pytest.fixture
-def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    point_at(monkeypatch, db_dsn)
-    return Cli(db_dsn, capsys)
 
 
 async def new_campaign(pool: Pool, name: str = "spring", **columns: Any) -> int:
