@@ -174,13 +174,18 @@ async def heartbeat(
         await sleep_until_woken(stop, never, lease / 3)
 
 
-async def listen(dsn: str, on_wake: Callable[[str | None], None], stop: asyncio.Event) -> None:
+async def listen(
+    dsn: str,
+    on_wake: Callable[[str | None], None],
+    stop: asyncio.Event,
+    on_state: Callable[[bool], None] = lambda _up: None,
+) -> None:
     """LISTEN on a dedicated connection; reconnect when it dies.
 
     Each notification's payload ('<table>:<campaign id>') goes to `on_wake`, None
     after a (re)connection: anything may have changed while nobody listened.
-    Notifications only shorten the dispatcher's sleep: its polling fallback
-    keeps working while this connection is down.
+    `on_state` hears whether notifications are heard: while this connection is
+    down the dispatcher falls back to reading every campaign each poll_interval.
     """
     never = asyncio.Event()
     failures = 0
@@ -199,6 +204,7 @@ async def listen(dsn: str, on_wake: Callable[[str | None], None], stop: asyncio.
         conn.add_termination_listener(_setter(lost))
         try:
             await conn.add_listener(WAKE_CHANNEL, _notified(on_wake))
+            on_state(True)
             on_wake(None)  # anything that changed while we were not listening
             while not stop.is_set() and not lost.is_set():
                 await sleep_until_woken(stop, lost, 10.0)
@@ -208,6 +214,7 @@ async def listen(dsn: str, on_wake: Callable[[str | None], None], stop: asyncio.
         except DB_ERRORS as exc:
             trouble.failed(db_error_kind(exc), **describe_db_error(exc))
         finally:
+            on_state(False)
             if not conn.is_closed():
                 try:
                     async with asyncio.timeout(2):
@@ -282,35 +289,35 @@ class Progress:
     async def report(self) -> None:
         async with self.pool.acquire() as conn:
             await q.fold_contact_counts(conn)
-            campaigns = await q.active_campaigns(conn)
-            counts = await q.state_counts(conn, [c.id for c in campaigns]) if campaigns else {}
+            campaigns = await q.active_campaign_names(conn)
+            counts = await q.state_counts(conn, list(campaigns)) if campaigns else {}
         now = time.monotonic()
         # Campaigns no longer active are forgotten: back, they get a line again.
         self.last = {cid: s for cid, s in self.last.items() if cid in counts}
-        for campaign in campaigns:
-            by_state = counts.get(campaign.id, {})
-            before = self.last.get(campaign.id)
+        for campaign_id, name in campaigns.items():
+            by_state = counts.get(campaign_id, {})
+            before = self.last.get(campaign_id)
             if before is not None and before.states == by_state:
                 # Its gauges still hold these counts: setting ten labelled gauges for
                 # each of a thousand idle campaigns was most of an idle daemon's CPU.
                 continue
             if self.metrics is not None:
                 for state in CONTACT_STATES:
-                    self.metrics.contacts.labels(campaign=campaign.name, state=state).set(
+                    self.metrics.contacts.labels(campaign=name, state=state).set(
                         by_state.get(state, 0)
                     )
             waiting = by_state.get("pending", 0)
             done = sum(n for s, n in by_state.items() if s not in ("pending", "dispatching"))
-            self.last[campaign.id] = _Sample(now, done, by_state)
+            self.last[campaign_id] = _Sample(now, done, by_state)
             rate = None
             if before is not None and now > before.at:
                 rate = (done - before.done) / (now - before.at)
             eta = round(waiting / rate) if rate and rate > 0 else None
             log.info(
                 "campaign_progress",
-                campaign_id=campaign.id,
-                campaign=campaign.name,
-                submitted=self.dispatcher.counters.by_campaign.get(campaign.id, 0),
+                campaign_id=campaign_id,
+                campaign=name,
+                submitted=self.dispatcher.counters.by_campaign.get(campaign_id, 0),
                 states=by_state,
                 rate_per_s=round(rate, 1) if rate is not None else None,
                 eta_s=eta,
@@ -388,7 +395,9 @@ async def _run(settings: Settings, stop: asyncio.Event, owner: str) -> int:
                         dispatcher.aculab_unreachable,
                     )
                 )
-                running["listen"] = tasks.create_task(listen(dsn, dispatcher.wake, stop))
+                running["listen"] = tasks.create_task(
+                    listen(dsn, dispatcher.wake, stop, dispatcher.listening)
+                )
                 running["progress"] = tasks.create_task(progress.run(stop))
                 # The outcome tracker: poll (with reconciliation and completion) and push.
                 running["poller"] = tasks.create_task(poller.run(stop))

@@ -426,17 +426,25 @@ class Dispatcher:
         # emptied by a claim (their next due time is then unknown here).
         self._recheck: set[int] = set()
         # Read every active campaign again: at start, on a notification that names
-        # none, and every poll_interval whatever the notifications said (one query),
-        # so that a missed notification delays work by that much at most.
+        # none, and whatever the notifications said (one query) every
+        # recheck_all_seconds while they are heard, every poll_interval while the LISTEN
+        # connection is down, so that a missed notification delays work by that much
+        # at most. Between those, due times come from the last read: a contact that
+        # becomes due sooner is notified (migrations 0008 and 0010).
         self._refresh_all = True
         self._refreshed_at = -math.inf
+        self._listening = False
+        # When (this daemon's clock) the last tick picked the campaigns due.
+        self._looked_at = -math.inf
         # Campaign -> the claim-order key of the last contact claimed: the next claim
         # resumes there (q.CLAIM_CONTACTS), until the campaign is read again.
         self._claim_after: dict[int, q.ClaimKey] = {}
         # Priority -> the campaign served last: the next round starts after it.
         self._cursor: dict[int, int] = {}
-        # Claim transactions begun (for tests and benchmarks: idle campaigns cost none).
+        # Claim transactions begun (for tests and benchmarks: idle campaigns cost none),
+        # and reads of every active campaign's due time.
         self.claims = 0
+        self.full_reads = 0
         # batch id -> when (this daemon's clock) it may be taken again, after its
         # send or its acknowledgement failed in a way that left it pending.
         self._cooldown: dict[int, float] = {}
@@ -492,6 +500,18 @@ class Dispatcher:
         else:
             self._refresh_all = True
         self._wake.set()
+
+    def listening(self, up: bool) -> None:
+        """The LISTEN connection is up (notifications are heard) or down."""
+        self._listening = up
+        self._wake.set()
+
+    @property
+    def _refresh_every(self) -> float:
+        cfg = self._cfg
+        if self._listening:
+            return max(cfg.poll_interval, cfg.recheck_all_seconds)
+        return cfg.poll_interval
 
     def aculab_unreachable(self) -> tuple[float, str | None] | None:
         """(seconds since the breaker opened, the last error) while Aculab is unreachable."""
@@ -664,13 +684,15 @@ class Dispatcher:
 
     async def _due_campaigns(self) -> list[q.DueCampaign]:
         """The active campaigns with a contact due now, read in one query before any
-        lock is taken: every campaign every poll_interval (or when a notification named
-        none), else only those a notification named or a claim emptied."""
+        lock is taken: every campaign now and then (_refresh_every, or when a
+        notification named none), else only those a notification named or a claim
+        emptied."""
         now = self._clock()
-        if self._refresh_all or now - self._refreshed_at >= self._cfg.poll_interval:
+        if self._refresh_all or now - self._refreshed_at >= self._refresh_every:
             self._refresh_all = False
             self._recheck.clear()
             self._refreshed_at = now
+            self.full_reads += 1
             async with self.pool.acquire() as conn:
                 rows = await q.due_campaigns(conn)
             self._note_active(rows, None, now)
@@ -679,6 +701,7 @@ class Dispatcher:
             async with self.pool.acquire() as conn:
                 rows = await q.due_campaigns(conn, ids)
             self._note_active(rows, set(ids), now)
+        self._looked_at = now
         return [c for c in self._campaigns.values() if self._due_at.get(c.id, math.inf) <= now]
 
     def _note_active(
@@ -691,7 +714,7 @@ class Dispatcher:
         for campaign_id in set(self._campaigns) if looked_at is None else looked_at:
             self._campaigns.pop(campaign_id, None)
             self._due_at.pop(campaign_id, None)
-            # Each look at a campaign (every poll_interval at least) makes its next claim
+            # Each look at a campaign (every _refresh_every at least) makes its next claim
             # start from its first contact again, so that none due behind the point
             # where claims stopped waits longer than that (a retry, a release, a new
             # contact of higher priority); in between, claims resume where they stopped.
@@ -748,11 +771,14 @@ class Dispatcher:
         now = self._clock()
         if self._recheck or self._refresh_all:
             return 0.005
-        # At the latest, every campaign is read again a poll_interval after the last
-        # time; sooner when a campaign's next contact is due before that.
-        wait = self._refreshed_at + self._cfg.poll_interval - now
-        # Campaigns due now that were not claimed wait for their pacing, cap or slot.
-        later = [t for t in self._due_at.values() if t > now]
+        # A tick every poll_interval at least (batches due to be re-sent are found by
+        # the tick, not by notifications), which reads every campaign again when
+        # _refresh_every has passed; sooner when a campaign's next contact is due.
+        wait = min(self._cfg.poll_interval, self._refreshed_at + self._refresh_every - now)
+        # Campaigns due at the look that were not claimed wait for their pacing, cap or
+        # slot; those due after it are waited for, even if that moment has passed
+        # since (the look found them due a moment later than it was made).
+        later = [t for t in self._due_at.values() if t > self._looked_at]
         if later:
             wait = min(wait, min(later) - now)
         if self._pacing_wait is not None:

@@ -108,7 +108,12 @@ class DispatcherSettings(Section):
     )
     lease_seconds: float = Field(default=30.0, ge=2, le=3600)
     poll_interval: float = Field(default=2.0, gt=0, le=300)
-    """Seconds between looks at the database when no NOTIFY arrives."""
+    """Seconds between looks at the database when no NOTIFY arrives (batches due to be
+    re-sent; every active campaign too while the LISTEN connection is down)."""
+    recheck_all_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """While notifications are heard, every active campaign's next due time is read
+    again this often (at least poll_interval), in case one was missed; in between,
+    only campaigns a notification names are read."""
     max_in_flight_batches: int = Field(default=4, ge=1, le=256)
     retry_initial_delay: float = Field(default=1.0, gt=0, le=600)
     retry_max_delay: float = Field(default=60.0, gt=0, le=3600)

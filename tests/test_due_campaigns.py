@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from campaign.aculab import AculabClient
+from campaign.daemon import listen
 from campaign.db.pool import connect
 from campaign.poller import Poller
 from campaign.simulator import Simulator
@@ -249,3 +250,73 @@ async def test_claim_order_is_priority_first_even_at_the_extreme_priorities(
         [campaign] = await d._due_campaigns()
         [batch], _ = await d.claim(campaign)
     assert batch.contact_ids == [high, mid, mid2, low]
+
+
+async def test_a_pending_contact_made_due_sooner_notifies_and_a_deferral_does_not(
+    db_pool: asyncpg.Pool, listener: Listener
+) -> None:
+    cid = await create_campaign(db_pool)
+    other = await create_campaign(db_pool, "other")
+    [contact] = await add_contacts(db_pool, cid, uk_numbers(1))
+    await db_pool.execute(
+        "UPDATE contacts SET next_attempt_at = now() + interval '1 hour' WHERE id = $1", contact
+    )
+    await listener.settle()
+
+    # Later still (a deferral, a retry pushed back): nothing a daemon must act on.
+    await db_pool.execute(
+        "UPDATE contacts SET next_attempt_at = next_attempt_at + interval '1 hour' WHERE id = $1",
+        contact,
+    )
+    await db_pool.execute(
+        "UPDATE contacts SET not_before = now() + interval '3 hours' WHERE id = $1", contact
+    )
+    assert await listener.settle() == []
+
+    # Sooner: the operator's "call it now", by either column.
+    await db_pool.execute("UPDATE contacts SET not_before = NULL WHERE id = $1", contact)
+    assert await listener.settle() == [f"contacts:{cid}"]
+    await db_pool.execute("UPDATE contacts SET next_attempt_at = now() WHERE id = $1", contact)
+    assert await listener.settle() == [f"contacts:{cid}"]
+    # Moved to another campaign: that one has work now.
+    await db_pool.execute("UPDATE contacts SET campaign_id = $2 WHERE id = $1", contact, other)
+    assert await listener.settle() == [f"contacts:{other}"]
+
+
+async def test_while_notifications_are_heard_campaigns_are_read_again_only_now_and_then(
+    db_pool: asyncpg.Pool, db_dsn: str, simulator: Simulator
+) -> None:
+    await _idle_campaigns(db_pool, 30)
+    settings = engine_settings(
+        simulator, dispatcher={"poll_interval": 0.1, "recheck_all_seconds": 60}
+    )
+    cid = await create_campaign(db_pool, "later")
+    [contact] = await add_contacts(db_pool, cid, uk_numbers(1, start=9_000))
+    await db_pool.execute(
+        "UPDATE contacts SET next_attempt_at = now() + interval '1 hour' WHERE id = $1", contact
+    )
+    async with running_dispatcher(db_pool, settings) as d:
+        stop = asyncio.Event()
+        listening = asyncio.create_task(listen(db_dsn, d.wake, stop, d.listening))
+        try:
+            await wait_until(lambda: d._listening, 10, "the LISTEN connection is up")
+            await asyncio.sleep(0.3)  # the look at everything a (re)connection asks for
+            reads = d.full_reads
+            await asyncio.sleep(1.5)
+            # Fifteen poll intervals, and no second look at every campaign...
+            assert d.full_reads == reads
+            # ...yet a contact made due sooner is dialled at once: the notification
+            # names its campaign, which alone is read again.
+            await db_pool.execute(
+                "UPDATE contacts SET next_attempt_at = now() WHERE id = $1", contact
+            )
+            await wait_until(lambda: simulator.started_count() == 1, 10, "the contact started")
+            assert d.full_reads == reads
+        finally:
+            stop.set()
+            await listening
+        # With the LISTEN connection down, every campaign is read each poll_interval.
+        assert not d._listening
+        reads = d.full_reads
+        await asyncio.sleep(1.0)
+        assert d.full_reads >= reads + 4, d.full_reads - reads
