@@ -15,6 +15,7 @@ without asking first (Aculab keeps results for days).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("campaign.poller")
 
 UNMATCHED_KEEP_SECONDS = 24 * 3600.0
+# At most this long between two looks for finished campaigns when no call ended here.
+COMPLETION_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -71,6 +74,10 @@ class Poller:
         self._slots = asyncio.Semaphore(settings.poller.concurrency)
         self._failed_rounds = 0
         self._refused: str | None = None
+        # Calls ended here (recorded or given up) when campaigns were last checked for
+        # completion, and when (monotonic clock).
+        self._ended_at_check = 0
+        self._checked_at = -math.inf
         self._critical: set[asyncio.Task[outcomes.Recorded]] = set()
         self._db_trouble = database_episode(log, "poller")
         self._bug = Episode(log, "poller_failed", "poller_recovered")
@@ -121,7 +128,7 @@ class Poller:
     async def round(self) -> bool:
         """One pass: stashed pushes, completed campaigns, due polls. True if polls were due."""
         await self.reconcile_pushes()
-        await self.complete_campaigns()
+        await self._complete_if_due()
         cfg = self.settings.poller
         if not self.polling:
             return await self._give_up_unpolled()
@@ -233,6 +240,19 @@ class Poller:
             await self._record(
                 outcomes.Outcome(m.reference, m.cause, m.raw_cause, m.duration), "push"
             )
+
+    async def _complete_if_due(self) -> None:
+        """Look for finished campaigns after a round that ended calls here, else every
+        COMPLETION_CHECK_SECONDS: the look probes every active campaign, which a
+        thousand idle ones made most of an idle daemon's work at one look a second.
+        Calls ended elsewhere (pushed final pages, another daemon's poller, contacts
+        the dispatcher set aside) are caught by the periodic look."""
+        ended = self.stats.recorded + self.stats.given_up
+        now = time.monotonic()
+        if ended == self._ended_at_check and now - self._checked_at < COMPLETION_CHECK_SECONDS:
+            return
+        self._ended_at_check, self._checked_at = ended, now
+        await self.complete_campaigns()
 
     async def complete_campaigns(self) -> Sequence[int]:
         async with self.pool.acquire() as conn:
