@@ -910,8 +910,8 @@ class Dispatcher:
         return result
 
     async def claim_group(self, wanted: Sequence[Wanted]) -> list[tuple[list[q.BatchRow], bool]]:
-        """Claim for several campaigns in one transaction: for each of `wanted`, in its
-        order, what claim() returns for it.
+        """Claim for several campaigns (each once) in one transaction: for each of
+        `wanted`, in its order, what claim() returns for it.
 
         Each campaign is locked, capped, paced and checked as if it were claimed
         alone, one after the other in `wanted`'s order (the fair order): the account
