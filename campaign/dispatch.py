@@ -89,6 +89,10 @@ PROBE_WAITS_FOR_DUE_BATCH = 1.0
 # the wrong body, and every further batch would park for a person.
 UNUSABLE_PAUSE_AFTER = 3
 MAX_REMEMBERED_CRASHES = 10_000
+# Due campaigns served by one claim transaction at most (fewer when fewer send
+# slots are free: each campaign claimed takes at least one). Many small campaigns
+# then share one transaction's locks, reads and commit instead of paying each.
+CLAIM_GROUP_CAMPAIGNS = 50
 VALIDATION_CODES = frozenset({"0001", "0002", "0003", "0004"})
 
 
@@ -374,6 +378,44 @@ def pacing_room(
     return max(0, available), max(0.005, wait)
 
 
+def _budget_key(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}"
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A campaign to claim for: up to `batches` batches, whose calls Aculab is expected
+    to hold `queue_delay` seconds in its queue before starting them."""
+
+    campaign: q.CampaignRow | q.DueCampaign
+    queue_delay: float = 0.0
+    batches: int = 1
+
+
+@dataclass
+class _Part:
+    """One campaign's share of a claim transaction, as the claim works it out."""
+
+    campaign: q.CampaignRow
+    queue_delay: float
+    batches: int
+    size: int
+    budget: Budget
+    grants_window: float
+    """Its grants and the account's are read over this (the longer of their windows)."""
+    need: int = 0
+    grant: int = 0
+    limit: int = 0
+    contacts: list[q.ContactRow] = field(default_factory=list)
+    last: q.ClaimKey | None = None
+    prepared: Prepared = field(default_factory=Prepared)
+    ready: list[Ready] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return _budget_key(self.campaign.id)
+
+
 @dataclass
 class Counters:
     claimed: int = 0
@@ -442,8 +484,10 @@ class Dispatcher:
         # Priority -> the campaign served last: the next round starts after it.
         self._cursor: dict[int, int] = {}
         # Claim transactions begun (for tests and benchmarks: idle campaigns cost none),
-        # and reads of every active campaign's due time.
+        # the campaigns they were for (one transaction can serve several), and reads
+        # of every active campaign's due time.
         self.claims = 0
+        self.campaign_claims = 0
         self.full_reads = 0
         # batch id -> when (this daemon's clock) it may be taken again, after its
         # send or its acknowledgement failed in a way that left it pending.
@@ -585,11 +629,25 @@ class Dispatcher:
         free -= len(due)
         worked = bool(due)
         order = self._fair_order(campaigns)
+        group: list[Wanted] = []
+        # Send slots the group may fill, if each campaign in it takes its whole share.
+        planned = 0
+        # Services not yet known good that have a campaign in the group: one request
+        # at a time for each.
+        careful_here: set[str] = set()
         for i, campaign in enumerate(order):
+            if group and (free - planned <= 0 or len(group) >= CLAIM_GROUP_CAMPAIGNS):
+                taken, did = await self._claim_and_spawn(group)
+                free -= taken
+                worked = worked or did
+                group, planned, careful_here = [], 0, set()
             if free <= 0:
                 break
             known_good = campaign.service_name in self._confirmed
-            if not known_good and campaign.service_name in self._inflight_services.values():
+            if not known_good and (
+                campaign.service_name in self._inflight_services.values()
+                or campaign.service_name in careful_here
+            ):
                 continue
             wait = self._service_wait.get(campaign.service_name, 0.0) - self._clock()
             if wait > 0:
@@ -602,14 +660,27 @@ class Dispatcher:
                 self._note_pacing(min(1.0, queue_delay - self._cfg.max_queue_seconds))
                 continue
             # The free send slots are shared out among the campaigns still to go.
-            share = max(1, free // (len(order) - i)) if known_good else 1
-            claimed, did = await self.claim(campaign, queue_delay, share)
-            self._cursor[campaign.priority] = campaign.id
+            share = max(1, (free - planned) // (len(order) - i)) if known_good else 1
+            if not known_good:
+                careful_here.add(campaign.service_name)
+            group.append(Wanted(campaign, queue_delay, share))
+            planned += share
+        if group:
+            _, did = await self._claim_and_spawn(group)
+            worked = worked or did
+        return worked
+
+    async def _claim_and_spawn(self, group: list[Wanted]) -> tuple[int, bool]:
+        """Claim for `group` in one transaction and send what it got: (batches sent,
+        whether anything changed)."""
+        taken, worked = 0, False
+        for wanted, (claimed, did) in zip(group, await self.claim_group(group), strict=True):
+            self._cursor[wanted.campaign.priority] = wanted.campaign.id
             worked = worked or did
             for batch in claimed:
                 self._spawn(batch)
-            free -= len(claimed)
-        return worked
+            taken += len(claimed)
+        return taken, worked
 
     async def _tick_unreachable(self, free: int, campaigns: list[q.DueCampaign]) -> bool:
         """Aculab cannot be reached: claim nothing, send one probe at a time.
@@ -861,217 +932,337 @@ class Dispatcher:
         one claim share its fixed cost (campaign and budget locks, suppression
         and duplicate checks, commit) when the sender has room for them.
         """
-        account_cps = self.settings.aculab.calls_per_second
+        [result] = await self.claim_group([Wanted(campaign, queue_delay, batches)])
+        return result
+
+    async def claim_group(self, wanted: Sequence[Wanted]) -> list[tuple[list[q.BatchRow], bool]]:
+        """Claim for several campaigns (each once) in one transaction: for each of
+        `wanted`, in its order, what claim() returns for it.
+
+        Each campaign is locked, capped, paced and checked as if it were claimed
+        alone, one after the other in `wanted`'s order (the fair order): the account
+        budget is shared, and what one campaign takes of it the next does not get.
+        Each step is one statement for the whole group, so the transaction's fixed
+        cost is paid once however many campaigns it serves: what many campaigns
+        with little to send each need.
+        """
+        guard = self._cfg.pacing_guard_seconds
+        account = Budget.of(self.settings.aculab.calls_per_second, guard)
         trial = self.settings.aculab.account_type == "trial"
         self.claims += 1
-        campaign_key = f"campaign:{campaign.id}"
+        self.campaign_claims += len(wanted)
+        ids = [w.campaign.id for w in wanted]
+        results: dict[int, tuple[list[q.BatchRow], bool]] = {i: ([], False) for i in ids}
+        claimed: dict[int, list[q.BatchRow]] = {}
         async with self.pool.acquire() as conn, conn.transaction():
-            locked = await q.lock_campaign_and_budgets(conn, campaign.id, ["account", campaign_key])
-            if locked is None:
-                self._recheck.add(campaign.id)
-                return [], False
-            campaign = locked
-            size = 1 if trial else campaign.batch_size
-            budgets = {
-                "account": Budget.of(account_cps, self._cfg.pacing_guard_seconds),
-                campaign_key: Budget.of(campaign.calls_per_second, self._cfg.pacing_guard_seconds),
-            }
-            grants_window = max(b.window for b in budgets.values())
-            grants = await q.recent_grants(conn, list(budgets), grants_window)
+            locked = await q.lock_campaigns_and_budgets(
+                conn, ids, ["account", *(_budget_key(i) for i in sorted(ids))]
+            )
+            parts: list[_Part] = []
+            for w in wanted:
+                campaign = locked.get(w.campaign.id)
+                if campaign is None:
+                    # Paused, cancelled or finished meanwhile: read again, claim nothing.
+                    self._recheck.add(w.campaign.id)
+                    continue
+                budget = Budget.of(campaign.calls_per_second, guard)
+                parts.append(
+                    _Part(
+                        campaign,
+                        w.queue_delay,
+                        max(1, w.batches),
+                        1 if trial else campaign.batch_size,
+                        budget,
+                        max(account.window, budget.window),
+                    )
+                )
+            if parts:
+                grants = await q.recent_grants(
+                    conn,
+                    ["account", *(p.key for p in parts)],
+                    max(p.grants_window for p in parts),
+                )
+                parts = await self._paced(conn, parts, account, grants)
+            if parts:
+                await self._take_contacts(conn, parts)
+                parts = [p for p in parts if p.contacts]
+            if parts:
+                now = datetime.now(UTC)
+                for p in parts:
+                    p.prepared = prepare(
+                        p.contacts, p.campaign, now, now + timedelta(seconds=p.queue_delay)
+                    )
+                    p.ready = p.prepared.ready
+                    results[p.campaign.id] = ([], True)
+                await self._check_ready(conn, parts, account, grants["account"])
+                await self._record_verdicts(conn, parts, now)
+                claimed = await self._persist(conn, [p for p in parts if p.ready])
+        for p in parts:
+            if p.ready:
+                results[p.campaign.id] = (claimed[p.campaign.id], True)
+        # Committed: from here on a crash loses nothing, each batch is re-sent by id.
+        for batches, _ in results.values():
+            for batch in batches:
+                self.counters.claimed += len(batch.contact_ids)
+                log.debug(
+                    "batch_persisted",
+                    campaign_id=batch.campaign_id,
+                    batch_id=batch.id,
+                    unique_id=batch.unique_id,
+                    calls=len(batch.contact_ids),
+                )
+        return [results[i] for i in ids]
+
+    async def _paced(
+        self,
+        conn: q.Conn,
+        parts: list[_Part],
+        account: Budget,
+        grants: dict[str, list[q.Grant]],
+    ) -> list[_Part]:
+        """The parts that may claim now, each with its grant and limit: under its
+        concurrency cap, and with a full batch's room in its budget and in what the
+        account had before this claim (what the group's earlier campaigns take of
+        the account is counted in _check_ready). The others note when to look again.
+        Called under the budget locks."""
+        open_calls = await self._open_calls(conn, parts, grants)
+        paced = []
+        for p in parts:
+            budgets = {"account": account, p.key: p.budget}
             # Counted under the account budget's lock, which every claim of every
             # daemon holds until it commits: two claims cannot both use the same room.
-            room = campaign.max_concurrent_calls - await self._open_calls(
-                conn, campaign, grants[campaign_key], grants_window, size * max(1, batches)
-            )
+            room = p.campaign.max_concurrent_calls - open_calls[p.campaign.id]
             if room <= 0:
                 # At the concurrency cap: outcomes free room (the poller wakes us).
                 self._note_pacing(self._cfg.poll_interval)
-                return [], False
+                continue
             # Wait for a full batch (at most one second's worth): fewer, fuller
             # requests, and never more than the budget in any one-second window.
-            need = min(size, room, *(b.calls for b in budgets.values()))
-            available, wait = pacing_room(grants, budgets, need)
-            if available < need:
+            p.need = min(p.size, room, *(b.calls for b in budgets.values()))
+            available, wait = pacing_room(grants, budgets, p.need)
+            if available < p.need:
                 self._note_pacing(wait)
-                return [], False
-            grant = min(size * max(1, batches), room, available)
+                continue
+            p.grant = min(p.size * p.batches, room, available)
             # Whole batches are claimed even when the grant is smaller, so that
             # contacts skipped below (invalid, duplicate...) do not leave it short.
-            limit = size * math.ceil(grant / size)
-            after = self._claim_after.get(campaign.id, q.FIRST_KEY)
-            contacts, last = await q.claim_contacts(conn, campaign.id, limit, after)
-            if len(contacts) < limit and after != q.FIRST_KEY:
-                # Before where the last claim stopped: contacts due again (a retry, a
-                # release), or added with a higher priority, since.
-                more, last_before = await q.claim_contacts(
-                    conn, campaign.id, limit - len(contacts), q.FIRST_KEY, after
-                )
-                contacts += more
-                last = last_before or last
-            if last is not None:
-                self._claim_after[campaign.id] = last
-            if len(contacts) < limit:
+            p.limit = p.size * math.ceil(p.grant / p.size)
+            paced.append(p)
+        return paced
+
+    async def _take_contacts(self, conn: q.Conn, parts: list[_Part]) -> None:
+        """Lock each part's due contacts, up to its limit, resuming where its last
+        claim stopped: one statement for the group (two when some ran short)."""
+        after = {p.campaign.id: self._claim_after.get(p.campaign.id, q.FIRST_KEY) for p in parts}
+        found = await q.claim_group_contacts(
+            conn, [q.ContactRange(p.campaign.id, p.limit, after[p.campaign.id]) for p in parts]
+        )
+        for p in parts:
+            p.contacts, p.last = found[p.campaign.id]
+        # Before where the last claim stopped: contacts due again (a retry, a
+        # release), or added with a higher priority, since.
+        short = [
+            p for p in parts if len(p.contacts) < p.limit and after[p.campaign.id] != q.FIRST_KEY
+        ]
+        if short:
+            more = await q.claim_group_contacts(
+                conn,
+                [
+                    q.ContactRange(
+                        p.campaign.id,
+                        p.limit - len(p.contacts),
+                        q.FIRST_KEY,
+                        after[p.campaign.id],
+                    )
+                    for p in short
+                ],
+            )
+            for p in short:
+                rows, last = more[p.campaign.id]
+                p.contacts += rows
+                p.last = last or p.last
+        for p in parts:
+            if len(p.contacts) < p.limit:
                 # No more due now: the campaign is left alone until its next contact
                 # is due (read again before the next claims) or a notification.
-                self._due_at.pop(campaign.id, None)
-                self._recheck.add(campaign.id)
-            if not contacts:
-                return [], False
-            now = datetime.now(UTC)
-            prepared = prepare(contacts, campaign, now, now + timedelta(seconds=queue_delay))
-            skipped, ready = prepared.skipped, prepared.ready
-            numbers = [r.destination.number for r in ready if r.destination.number]
-            blocked = await q.suppressed(conn, campaign.id, numbers)
+                self._due_at.pop(p.campaign.id, None)
+                self._recheck.add(p.campaign.id)
+
+    async def _check_ready(
+        self, conn: q.Conn, parts: list[_Part], account: Budget, account_grants: list[q.Grant]
+    ) -> None:
+        """Take out of each part's ready contacts those on the do-not-call list, those
+        beyond its pacing grant, and those whose number another contact of its campaign
+        owns; the account budget is granted part after part, in the group's order."""
+        wanted = [(p.campaign.id, r.destination.number) for p in parts for r in p.ready]
+        numbers = [(cid, n) for cid, n in wanted if n]
+        blocked = await q.suppressed_pairs(conn, [c for c, _ in numbers], [n for _, n in numbers])
+        granted = list(account_grants)
+        for p in parts:
             if blocked:
                 keep = []
-                for r in ready:
-                    if r.destination.number in blocked:
-                        skipped.append(
+                for r in p.ready:
+                    if (p.campaign.id, r.destination.number) in blocked:
+                        p.prepared.skipped.append(
                             Skipped(r.contact.id, "suppressed", "on the do-not-call list")
                         )
                     else:
                         keep.append(r)
-                ready = keep
-            # Beyond the pacing grant, contacts stay pending for the next batch.
-            ready = ready[:grant]
-            owners = await q.own_keys(
-                conn,
-                campaign.id,
-                [r.destination.key for r in ready],
-                [r.contact.id for r in ready],
-            )
+                p.ready = keep
+            if p.ready:
+                # What the campaigns before this one in the group took is the
+                # account's as much as what earlier claims took.
+                available, wait = pacing_room({"account": granted}, {"account": account}, p.need)
+                if available < p.need:
+                    self._note_pacing(wait)
+                    p.ready = []
+                    continue  # where the next claim resumes stays as it was
+                # Beyond the pacing grant, contacts stay pending for the next batch.
+                p.ready = p.ready[: min(p.grant, available)]
+                granted.append(q.Grant(0.0, len(p.ready)))
+            if p.last is not None:
+                self._claim_after[p.campaign.id] = p.last
+        owners = await q.own_keys(
+            conn,
+            [p.campaign.id for p in parts for _ in p.ready],
+            [r.destination.key for p in parts for r in p.ready],
+            [r.contact.id for p in parts for r in p.ready],
+        )
+        for p in parts:
             keep = []
-            for r in ready:
+            for r in p.ready:
                 if r.contact.id in owners:
                     keep.append(r)
                 else:
-                    skipped.append(Skipped(r.contact.id, "duplicate", DUPLICATE_REASON))
-            ready = keep
-            await q.set_states(
-                conn,
-                [s.contact_id for s in skipped],
-                [s.state for s in skipped],
-                [s.reason for s in skipped],
-            )
-            for s in skipped:
+                    p.prepared.skipped.append(Skipped(r.contact.id, "duplicate", DUPLICATE_REASON))
+            p.ready = keep
+
+    async def _record_verdicts(self, conn: q.Conn, parts: list[_Part], now: datetime) -> None:
+        """Mark the skipped contacts and defer those outside their window: one
+        statement each for the group; one log line per contact skipped and per
+        campaign deferred."""
+        skipped = [s for p in parts for s in p.prepared.skipped]
+        await q.set_states(
+            conn,
+            [s.contact_id for s in skipped],
+            [s.state for s in skipped],
+            [s.reason for s in skipped],
+        )
+        deferred = [d for p in parts for d in p.prepared.deferred]
+        await q.defer(
+            conn,
+            [d.contact_id for d in deferred],
+            [max(0.0, (d.until - now).total_seconds()) for d in deferred],
+            [d.reason for d in deferred],
+        )
+        for p in parts:
+            for s in p.prepared.skipped:
                 log.info(
                     f"contact_{s.state}",
-                    campaign_id=campaign.id,
+                    campaign_id=p.campaign.id,
                     contact_id=s.contact_id,
                     reason=s.reason,
                 )
-            if prepared.deferred:
-                deferred = prepared.deferred
-                await q.defer(
-                    conn,
-                    [d.contact_id for d in deferred],
-                    [max(0.0, (d.until - now).total_seconds()) for d in deferred],
-                    [d.reason for d in deferred],
-                )
+            if p.prepared.deferred:
                 log.info(
                     "contacts_deferred",
-                    campaign_id=campaign.id,
-                    contacts=len(deferred),
-                    earliest=min(d.until for d in deferred).isoformat(),
+                    campaign_id=p.campaign.id,
+                    contacts=len(p.prepared.deferred),
+                    earliest=min(d.until for d in p.prepared.deferred).isoformat(),
                 )
-            if not ready:
-                return [], True
-            claimed = await self._persist(
-                conn, campaign, [ready[i : i + size] for i in range(0, len(ready), size)], budgets
-            )
-        # Committed: from here on a crash loses nothing, each batch is re-sent by id.
-        self.counters.claimed += len(ready)
-        for batch in claimed:
-            log.debug(
-                "batch_persisted",
-                campaign_id=campaign.id,
-                batch_id=batch.id,
-                unique_id=batch.unique_id,
-                calls=len(batch.contact_ids),
-            )
-        return claimed, True
 
-    async def _persist(
-        self,
-        conn: q.Conn,
-        campaign: q.CampaignRow,
-        groups: Sequence[Sequence[Ready]],
-        budgets: dict[str, Budget],
-    ) -> list[q.BatchRow]:
-        """Store each group as a batch with its exact request and id, its contacts
-        becoming dispatching, and the calls granted against `budgets`: one round trip."""
+    async def _persist(self, conn: q.Conn, parts: list[_Part]) -> dict[int, list[q.BatchRow]]:
+        """Store each part's ready contacts as batches with their exact request and id,
+        the contacts becoming dispatching, and the calls granted against the budgets:
+        one round trip for the group. The batches, by campaign."""
+        made = [
+            (p, group)
+            for p in parts
+            for group in (p.ready[i : i + p.size] for i in range(0, len(p.ready), p.size))
+        ]
         new = [
             q.NewBatch(
+                p.campaign.id,
+                p.campaign.service_name,
                 unique_id_for(
                     self._cfg.namespace,
-                    campaign.id,
+                    p.campaign.id,
                     [(r.contact.id, r.contact.dispatch_count + 1) for r in group],
                 ),
                 encode_rest_calls([r.call for r in group], self.settings.aculab.account_type),
                 [r.contact.id for r in group],
             )
-            for group in groups
+            for p, group in made
         ]
-        ids = await q.insert_dispatching_batches(
-            conn,
-            campaign_id=campaign.id,
-            service_name=campaign.service_name,
-            batches=new,
-            owner=self.owner,
-            lease_seconds=self._cfg.lease_seconds,
-            grant_keys=list(budgets),
-        )
-        return [
-            q.BatchRow(
-                id=batch_id,
-                campaign_id=campaign.id,
-                campaign_name=campaign.name,
-                service_name=campaign.service_name,
-                unique_id=b.unique_id,
-                rest_calls=b.rest_calls,
-                contact_ids=b.contact_ids,
-                sends=0,
-                age_seconds=0.0,
-                first_send=True,
+        grants = {"account": sum(len(p.ready) for p in parts)}
+        grants.update((p.key, len(p.ready)) for p in parts)
+        ids = (
+            await q.insert_dispatching_batches(
+                conn,
+                batches=new,
+                owner=self.owner,
+                lease_seconds=self._cfg.lease_seconds,
+                grants=grants,
             )
-            for batch_id, b in zip(ids, new, strict=True)
-        ]
+            if new
+            else []
+        )
+        out: dict[int, list[q.BatchRow]] = {p.campaign.id: [] for p in parts}
+        for batch_id, b, (p, _) in zip(ids, new, made, strict=True):
+            out[p.campaign.id].append(
+                q.BatchRow(
+                    id=batch_id,
+                    campaign_id=p.campaign.id,
+                    campaign_name=p.campaign.name,
+                    service_name=p.campaign.service_name,
+                    unique_id=b.unique_id,
+                    rest_calls=b.rest_calls,
+                    contact_ids=b.contact_ids,
+                    sends=0,
+                    age_seconds=0.0,
+                    first_send=True,
+                )
+            )
+        return out
 
     async def _open_calls(
-        self,
-        conn: q.Conn,
-        campaign: q.CampaignRow,
-        recent: list[q.Grant],
-        grants_window: float,
-        want: int,
-    ) -> int:
-        """The campaign's open calls, or a bound above them; called under the budget lock.
+        self, conn: q.Conn, parts: list[_Part], grants: dict[str, list[q.Grant]]
+    ) -> dict[int, int]:
+        """Each part's open calls, or a bound above them; called under the budget lock.
 
         Counting is exact but grows with the calls open (up to the cap), so an
         exact count is reused for less than the window of grants just read: the
         count then, plus every grant recorded since by any daemon, bounds the
         calls open now from above (calls that finished since are not taken off).
-        The count is redone when the bound would hold this claim back.
+        The count is redone when the bound would hold this claim back; the
+        campaigns that need one are counted in one statement.
         """
         now = self._clock()
-        cap = campaign.max_concurrent_calls
-        # Reuse only within the grants just read (and at most a second: grants are
-        # kept longer than that, but claims further apart gain nothing from it),
-        # and only under the cap it was counted with, since a count stops at its cap.
-        horizon = min(grants_window, OPEN_COUNT_REUSE_SECONDS)
-        counted = self._open_counts.get(campaign.id)
-        if (
-            counted is not None
-            and counted[2] == cap
-            and now - counted[0] + OPEN_COUNT_MARGIN < horizon
-        ):
-            since = now - counted[0] + OPEN_COUNT_MARGIN
-            bound = counted[1] + sum(g.calls for g in recent if g.age <= since)
-            if bound + want <= cap:
-                return bound
-        n = await q.open_calls(conn, campaign.id, cap)
-        self._open_counts[campaign.id] = (now, n, cap)
-        return n
+        out: dict[int, int] = {}
+        caps: dict[int, int] = {}
+        for p in parts:
+            cap = p.campaign.max_concurrent_calls
+            # Reuse only within the grants just read (and at most a second: grants are
+            # kept longer than that, but claims further apart gain nothing from it),
+            # and only under the cap it was counted with, since a count stops at its cap.
+            horizon = min(p.grants_window, OPEN_COUNT_REUSE_SECONDS)
+            counted = self._open_counts.get(p.campaign.id)
+            if (
+                counted is not None
+                and counted[2] == cap
+                and now - counted[0] + OPEN_COUNT_MARGIN < horizon
+            ):
+                since = now - counted[0] + OPEN_COUNT_MARGIN
+                bound = counted[1] + sum(g.calls for g in grants[p.key] if g.age <= since)
+                if bound + p.size * p.batches <= cap:
+                    out[p.campaign.id] = bound
+                    continue
+            caps[p.campaign.id] = cap
+        if caps:
+            for campaign_id, n in (await q.open_calls(conn, caps)).items():
+                self._open_counts[campaign_id] = (now, n, caps[campaign_id])
+                out[campaign_id] = n
+        return out
 
     def _note_pacing(self, seconds: float) -> None:
         seconds = max(0.005, seconds)
@@ -1598,6 +1789,7 @@ __all__ = [
     "AculabError",
     "Dispatcher",
     "Rules",
+    "Wanted",
     "contact_verdict",
     "prepare",
     "reference_problem",

@@ -76,6 +76,45 @@ async def test_claim_query_is_an_index_scan_on_the_pending_index(db_pool: asyncp
         assert not any(n["Node Type"] == "Sort" for n in nodes), "the index gives the order"
 
 
+async def test_group_claim_walks_each_campaigns_range_of_the_pending_index(
+    db_pool: asyncpg.Pool,
+) -> None:
+    busy = await create_campaign(db_pool, "busy")
+    other = await create_campaign(db_pool, "other")
+    await db_pool.execute(
+        """
+        INSERT INTO contacts (campaign_id, destination, state, priority)
+        SELECT CASE WHEN g % 2 = 0 THEN $1::bigint ELSE $2::bigint END,
+               '4419082' || lpad(g::text, 5, '0'),
+               CASE WHEN g % 50 = 0 THEN 'pending' ELSE 'completed' END,
+               g % 3
+        FROM generate_series(1, 300000) AS g
+        """,
+        busy,
+        other,
+    )
+    await db_pool.execute("ANALYZE contacts")
+    nodes = await _plan(
+        db_pool,
+        q.CLAIM_GROUP_CONTACTS,
+        [busy, other],
+        [50, 100],
+        [q.FIRST_KEY[0], -1],
+        [q.FIRST_KEY[1], 150_000],
+        [q.LAST_KEY[0]] * 2,
+        [q.LAST_KEY[1]] * 2,
+    )
+    scans = [n for n in nodes if n.get("Relation Name") == "contacts"]
+    assert len(scans) == 1, nodes
+    [scan] = scans
+    assert scan["Node Type"] in {"Index Scan", "Index Only Scan"}, scan
+    assert scan["Index Name"] == "contacts_claim_idx"
+    assert "ROW(" in scan["Index Cond"], scan
+    # The index gives each campaign's order; at most the rows claimed are put in
+    # the group's order (an incremental sort over input already in it).
+    assert not any(n["Node Type"] == "Sort" for n in nodes), nodes
+
+
 async def _changed_contacts(pool: asyncpg.Pool, campaign_id: int, count: int) -> None:
     """`count` contacts whose changes (updated_at) run in an order unrelated to their ids,
     as a real campaign's do, some of them with calls."""

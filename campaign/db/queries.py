@@ -137,12 +137,14 @@ async def due_campaigns(conn: Conn, ids: Sequence[int] | None = None) -> list[Du
     return [DueCampaign(r["id"], r["priority"], r["service_name"], r["due_in"]) for r in rows]
 
 
-# The claim's two first locks in one round trip. The campaign FOR SHARE: a concurrent
-# pause/cancel waits for this claim to commit, and a claim that starts after the
-# pause committed sees the campaign inactive. Its budgets as LOCK_BUDGETS does; they
-# are locked even when the campaign turns out not to be active, which only holds
-# them until this transaction ends.
-LOCK_CAMPAIGN_AND_BUDGETS = f"""
+# The claim's first locks in one round trip, for every campaign of the claim. The
+# campaigns FOR SHARE, in id order (a pause of several campaigns locks them in the
+# same order, PAUSE_SERVICE_CAMPAIGNS): a concurrent pause/cancel waits for this
+# claim to commit, and a claim that starts after the pause committed sees the
+# campaign inactive. Their budgets as LOCK_BUDGETS does; they are locked even when a
+# campaign turns out not to be active, which only holds them until this transaction
+# ends.
+LOCK_CAMPAIGNS_AND_BUDGETS = f"""
 WITH budgets AS (
     INSERT INTO rate_budgets (key)
     SELECT k FROM unnest($2::text[]) AS k ORDER BY k
@@ -150,21 +152,22 @@ WITH budgets AS (
 )
 SELECT {_CAMPAIGN_COLUMNS}
 FROM campaigns
-WHERE id = $1 AND state = 'active'
+WHERE id = ANY($1::bigint[]) AND state = 'active'
+ORDER BY id
 FOR SHARE
 """
 
 
-async def lock_campaign_and_budgets(
-    conn: Conn, campaign_id: int, budget_keys: Sequence[str]
-) -> CampaignRow | None:
-    """Lock the campaign (None when it is not active) and the budgets `budget_keys`.
+async def lock_campaigns_and_budgets(
+    conn: Conn, campaign_ids: Sequence[int], budget_keys: Sequence[str]
+) -> dict[int, CampaignRow]:
+    """Lock the campaigns (those active are returned, by id) and the budgets `budget_keys`.
 
     The budgets' grants must then be read by a later statement (recent_grants), so
     that they include every grant committed by a claim that held the lock before us.
     """
-    row = await conn.fetchrow(LOCK_CAMPAIGN_AND_BUDGETS, campaign_id, list(budget_keys))
-    return _campaign(row) if row is not None else None
+    rows = await conn.fetch(LOCK_CAMPAIGNS_AND_BUDGETS, sorted(campaign_ids), list(budget_keys))
+    return {r["id"]: _campaign(r) for r in rows}
 
 
 # In any state, unlocked: what `campaign why` and `campaign load` judge contacts by.
@@ -225,19 +228,25 @@ async def recent_grants(
 
 # What counts against max_concurrent_calls: calls started and not finished plus
 # contacts being started now, each counted only up to the cap, because the claim
-# needs "how much room is left" and an uncapped count grows with the campaign.
+# needs "how much room is left" and an uncapped count grows with the campaign. One
+# row per campaign of `$1`, each with its own cap in `$2`.
 OPEN_CALLS = """
-SELECT (SELECT count(*) FROM (
-            SELECT 1 FROM calls WHERE campaign_id = $1 AND finished_at IS NULL LIMIT $2) AS c)
+SELECT w.id,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM calls
+            WHERE campaign_id = w.id AND finished_at IS NULL LIMIT w.cap) AS c)
      + (SELECT count(*) FROM (
-            SELECT 1 FROM contacts WHERE campaign_id = $1 AND state = 'dispatching' LIMIT $2) AS d)
+            SELECT 1 FROM contacts
+            WHERE campaign_id = w.id AND state = 'dispatching' LIMIT w.cap) AS d) AS n
+FROM unnest($1::bigint[], $2::int[]) AS w(id, cap)
 """
 
 
-async def open_calls(conn: Conn, campaign_id: int, cap: int) -> int:
-    """Calls started and not finished, plus those being started now (at most 2 x cap)."""
-    n: int = await conn.fetchval(OPEN_CALLS, campaign_id, cap)
-    return n
+async def open_calls(conn: Conn, caps: dict[int, int]) -> dict[int, int]:
+    """Each campaign's calls started and not finished, plus those being started now
+    (at most 2 x its cap in `caps`)."""
+    rows = await conn.fetch(OPEN_CALLS, list(caps), list(caps.values()))
+    return {r["id"]: r["n"] for r in rows}
 
 
 async def forget_old_grants(conn: Conn, older_than_seconds: float) -> None:
@@ -260,7 +269,8 @@ CONTACT_COLUMNS = """
 # (-priority, id). A dispatcher resumes after the last contact it took, so that it
 # does not walk again, claim after claim, over the entries of contacts that left
 # `pending` and that no VACUUM has removed yet; from time to time it starts from
-# the first key again (dispatch.Dispatcher.claim).
+# the first key again (dispatch.Dispatcher.claim_group). CLAIM_GROUP_CONTACTS is
+# this query for several campaigns at once.
 CLAIM_CONTACTS = f"""
 SELECT {CONTACT_COLUMNS}, -(priority::bigint) AS rank
 FROM contacts
@@ -273,6 +283,29 @@ WHERE campaign_id = $1
 ORDER BY -(priority::bigint), id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
+"""
+
+# CLAIM_CONTACTS for each campaign of one claim transaction, in one round trip: row
+# w of the arrays is a campaign, its limit and its two keys; each campaign's range
+# of contacts_claim_idx is walked as CLAIM_CONTACTS walks it.
+CLAIM_GROUP_CONTACTS = f"""
+SELECT w.campaign_id, c.*
+FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+     WITH ORDINALITY AS w(campaign_id, lim, after_rank, after_id, upto_rank, upto_id, ord)
+CROSS JOIN LATERAL (
+    SELECT {CONTACT_COLUMNS}, -(priority::bigint) AS rank
+    FROM contacts
+    WHERE campaign_id = w.campaign_id
+      AND state = 'pending'
+      AND (-(priority::bigint), id) > (w.after_rank, w.after_id)
+      AND (-(priority::bigint), id) <= (w.upto_rank, w.upto_id)
+      AND next_attempt_at <= now()
+      AND (not_before IS NULL OR not_before <= now())
+    ORDER BY -(priority::bigint), id
+    LIMIT w.lim
+    FOR UPDATE SKIP LOCKED
+) AS c
+ORDER BY w.ord, c.rank, c.id
 """
 
 ClaimKey = tuple[int, int]
@@ -311,46 +344,95 @@ async def claim_contacts(
     return [contact_row(r) for r in rows], last
 
 
+@dataclass(frozen=True)
+class ContactRange:
+    """One campaign's part of CLAIM_GROUP_CONTACTS."""
+
+    campaign_id: int
+    limit: int
+    after: ClaimKey = FIRST_KEY
+    up_to: ClaimKey = LAST_KEY
+
+
+async def claim_group_contacts(
+    conn: Conn, ranges: Sequence[ContactRange]
+) -> dict[int, tuple[list[ContactRow], ClaimKey | None]]:
+    """claim_contacts for each range (one per campaign) in one statement."""
+    out: dict[int, tuple[list[ContactRow], ClaimKey | None]] = {
+        r.campaign_id: ([], None) for r in ranges
+    }
+    if not ranges:
+        return out
+    rows = await conn.fetch(
+        CLAIM_GROUP_CONTACTS,
+        [r.campaign_id for r in ranges],
+        [r.limit for r in ranges],
+        [r.after[0] for r in ranges],
+        [r.after[1] for r in ranges],
+        [r.up_to[0] for r in ranges],
+        [r.up_to[1] for r in ranges],
+    )
+    for r in rows:
+        contacts, _ = out[r["campaign_id"]]
+        contacts.append(contact_row(r))
+        out[r["campaign_id"]] = (contacts, (r["rank"], r["id"]))
+    return out
+
+
+# The do-not-call list for several campaigns at once: row w is a number that
+# campaign `$1[w]` is about to call; it is blocked by an entry for every campaign
+# or for that one.
 SUPPRESSED = """
-SELECT DISTINCT destination
-FROM suppressions
-WHERE destination = ANY($2::text[]) AND (campaign_id IS NULL OR campaign_id = $1)
+SELECT DISTINCT w.campaign_id, w.number
+FROM unnest($1::bigint[], $2::text[]) AS w(campaign_id, number)
+JOIN suppressions s
+  ON s.destination = w.number AND (s.campaign_id IS NULL OR s.campaign_id = w.campaign_id)
 """
 
 
-async def suppressed(conn: Conn, campaign_id: int, numbers: Sequence[str]) -> set[str]:
+async def suppressed_pairs(
+    conn: Conn, campaign_ids: Sequence[int], numbers: Sequence[str]
+) -> set[tuple[int, str]]:
+    """The (campaign, number) pairs on the do-not-call list."""
     if not numbers:
         return set()
-    rows = await conn.fetch(SUPPRESSED, campaign_id, list(numbers))
-    return {r["destination"] for r in rows}
+    rows = await conn.fetch(SUPPRESSED, list(campaign_ids), list(numbers))
+    return {(r["campaign_id"], r["number"]) for r in rows}
 
 
-# A key already owned by another contact (committed, or inserted concurrently:
-# ON CONFLICT then waits for that transaction) is not ours.
+async def suppressed(conn: Conn, campaign_id: int, numbers: Sequence[str]) -> set[str]:
+    pairs = await suppressed_pairs(conn, [campaign_id] * len(numbers), numbers)
+    return {number for _, number in pairs}
+
+
+# A key already owned by another contact of the same campaign (committed, or
+# inserted concurrently: ON CONFLICT then waits for that transaction) is not ours.
+# Row w: a contact of campaign `$1[w]` wanting the key `$2[w]`.
 OWN_KEYS = """
 WITH wanted AS (
-    SELECT * FROM unnest($2::text[], $3::bigint[]) AS w(key, contact_id)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS w(campaign_id, key, contact_id)
 ), inserted AS (
     INSERT INTO contact_keys (campaign_id, key, contact_id)
-    SELECT $1, key, contact_id FROM wanted
+    SELECT campaign_id, key, contact_id FROM wanted
     ON CONFLICT (campaign_id, key) DO NOTHING
-    RETURNING key
+    RETURNING campaign_id, key
 )
 SELECT w.contact_id
 FROM wanted w
-LEFT JOIN inserted i ON i.key = w.key
-LEFT JOIN contact_keys k ON k.campaign_id = $1 AND k.key = w.key
+LEFT JOIN inserted i ON i.campaign_id = w.campaign_id AND i.key = w.key
+LEFT JOIN contact_keys k ON k.campaign_id = w.campaign_id AND k.key = w.key
 WHERE i.key IS NOT NULL OR k.contact_id = w.contact_id
 """
 
 
 async def own_keys(
-    conn: Conn, campaign_id: int, keys: Sequence[str], contact_ids: Sequence[int]
+    conn: Conn, campaign_ids: Sequence[int], keys: Sequence[str], contact_ids: Sequence[int]
 ) -> set[int]:
-    """Record each contact as the owner of its destination key; return the owners."""
+    """Record each contact as the owner of its destination key in its campaign; return
+    the owners."""
     if not keys:
         return set()
-    rows = await conn.fetch(OWN_KEYS, campaign_id, list(keys), list(contact_ids))
+    rows = await conn.fetch(OWN_KEYS, list(campaign_ids), list(keys), list(contact_ids))
     return {r["contact_id"] for r in rows}
 
 
@@ -399,23 +481,25 @@ RETURNING id
 """
 
 
-# New batches of one campaign, their contacts and the pacing grant, in one statement
-# (one round trip however many batches a claim takes): the contacts become
-# `dispatching` and name their batch; each one's dispatch count rises, so a later
-# batch of the same contact gets a new unique_id. Each batch's contacts are those of
-# `$5` whose `$6` is the batch's place in `$3`/`$4` (from 1), in request order.
-# `sending`: the claiming daemon sends them at once; should it die before recording
-# what became of a send, whoever takes the batch over counts it as in doubt.
-# Returns the batch ids in the order of `$3`.
+# New batches of one claim (of one campaign or several), their contacts and the
+# pacing grants, in one statement (one round trip however many batches a claim
+# takes): the contacts become `dispatching` and name their batch; each one's
+# dispatch count rises, so a later batch of the same contact gets a new unique_id.
+# Batch i is of campaign `$1[i]` and service `$2[i]`; its contacts are those of `$5`
+# whose `$6` is i (from 1), in request order. `sending`: the claiming daemon sends
+# them at once; should it die before recording what became of a send, whoever takes
+# the batch over counts it as in doubt. Each budget `$9[k]` is granted `$10[k]`
+# calls. Returns the batch ids in the order of `$3`.
 INSERT_DISPATCHING_BATCHES = """
 WITH input AS (
-    SELECT * FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS t(unique_id, rest_calls, ord)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+        WITH ORDINALITY AS t(campaign_id, service_name, unique_id, rest_calls, ord)
 ), members AS (
     SELECT * FROM unnest($5::bigint[], $6::bigint[]) WITH ORDINALITY AS m(contact_id, ord, pos)
 ), b AS (
     INSERT INTO batches (campaign_id, parent_id, service_name, unique_id, rest_calls,
                          contact_ids, owner, lease_until, sending)
-    SELECT $1, NULL, $2, i.unique_id, i.rest_calls,
+    SELECT i.campaign_id, NULL, i.service_name, i.unique_id, i.rest_calls,
            ARRAY(SELECT m.contact_id FROM members m WHERE m.ord = i.ord ORDER BY m.pos),
            $7, now() + make_interval(secs => $8), true
     FROM input i
@@ -429,7 +513,7 @@ WITH input AS (
     WHERE i.unique_id = b.unique_id AND m.ord = i.ord AND c.id = m.contact_id
 ), granted AS (
     INSERT INTO rate_grants (key, granted_at, calls)
-    SELECT k, clock_timestamp(), $10 FROM unnest($9::text[]) AS k
+    SELECT g.key, clock_timestamp(), g.calls FROM unnest($9::text[], $10::int[]) AS g(key, calls)
 )
 SELECT b.id FROM b JOIN input i ON i.unique_id = b.unique_id ORDER BY i.ord
 """
@@ -437,6 +521,8 @@ SELECT b.id FROM b JOIN input i ON i.unique_id = b.unique_id ORDER BY i.ord
 
 @dataclass(frozen=True)
 class NewBatch:
+    campaign_id: int
+    service_name: str
     unique_id: str
     rest_calls: str
     contact_ids: list[int]
@@ -445,29 +531,27 @@ class NewBatch:
 async def insert_dispatching_batches(
     conn: Conn,
     *,
-    campaign_id: int,
-    service_name: str,
     batches: Sequence[NewBatch],
     owner: str,
     lease_seconds: float,
-    grant_keys: Sequence[str],
+    grants: dict[str, int],
 ) -> list[int]:
     """Store new batches under our lease, mark their contacts `dispatching`, and record
-    their calls against the budgets `grant_keys`; the batch ids, in order."""
+    the calls granted against each budget of `grants`; the batch ids, in order."""
     members = [cid for b in batches for cid in b.contact_ids]
     places = [n for n, b in enumerate(batches, 1) for _ in b.contact_ids]
     rows = await conn.fetch(
         INSERT_DISPATCHING_BATCHES,
-        campaign_id,
-        service_name,
+        [b.campaign_id for b in batches],
+        [b.service_name for b in batches],
         [b.unique_id for b in batches],
         [b.rest_calls for b in batches],
         members,
         places,
         owner,
         lease_seconds,
-        list(grant_keys),
-        len(members),
+        list(grants),
+        list(grants.values()),
     )
     return [r["id"] for r in rows]
 
@@ -747,11 +831,17 @@ async def fail_contacts(conn: Conn, batch_id: int, state: str, reason: str) -> N
     await conn.execute(FAIL_BATCH_CONTACTS, batch_id, state, reason)
 
 
+# The campaigns are locked in id order, as a claim locks them
+# (LOCK_CAMPAIGNS_AND_BUDGETS): the two cannot deadlock.
 PAUSE_SERVICE_CAMPAIGNS = """
-UPDATE campaigns
+UPDATE campaigns k
 SET state = 'paused', state_reason = $2, updated_at = now()
-WHERE service_name = $1 AND state = 'active'
-RETURNING id, name
+FROM (SELECT id FROM campaigns
+      WHERE service_name = $1 AND state = 'active'
+      ORDER BY id
+      FOR UPDATE) AS locked
+WHERE k.id = locked.id AND k.state = 'active'
+RETURNING k.id, k.name
 """
 
 
