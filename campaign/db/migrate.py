@@ -13,7 +13,6 @@ change in a new file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import time
@@ -225,10 +224,16 @@ async def migrate(conn: Conn, directory: Path | None = None) -> list[str]:
             )
     finally:
         if not conn.is_closed():
-            # If the connection is unusable, the lock ends with its session, and the
-            # error that got us here is the one worth reporting.
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            try:
                 await conn.execute(_UNLOCK, LOCK_KEY)
+            except BaseException as exc:
+                # Not unlocked (a dead connection, a cancellation): end the session, which
+                # ends the lock, rather than hand a locked connection back to a pool (its
+                # release does not reset session state: db/pool.py). The error that got
+                # us here, if any, is the one worth reporting.
+                conn.terminate()
+                if not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+                    raise
     return applied_now
 
 
