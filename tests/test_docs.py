@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from campaign.db.results import RESULT_COLUMNS
@@ -268,3 +269,49 @@ def test_the_readme_sets_up_and_tests_with_the_commands_ci_runs(marker: str) -> 
     assert commands, f'.ci/run has no commands under # README "{marker}":'
     for command in commands:
         assert command in block, f"README.md's set-up block lacks .ci/run's {command!r}"
+
+
+async def _allowed_states(pool: asyncpg.Pool, table: str) -> set[str]:
+    """The values the database's CHECK on `table.state` allows."""
+    definition = await pool.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = $1::regclass AND contype = 'c' "
+        "AND pg_get_constraintdef(oid) LIKE '%(state = ANY (ARRAY[%'",
+        table,
+    )
+    assert definition, f"no CHECK on {table}.state"
+    return set(re.findall(r"'(\w+)'", definition))
+
+
+async def test_docs_tables_md_names_every_contact_and_campaign_state_the_database_allows(
+    db_pool: asyncpg.Pool,
+) -> None:
+    contact_states = {
+        name
+        for cell in _first_cells(_section(DOCS / "tables.md", "Contact states"))
+        for name in _code_spans(cell)
+    }
+    campaign_section = set(_code_spans(_section(DOCS / "tables.md", "Campaign states")))
+
+    assert contact_states == await _allowed_states(db_pool, "contacts")
+    assert await _allowed_states(db_pool, "campaigns") <= campaign_section
+
+
+async def test_every_column_docs_tables_md_shows_for_campaigns_is_one_the_table_has(
+    db_pool: asyncpg.Pool,
+) -> None:
+    shown = {
+        name
+        for cell in _first_cells(_section(DOCS / "tables.md", "`campaigns`"))
+        for name in _code_spans(cell)
+    }
+    columns = {
+        r["attname"]
+        for r in await db_pool.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'campaigns'::regclass "
+            "AND attnum > 0 AND NOT attisdropped"
+        )
+    }
+
+    assert len(shown) > 10
+    assert shown <= columns, sorted(shown - columns)
