@@ -315,3 +315,21 @@ async def test_every_column_docs_tables_md_shows_for_campaigns_is_one_the_table_
 
     assert len(shown) > 10
     assert shown <= columns, sorted(shown - columns)
+
+
+CODE_PATH = re.compile(r"`((?:campaign|bench|deploy|migrations|tests)/[\w./-]*\w)`")
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    # The dispatcher becomes a package (issue 12, item 1) in separate work: until it
+    # has, the docs' campaign/dispatch/... paths are the only ones not checked.
+    package_landed = (REPO_ROOT / "campaign" / "dispatch" / "__init__.py").exists()
+    missing = [
+        f"{page.relative_to(REPO_ROOT)}: {path}"
+        for page in PAGES
+        for path in CODE_PATH.findall(page.read_text(encoding="utf-8"))
+        if not (REPO_ROOT / path).exists()
+        and (package_landed or not path.startswith("campaign/dispatch/"))
+    ]
+
+    assert not missing, missing
