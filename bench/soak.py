@@ -590,7 +590,7 @@ async def faulty_period(run: Run, plan: Plan, rng: random.Random) -> None:
 
 def pg_due_soon(run: Run, plan: Plan, pg_due: bool) -> bool:
     """No kill just before the restart: a daemon (re)starting into a stopped server
-    exits 1 by design (README), which is its supervisor's business, not the engine's."""
+    exits 1 by design (docs/operations.md), which is its supervisor's business, not the engine's."""
     return pg_due and run.clock() >= plan.pg_restart_at - 10.0
 
 

@@ -69,7 +69,7 @@ class TransientError(AculabError):
     """Timeout, dropped connection, HTTP 5xx, 408 or 429: the same request may be sent again.
 
     `may_have_started` says whether this request can have started calls
-    (aculab-api.md §1): False when it never reached Aculab (no connection, DNS or
+    (docs/aculab.md, in doubt): False when it never reached Aculab (no connection, DNS or
     TLS failure, a connect timeout) or was answered 429; True when it was written
     and no usable answer came back (a read timeout, a reset, a 5xx, a body that is
     not JSON). `outage` says whether it counts towards Aculab being unreachable

@@ -1,8 +1,8 @@
 """Aculab behaviour that the public documentation does not state.
 
-Every item marked [assumed] in aculab-api.md lives here, once, and both the
+Every assumption in docs/aculab.md lives here, once, and both the
 client and the simulator read it from here. When a real account shows one of
-these to be wrong, this is the one file to edit (and the README's list of
+these to be wrong, this is the one file to edit (and docs/aculab.md's list of
 assumptions beside it).
 """
 

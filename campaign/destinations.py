@@ -1,6 +1,6 @@
 """Call destinations: what a contact's `to` value means and what is sent to Aculab.
 
-Aculab decides the kind of a `to` value by its own rule (aculab-api.md §4): an
+Aculab decides the kind of a `to` value by its own rule (docs/aculab.md, destinations): an
 explicit prefix wins, a value of only digits (single '-' between groups) is a
 telephone number, anything else is a SIP address. Values loaded from CRMs are
 messier than that ("+44 (1908) 273-800"), so telephone numbers are normalised

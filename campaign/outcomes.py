@@ -96,7 +96,7 @@ def _text(value: Any, limit: int = 64) -> str | None:
 
 
 def from_instance_info(body: Any) -> Outcome:
-    """The outcome a final page reports (aculab-api.md §5)."""
+    """The outcome a final page reports (docs/aculab.md: The final page and call outcomes)."""
     if not isinstance(body, dict):
         raise BadOutcome("instance_info must be a JSON object")
     reference = body.get("application_instance_id")

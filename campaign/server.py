@@ -4,7 +4,7 @@
 listener.host:listener.port and tells the caller the bound port (useful with
 port 0); `serve` runs it until the daemon's `stop` event is set.
 
-The final page (aculab-api.md §5) is the push half of outcome tracking.
+The final page (docs/aculab.md, final page) is the push half of outcome tracking.
 Aculab does not sign these requests, so the URL carries a secret
 (/final/<secret>) and ids we did not start are ignored. Aculab does not
 retry a final page either: every answer other than 200 is for people reading

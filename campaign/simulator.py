@@ -1,4 +1,4 @@
-"""An Aculab Cloud simulator: the web services of aculab-api.md over real HTTP.
+"""An Aculab Cloud simulator: the web services of docs/aculab.md over real HTTP.
 
 It is as strict as Aculab is documented to be, and follows campaign.assumptions
 wherever the documentation is silent, because every test of the engine runs

@@ -41,7 +41,7 @@ def ascii_digits(text: str) -> str:
     return "".join(c for c in text if c in "0123456789")
 
 
-# --- classify: Aculab's own rule (aculab-api.md §4) ---------------------------------------
+# --- classify: Aculab's own rule (docs/aculab.md) ---------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Hostile rows written straight into `campaigns` and `contacts` with SQL, as a careless
 user would, then the real dispatcher against the real simulator.
 
-What must hold (design.md, issue 6): the database refuses a campaign policy the engine
+What must hold (docs/tables.md, issue 6): the database refuses a campaign policy the engine
 cannot follow, naming the constraint; whatever it accepts, the dispatcher handles: it
 never crashes or stalls, every bad contact ends `invalid` with a reason and never
 reaches Aculab, and the good contacts beside them are each started exactly once.

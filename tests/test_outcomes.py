@@ -158,7 +158,7 @@ def test_policy_examples_reach_every_branch() -> None:
 
 # --- the final page's body ------------------------------------------------------------
 
-# What Aculab may put in this_call's fields (aculab-api.md §5), and worse.
+# What Aculab may put in this_call's fields (docs/aculab.md: the final page), and worse.
 durations = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(-(10**6), 10**9),

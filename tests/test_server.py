@@ -51,7 +51,7 @@ def listener(**values: Any) -> ListenerSettings:
 def instance_info(
     reference: str, cause: str = "completed", raw_cause: str = "200", duration: float = 12.5
 ) -> dict[str, Any]:
-    """What Aculab's final page receives (aculab-api.md §5)."""
+    """What Aculab's final page receives (docs/aculab.md: the final page)."""
     return {
         "application_instance_id": reference,
         "token": "",

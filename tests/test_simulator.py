@@ -1,4 +1,4 @@
-"""The simulator follows aculab-api.md: refused when wrong, accepted when right.
+"""The simulator follows docs/aculab.md: refused when wrong, accepted when right.
 
 Everything goes over real HTTP on loopback with a plain aiohttp client (not the
 project's client), so these tests pin down the contract independently of it.

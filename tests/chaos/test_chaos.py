@@ -346,7 +346,7 @@ async def _run_chaos(
             next_kill = time.monotonic() + rng.uniform(*KILL_GAP)
         # Kills wait while PostgreSQL goes down, and it goes down only once every daemon
         # is past its start: one that meets a stopped server at start exits 1 by
-        # design (README), which is its supervisor's business, not the engine's.
+        # design (docs/operations.md), which is its supervisor's business, not the engine's.
         settled = all(d.running() for d in daemons)
         if restart_due and settled:
             print(f"PostgreSQL going down with {chaos.states}")
