@@ -119,6 +119,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of final-page requests silently not sent",
     )
+    _add_fault_options(parser)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the call outcomes and the fault draws"
+    )
+
+
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group(
         "faults",
         "Each SHARE (0 to 1) is the part of service_start requests, once authenticated "
@@ -162,9 +169,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=defaults_faults.delay_before_seconds,
         help="every service_start request waits this long before it is even "
         "authenticated (default %(default)s)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the call outcomes and the fault draws"
     )
 
 

@@ -18,7 +18,7 @@ from campaign.simulator import faulty_answers
 from campaign.simulator.auth import Authenticator
 from campaign.simulator.book import CallBook
 from campaign.simulator.calls import CallSpec
-from campaign.simulator.faults import Faults
+from campaign.simulator.faults import FaultKind, Faults
 from campaign.simulator.refusals import Refused, bad_request, refused_with_status
 from campaign.simulator.validation import RestCalls, request_params, single
 
@@ -168,6 +168,19 @@ class ServiceStart:
         else:
             references = self._book.start(service, specs, unique_id, rest_calls)
             pending.started = True
+        outcome = "replayed" if replayed is not None else "ok"
+        return await self._answer_started(request, closing, fault, outcome, references)
+
+    async def _answer_started(
+        self,
+        request: web.Request,
+        closing: asyncio.Event,
+        fault: FaultKind | None,
+        outcome: str,
+        references: tuple[str, ...],
+    ) -> tuple[str, web.StreamResponse]:
+        """The answer once the calls are started (or replayed): `outcome` with
+        their references, unless a fault that strikes after the start answers."""
         if fault == "malformed":
             body = faulty_answers.malformed_body(
                 self._faults(), self._shape_rng, self._book, references
@@ -179,7 +192,6 @@ class ServiceStart:
             )
             return "trickle", response
         ok = web.json_response(list(references))
-        outcome = "replayed" if replayed is not None else "ok"
         if fault == "error_after":
             raise self._internal_error("error_after")
         if fault == "drop_after":
