@@ -99,7 +99,7 @@ FINAL_PAGE_IS_SIGNED = False
 
 
 # ---------------------------------------------------------------------------
-# Added with the simulator (campaign/simulator.py). Each is a choice made where
+# Added with the simulator (campaign/simulator/). Each is a choice made where
 # the documentation is silent; the client and the simulator both read them here.
 # ---------------------------------------------------------------------------
 
