@@ -15,15 +15,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import uuid
 import zipfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from campaign.db.pool import dsn_with_database
-from tests.fixtures_db import create_database, drop_database
 from tests.helpers import REPO_ROOT
 
 # What the Dockerfile's build stage copies: the package needs nothing else to build.
@@ -114,17 +110,6 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     here = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
     (Path(purelib) / "dependencies.pth").write_text("\n".join(here) + "\n", encoding="utf-8")
     return root
-
-
-@pytest.fixture
-async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    """A database never migrated, on the test server."""
-    name = f"test_wheel_{uuid.uuid4().hex[:12]}"
-    await create_database(pg_admin_dsn, name, template="template0")
-    try:
-        yield dsn_with_database(pg_admin_dsn, name)
-    finally:
-        await drop_database(pg_admin_dsn, name)
 
 
 def test_the_wheel_carries_every_migration_of_the_source(wheel: Path) -> None:
