@@ -27,7 +27,7 @@ import pytest_asyncio
 from campaign.db.migrate import migrate
 from campaign.db.pool import connect, dsn_with_database, open_pool
 
-__all__ = ["db_dsn", "db_pool", "pg_admin_dsn", "template_db"]
+__all__ = ["db_dsn", "db_pool", "empty_dsn", "pg_admin_dsn", "template_db"]
 
 TEST_DSN_ENV = "CAMPAIGN_TEST_DSN"
 TEMPLATE_NAME = "campaign_template"
@@ -126,3 +126,14 @@ async def db_pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
     """A pool on this test's database; closed at teardown, terminated if that hangs."""
     async with open_pool(db_dsn, min_size=1, max_size=10, close_timeout=5.0) as pool:
         yield pool
+
+
+@pytest_asyncio.fixture
+async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """DSN of a database never migrated (no tables at all), for this test only."""
+    name = f"test_empty_{uuid.uuid4().hex[:12]}"
+    await create_database(pg_admin_dsn, name, template="template0")
+    try:
+        yield dsn_with_database(pg_admin_dsn, name)
+    finally:
+        await drop_database(pg_admin_dsn, name)

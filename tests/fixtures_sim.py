@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 
 from campaign.simulator import Simulator, SimulatorConfig
 
-__all__ = ["MakeSimulator", "ManualClock", "make_simulator", "simulator"]
+__all__ = ["MakeSimulator", "ManualClock", "http", "make_simulator", "simulator"]
 
 
 @dataclass
@@ -54,3 +55,11 @@ async def make_simulator() -> AsyncIterator[MakeSimulator]:
     yield make
     for sim in reversed(started):
         await sim.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client session that asks for JSON, as Aculab's API answers (errors too);
+    for tests/simulator_api.py's requests."""
+    async with aiohttp.ClientSession(headers={"Accept": "application/json"}) as session:
+        yield session

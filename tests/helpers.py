@@ -124,7 +124,7 @@ class Cli:
 
     def __call__(self, *argv: str) -> tuple[int, str, str]:
         self.capsys.readouterr()
-        status = main(list(argv))
+        status = exit_status(list(argv))
         out, err = self.capsys.readouterr()
         return status, out, err
 
@@ -132,7 +132,7 @@ class Cli:
         """The same from an async test: in a thread, so the test's loop (and a simulator
         served by it) keeps running while the command runs its own loop."""
         self.capsys.readouterr()
-        status = await asyncio.to_thread(main, list(argv))
+        status = await asyncio.to_thread(exit_status, list(argv))
         out, err = self.capsys.readouterr()
         return status, out, err
 
@@ -145,6 +145,15 @@ class Cli:
                 await conn.close()
 
         return asyncio.run(run())
+
+
+def exit_status(argv: list[str]) -> int:
+    """`campaign ARGV`'s exit status. argparse refuses a malformed command line by raising
+    SystemExit, as the real command exits: its status is what an operator's shell sees."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Helpers for tests of parked batches: realistic rows made with SQL, and the CLI in-process.
+"""Helpers for tests of parked batches: realistic rows made with SQL.
 
 A parked batch is built as the dispatcher leaves one: its contacts were claimed
 (`dispatching`, `dispatch_count` raised, `batch_id` set), the batch holds their exact
@@ -8,16 +8,13 @@ in a way that may have started calls (`in_doubt`), and it was parked with the re
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import pytest
 
-from campaign.cli import main
 from campaign.db.admin import Pool
 from campaign.dispatch import unique_id_for
 
@@ -153,33 +150,7 @@ async def resolutions(pool: Pool) -> list[asyncpg.Record]:
     return list(await pool.fetch("SELECT * FROM batch_resolutions ORDER BY id"))
 
 
-# --- the command line, in-process ---------------------------------------------------------
-
-
-class Cli:
-    """Runs `campaign` in-process against one database; returns (status, stdout, stderr).
-
-    Called from async tests: the command runs its own event loop, so it runs in a
-    thread while the test's loop waits.
-    """
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    async def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        status = await asyncio.to_thread(_exit_status, list(argv))
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-
-def _exit_status(argv: list[str]) -> int:
-    # argparse refuses a malformed command line by raising SystemExit, as the real
-    # command exits: its status is what an operator's shell sees.
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
+# --- what the commands print --------------------------------------------------------------
 
 
 def log_events(stderr: str, event: str) -> list[dict[str, Any]]:

@@ -10,16 +10,14 @@ import asyncio
 import getpass
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from campaign.db import batches as batch_db
 from campaign.db.admin import Pool
-from tests.helpers import logging_restored, one_line, point_at
+from tests.helpers import Cli, one_line, point_at
 from tests.parked_batches import (
     PARK_REASON,
-    Cli,
     add_batch,
     batch_row,
     contact_rows,
@@ -32,16 +30,7 @@ from tests.parked_batches import (
 OPERATOR = getpass.getuser()
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    with logging_restored():
-        yield
-
-
-@pytest.fixture
-def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    point_at(monkeypatch, db_dsn)
-    return Cli(capsys)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def table_ids(out: str) -> list[int]:
@@ -75,7 +64,7 @@ async def test_batches_lists_the_open_ones_oldest_first_with_their_details(
     parked = await add_batch(db_pool, cid, contacts=2, age="2 hours")
     await add_batch(db_pool, cid, state="released", age="3 hours")
 
-    status, out, err = await cli("batches")
+    status, out, err = await cli.run("batches")
 
     assert (status, err) == (0, "")
     assert table_ids(out) == [parked.id, pending.id]
@@ -112,13 +101,13 @@ async def test_parked_lists_only_parked_and_all_every_state_newest_first_up_to_t
     ]
     ids = [b.id for b in made]
 
-    assert table_ids((await cli("batches", "--parked"))[1]) == [ids[0], ids[3]]
-    assert table_ids((await cli("batches", "--all"))[1]) == ids[::-1]
-    status, out, _ = await cli("batches", "--all", "--limit", "2")
+    assert table_ids((await cli.run("batches", "--parked"))[1]) == [ids[0], ids[3]]
+    assert table_ids((await cli.run("batches", "--all"))[1]) == ids[::-1]
+    status, out, _ = await cli.run("batches", "--all", "--limit", "2")
     assert status == 0
     assert table_ids(out) == [ids[4], ids[3]]
     assert out.splitlines()[-1] == "... showing the 2 newest; more with --limit N"
-    status, out, _ = await cli("batches", "--limit", "1")
+    status, out, _ = await cli.run("batches", "--limit", "1")
     assert table_ids(out) == [ids[0]]
     assert out.splitlines()[-1] == "... showing the 1 oldest; more with --limit N"
 
@@ -131,10 +120,10 @@ async def test_a_name_limits_the_list_to_one_campaign_and_an_unknown_name_is_ref
     await add_batch(db_pool, a)
     in_b = await add_batch(db_pool, b)
 
-    status, out, _ = await cli("batches", "b")
+    status, out, _ = await cli.run("batches", "b")
     assert (status, table_ids(out)) == (0, [in_b.id])
 
-    status, out, err = await cli("batches", "c")
+    status, out, err = await cli.run("batches", "c")
     assert (status, out) == (2, "")
     assert one_line(err) == "campaign batches: no campaign named 'c'"
 
@@ -149,7 +138,7 @@ async def test_json_is_one_list_with_whole_errors_times_owner_and_raw_answer_whe
         db_pool, cid, state="pending", age="1 minute", owner="host-1:4242", in_doubt=False
     )
 
-    status, out, _ = await cli("batches", "--json")
+    status, out, _ = await cli.run("batches", "--json")
 
     assert status == 0
     first, second = json.loads(out)
@@ -188,10 +177,10 @@ async def test_an_empty_list_is_a_clear_line_and_status_0(
     await new_campaign(db_pool, "quiet")
     await add_batch(db_pool, cid, state="submitted")
 
-    status, out, err = await cli(*argv)
+    status, out, err = await cli.run(*argv)
 
     assert (status, one_line(out), err) == (0, line, "")
-    assert await cli(*argv, "--json") == (0, "[]\n", "")
+    assert await cli.run(*argv, "--json") == (0, "[]\n", "")
 
 
 # --- campaign resolve: usage --------------------------------------------------------------
@@ -216,7 +205,7 @@ async def test_malformed_commands_are_refused_with_one_line_and_status_2(
     cid = await new_campaign(db_pool, "spring")
     await add_batch(db_pool, cid)
 
-    status, out, err = await cli(*argv)
+    status, out, err = await cli.run(*argv)
 
     assert (status, out) == (2, "")
     assert message in one_line(err)
@@ -229,7 +218,7 @@ async def test_an_unreachable_database_is_one_line_and_status_1(
 ) -> None:
     point_at(monkeypatch, "postgresql://bob:s3cret@127.0.0.1:1/campaigns")
 
-    status, out, err = await Cli(capsys)(*argv)
+    status, out, err = await Cli("", capsys).run(*argv)
 
     assert (status, out) == (1, "")
     assert one_line(err).startswith(
@@ -247,7 +236,7 @@ async def test_resend_gives_the_batch_back_to_the_daemons_with_the_same_bytes_an
     batch = await add_batch(db_pool, cid, contacts=3, age="2 hours", sends=4)
     before = await batch_row(db_pool, batch.id)
 
-    status, out, err = await cli(
+    status, out, err = await cli.run(
         "resolve", str(batch.id), "--resend", "--reason", "Aculab has no record"
     )
 
@@ -305,7 +294,7 @@ async def test_resend_in_a_paused_campaign_says_it_is_sent_after_resume(
     cid = await new_campaign(db_pool, "spring", state="paused")
     batch = await add_batch(db_pool, cid)
 
-    status, out, _ = await cli("resolve", str(batch.id), "--resend")
+    status, out, _ = await cli.run("resolve", str(batch.id), "--resend")
 
     assert status == 0
     assert one_line(out).endswith(
@@ -318,7 +307,7 @@ async def test_resend_in_a_cancelled_campaign_is_refused(cli: Cli, db_pool: Pool
     cid = await new_campaign(db_pool, "spring", state="cancelled")
     batch = await add_batch(db_pool, cid)
 
-    status, out, err = await cli("resolve", str(batch.id), "--resend")
+    status, out, err = await cli.run("resolve", str(batch.id), "--resend")
 
     assert (status, out) == (2, "")
     assert "is cancelled" in one_line(err) and "--not-started or --failed" in err
@@ -346,11 +335,11 @@ async def test_resend_is_refused_once_a_resend_may_outlive_aculabs_memory_of_the
     refused: bool,
 ) -> None:
     point_at(monkeypatch, db_dsn, DISPATCHER__IDEMPOTENCY_WINDOW_SECONDS=window)
-    cli = Cli(capsys)
+    cli = Cli(db_dsn, capsys)
     cid = await new_campaign(db_pool, "spring")
     batch = await add_batch(db_pool, cid, age=age)
 
-    status, out, err = await cli("resolve", str(batch.id), "--resend")
+    status, out, err = await cli.run("resolve", str(batch.id), "--resend")
 
     if not refused:
         assert status == 0, err
@@ -374,7 +363,7 @@ async def test_force_resends_a_batch_too_old_for_the_assumption_and_logs_it_as_a
     cid = await new_campaign(db_pool, "spring")
     batch = await add_batch(db_pool, cid, age="30 hours")
 
-    status, out, err = await cli("resolve", str(batch.id), "--resend", "--force")
+    status, out, err = await cli.run("resolve", str(batch.id), "--resend", "--force")
 
     assert status == 0, err
     assert "(forced: created 1d06h ago)" in one_line(out)
@@ -396,7 +385,7 @@ async def test_not_started_releases_the_batch_and_gives_its_contacts_back_withou
     await db_pool.execute("UPDATE contacts SET state = 'failed' WHERE id = $1", moved)
     before = {c["id"]: c for c in await contact_rows(db_pool, batch.contact_ids)}
 
-    status, out, err = await cli(
+    status, out, err = await cli.run(
         "resolve", str(batch.id), "--not-started", "--reason", "ticket 4711"
     )
 
@@ -437,7 +426,7 @@ async def test_not_started_in_a_cancelled_campaign_cancels_the_contacts(
     cid = await new_campaign(db_pool, "spring", state="cancelled")
     batch = await add_batch(db_pool, cid, contacts=2)
 
-    status, out, _ = await cli("resolve", str(batch.id), "--not-started")
+    status, out, _ = await cli.run("resolve", str(batch.id), "--not-started")
 
     assert status == 0
     assert one_line(out).endswith(
@@ -457,7 +446,7 @@ async def test_not_started_in_a_paused_campaign_says_they_are_dialed_after_resum
     cid = await new_campaign(db_pool, "spring", state="paused")
     batch = await add_batch(db_pool, cid, contacts=1)
 
-    status, out, _ = await cli("resolve", str(batch.id), "--not-started")
+    status, out, _ = await cli.run("resolve", str(batch.id), "--not-started")
 
     assert status == 0
     assert one_line(out).endswith(
@@ -473,7 +462,7 @@ async def test_failed_marks_the_contacts_failed_with_the_reason(cli: Cli, db_poo
     cid = await new_campaign(db_pool, "spring")
     batch = await add_batch(db_pool, cid, contacts=2)
 
-    status, out, err = await cli(
+    status, out, err = await cli.run(
         "resolve", str(batch.id), "--failed", "--reason", "Aculab: calls started, outcome lost"
     )
 
@@ -522,7 +511,7 @@ async def test_only_a_parked_batch_can_be_resolved(
     batch = await add_batch(db_pool, cid, state=state)
     before = await batch_row(db_pool, batch.id)
 
-    status, out, err = await cli("resolve", str(batch.id), "--not-started")
+    status, out, err = await cli.run("resolve", str(batch.id), "--not-started")
 
     assert (status, out) == (2, "")
     line = one_line(err)
@@ -533,7 +522,7 @@ async def test_only_a_parked_batch_can_be_resolved(
 
 
 async def test_an_unknown_batch_is_refused(cli: Cli, db_pool: Pool) -> None:
-    status, out, err = await cli("resolve", "4242", "--resend")
+    status, out, err = await cli.run("resolve", "4242", "--resend")
 
     assert (status, out) == (2, "")
     assert one_line(err) == "campaign resolve: no batch with id 4242"
@@ -543,8 +532,8 @@ async def test_resolving_the_same_batch_twice_refuses_the_second(cli: Cli, db_po
     cid = await new_campaign(db_pool, "spring")
     batch = await add_batch(db_pool, cid)
 
-    assert (await cli("resolve", str(batch.id), "--not-started"))[0] == 0
-    status, out, err = await cli("resolve", str(batch.id), "--failed", "--reason", "too late")
+    assert (await cli.run("resolve", str(batch.id), "--not-started"))[0] == 0
+    status, out, err = await cli.run("resolve", str(batch.id), "--failed", "--reason", "too late")
 
     assert (status, out) == (2, "")
     assert re.fullmatch(
@@ -604,10 +593,12 @@ async def test_status_shows_doubt_released_batches_and_the_latest_resolutions(
     sure = await add_batch(db_pool, cid, contacts=1, age="2 hours", in_doubt=False)
     released = await add_batch(db_pool, cid, contacts=2)
     failed = await add_batch(db_pool, cid, contacts=1)
-    assert (await cli("resolve", str(released.id), "--not-started"))[0] == 0
-    assert (await cli("resolve", str(failed.id), "--failed", "--reason", "line\nbroken"))[0] == 0
+    assert (await cli.run("resolve", str(released.id), "--not-started"))[0] == 0
+    assert (await cli.run("resolve", str(failed.id), "--failed", "--reason", "line\nbroken"))[
+        0
+    ] == 0
 
-    status, out, _ = await cli("status", "spring")
+    status, out, _ = await cli.run("status", "spring")
 
     assert status == 0
     lines = out.splitlines()
@@ -625,7 +616,7 @@ async def test_status_shows_doubt_released_batches_and_the_latest_resolutions(
         rf"    {stamp} {user}: not_started batch {released.id}, 2 contacts", lines[at + 2]
     )
 
-    status, out, _ = await cli("status", "spring", "--json")
+    status, out, _ = await cli.run("status", "spring", "--json")
 
     (doc,) = json.loads(out)["campaigns"]
     assert [(b["id"], b["in_doubt"]) for b in doc["parked_batches"]] == [

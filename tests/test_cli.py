@@ -12,8 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,31 +19,15 @@ import pytest
 from campaign.aculab import AculabClient, encode_rest_calls
 from campaign.cli import command_word, main
 from campaign.db.admin import Pool
-from campaign.db.pool import dsn_with_database
 from campaign.settings import load_settings
 from campaign.simulator import Simulator, SimulatorConfig
-from tests.fixtures_db import create_database, drop_database
 from tests.fixtures_sim import MakeSimulator, ManualClock
-from tests.helpers import REPO_ROOT, Cli, logging_restored, one_line, point_at, run_campaign
+from tests.helpers import REPO_ROOT, Cli, one_line, point_at, run_campaign
 
 MIGRATIONS = sorted(p.name for p in (REPO_ROOT / "migrations").glob("*.sql"))
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    with logging_restored():
-        yield
-
-
-@pytest.fixture
-async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    """A database never migrated."""
-    name = f"test_empty_{uuid.uuid4().hex[:12]}"
-    await create_database(pg_admin_dsn, name, template="template0")
-    try:
-        yield dsn_with_database(pg_admin_dsn, name)
-    finally:
-        await drop_database(pg_admin_dsn, name)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture

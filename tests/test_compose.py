@@ -21,8 +21,6 @@ import yaml
 from pydantic import BaseModel
 
 from campaign.cli import build_parser
-from campaign.db import migrate as migrate_module
-from campaign.db.migrate import MIGRATIONS_DIR
 from campaign.settings import CONFIG_ENV, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -382,29 +380,50 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def test_the_image_is_python_311_slim_with_the_package_installed_editable_beside_migrations() -> (
-    None
-):
-    steps = dockerfile_instructions()
-    assert steps[0] == ("FROM", "python:3.11-slim")
-    workdir = PurePosixPath(next(rest for word, rest in steps if word == "WORKDIR"))
-    copied = {
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, one list per stage (each begins with its FROM)."""
+    stages: list[list[tuple[str, str]]] = []
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            stages.append([])
+        stages[-1].append((word, rest))
+    return stages
+
+
+def copied_into(stage: list[tuple[str, str]]) -> set[str]:
+    """The absolute paths a stage's COPY instructions write, from its WORKDIR."""
+    workdir = PurePosixPath(next(rest for word, rest in stage if word == "WORKDIR"))
+    return {
         (workdir / dest.rstrip("/")).as_posix() if not dest.startswith("/") else dest.rstrip("/")
-        for word, rest in steps
+        for word, rest in stage
         if word == "COPY"
         for *_, dest in [rest.split()]
     }
-    installs = [rest for word, rest in steps if word == "RUN" and "pip install" in rest]
 
-    # What campaign/db/migrate.py computes once installed editable from WORKDIR.
-    # Installed editable, the package runs from WORKDIR; migrate.py then looks for
-    # the SQL files where MIGRATIONS_DIR says, relative to its own location.
-    here = Path(migrate_module.__file__).resolve()
-    up = list(here.parents).index(MIGRATIONS_DIR.parent)
-    in_image = (workdir / here.relative_to(REPO)).parents[up] / MIGRATIONS_DIR.name
-    assert in_image.as_posix() in copied
-    assert (workdir / "campaign").as_posix() in copied
-    assert any(re.search(r"pip install (--\S+ )*-e \.( |$)", cmd) for cmd in installs), installs
+
+def test_the_image_builds_a_wheel_from_the_source_and_installs_only_that_wheel() -> None:
+    build, final = dockerfile_stages()
+    assert build[0] == ("FROM", "python:3.11-slim AS build")
+    assert final[0] == ("FROM", "python:3.11-slim")
+
+    # The build stage has the package and the migrations its symlink points at.
+    workdir = PurePosixPath(next(rest for word, rest in build if word == "WORKDIR"))
+    link = REPO / "campaign" / "migrations"
+    assert link.is_symlink()
+    target = os.path.normpath(workdir / "campaign" / os.readlink(link))
+    copied = copied_into(build)
+    assert {(workdir / "campaign").as_posix(), target} <= copied
+    assert any(
+        "pip wheel" in rest and rest.split()[-1] == "." for word, rest in build if word == "RUN"
+    ), build
+
+    # The image itself gets the wheel and nothing of the source.
+    assert [rest for word, rest in final if word == "COPY"] == ["--from=build /wheels /wheels"]
+    installs = [rest for word, rest in final if word == "RUN" and "pip install" in rest]
+    assert installs and all(" -e " not in cmd for cmd in installs), installs
+    assert any(re.search(r"pip install /wheels/\*\.whl", cmd) for cmd in installs), installs
+    # The build fails if the installed package cannot find its migrations.
+    assert any("load_migrations()" in cmd for cmd in installs), installs
 
 
 def test_the_build_context_leaves_out_local_state_but_keeps_what_the_image_needs() -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,10 @@ from campaign.daemon import Progress
 from campaign.db import queries as q
 from campaign.db.admin import CONTACT_STATES
 from campaign.db.migrate import MIGRATIONS_DIR, migrate
-from campaign.db.pool import connect, dsn_with_database
+from campaign.db.pool import connect
 from campaign.metrics import new_metrics
 from campaign.simulator import Simulator
 from tests.engine import create_campaign, dispatcher, engine_settings, uk_numbers
-from tests.fixtures_db import create_database, drop_database
 
 HYPOTHESIS = settings(
     max_examples=40,
@@ -210,17 +207,6 @@ async def test_a_fold_leaves_open_transactions_alone_and_concurrent_folds_move_e
         assert (await q.state_counts(folder_a, [cid]))[cid] == {"pending": 25, "dialing": 25}
     finally:
         await asyncio.gather(writer.close(), folder_a.close(), folder_b.close())
-
-
-@pytest.fixture
-async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    """A database never migrated."""
-    name = f"test_counts_{uuid.uuid4().hex[:12]}"
-    await create_database(pg_admin_dsn, name, template="template0")
-    try:
-        yield dsn_with_database(pg_admin_dsn, name)
-    finally:
-        await drop_database(pg_admin_dsn, name)
 
 
 async def test_the_migration_counts_the_contacts_that_were_already_there(

@@ -35,7 +35,7 @@ from tests.engine import (
     uk_numbers,
 )
 from tests.fixtures_sim import MakeSimulator
-from tests.helpers import REPO_ROOT, Cli, campaign_env, logging_restored, one_line
+from tests.helpers import REPO_ROOT, Cli, campaign_env, one_line
 
 # The view's shape, as documented in docs/tables.md ("`contact_results`: the results view"). Columns are
 # only ever added at the end.
@@ -61,10 +61,7 @@ COLUMNS = [
 NAMES = [name for name, _ in COLUMNS]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    with logging_restored():
-        yield
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,21 +35,9 @@ from campaign.db.pool import (
     resolve_dsn,
 )
 from campaign.settings import DatabaseSettings
-from tests.fixtures_db import create_database, drop_database
 from tests.helpers import events
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    """A database never migrated (the template already carries the real migrations)."""
-    name = f"test_empty_{uuid.uuid4().hex[:12]}"
-    await create_database(pg_admin_dsn, name, template="template0")
-    try:
-        yield dsn_with_database(pg_admin_dsn, name)
-    finally:
-        await drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture
@@ -249,8 +236,10 @@ def test_missing_directory_is_refused(tmp_path: Path) -> None:
         load_migrations(tmp_path / "nope")
 
 
-def test_default_directory_is_the_repository_migrations() -> None:
-    assert MIGRATIONS_DIR == REPO_ROOT / "migrations"
+def test_default_directory_is_the_packages_link_to_the_repository_migrations() -> None:
+    # In a checkout the package reads the top-level source itself, not a copy of it (a
+    # built wheel carries the files: tests/test_wheel.py).
+    assert Path(str(MIGRATIONS_DIR)).resolve() == REPO_ROOT / "migrations"
 
 
 async def test_pending_on_an_empty_database_creates_nothing(

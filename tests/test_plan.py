@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 import time as clock
-from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -40,8 +39,10 @@ from campaign.forecast import (
 from campaign.plan import forecast, forecast_on, render_json, render_text, to_json_document
 from campaign.settings import Settings, load_settings
 from tests.engine import add_contacts, create_campaign, uk_numbers
-from tests.helpers import Cli, logging_restored, one_line, window_closed_now
+from tests.helpers import Cli, one_line, window_closed_now
 from tests.parked_batches import add_batch
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 MONDAY_10_UTC = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 """Winter: London's clock is UTC."""
@@ -726,12 +727,6 @@ async def test_the_json_document_carries_eta_finish_and_every_section(db_pool: P
 
 
 # --- the command -----------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    with logging_restored():
-        yield
 
 
 def test_plan_prints_text_or_json_with_the_accounts_cps_from_the_settings(

@@ -9,12 +9,17 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from campaign.db.migrate import LOCK_KEY, migrate
 from campaign.db.pool import open_pool
+from tests.helpers import REPO_ROOT
 
 ADVISORY_LOCKS = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
 
@@ -70,3 +75,40 @@ async def test_a_migration_cancelled_while_waiting_leaves_no_lock_behind(
         # left holding, the next user of the pool holds no lock.
         async with pool.acquire() as conn:
             assert await conn.fetchval(ADVISORY_LOCKS) == 0
+
+
+# What pgserver says when it runs initdb and pg_ctl, and when it lets the server go.
+SERVER_CHATTER = ("initdb", "pg_ctl", "Running commandline", "postmaster", "remaining pids")
+
+
+def migrate_embedded(
+    data_dir: Path, *settings: tuple[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`campaign migrate` on the embedded default under `data_dir`: first use, so the
+    server is initialised, started and stopped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    env["CAMPAIGN_DATABASE__DATA_DIR"] = str(data_dir)
+    env.update(settings)
+    return subprocess.run(
+        [sys.executable, "-m", "campaign", "migrate"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_the_embedded_servers_start_and_stop_chatter_shows_only_at_debug(tmp_path: Path) -> None:
+    quiet = migrate_embedded(tmp_path / "info")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.startswith("applied 0001_schema.sql")
+    assert not [w for w in SERVER_CHATTER if w in quiet.stderr], quiet.stderr
+    # The command's own events are still there.
+    assert '"event": "migration_applied"' in quiet.stderr
+
+    debug = migrate_embedded(tmp_path / "debug", ("CAMPAIGN_LOGGING__LEVEL", "debug"))
+    assert debug.returncode == 0, debug.stderr
+    assert all(w in debug.stderr for w in SERVER_CHATTER), debug.stderr

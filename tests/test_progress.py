@@ -9,32 +9,27 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from campaign.progress import Progress
-from tests.helpers import Cli, logging_restored, point_at, run_campaign, run_on_terminal
+from tests.helpers import Cli, run_campaign, run_on_terminal
 
 LOAD_LINE = re.compile(r"\r([\d,]+) rows read, ([\d,]+) refused, ([\d,]+) rows/s *")
 EXPORT_LINE = re.compile(r"\r([\d,]+) rows written, ([\d,]+) rows/s *")
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    with logging_restored():
-        yield
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture
-def cli(db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    point_at(monkeypatch, db_dsn)
-    created = Cli(db_dsn, capsys)(
-        "create", "spring", "--service", "S", "--caller-id", "441908273801"
-    )
+def cli(cli: Cli) -> Cli:
+    """The shared command line (tests/conftest.py), with the campaign every test here
+    loads into or exports from."""
+    created = cli("create", "spring", "--service", "S", "--caller-id", "441908273801")
     assert created[0] == 0
-    return Cli(db_dsn, capsys)
+    return cli
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from tests.engine import (
     uk_numbers,
 )
 from tests.fixtures_sim import MakeSimulator, ManualClock
+from tests.helpers import wait_until
 
 SECRET = "final-page-secret-0123456789"
 JSON = assumptions.FINAL_PAGE_CONTENT_TYPE
@@ -653,13 +654,6 @@ async def test_serve_on_a_busy_port_raises_instead_of_hanging(harness: Harness) 
 # --- end to end --------------------------------------------------------------------------
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        # The simulator signals nothing when a final page has been answered.
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
 async def test_final_pages_from_the_simulator_move_every_dialed_contact_on(
     db_pool: asyncpg.Pool, make_simulator: MakeSimulator
 ) -> None:
@@ -685,7 +679,8 @@ async def test_final_pages_from_the_simulator_move_every_dialed_contact_on(
         assert await states(db_pool, campaign_id) == {"dialing": 6}
 
         clock.advance(60)
-        await wait_until(lambda: len(sim.callbacks) == 6)
+        # The simulator signals nothing when a final page has been answered: poll.
+        await wait_until(lambda: len(sim.callbacks) == 6, 10, "the six final pages")
 
     assert {(c.outcome, c.status) for c in sim.callbacks} == {("sent", 200)}
     rows = await db_pool.fetch(

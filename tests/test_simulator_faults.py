@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -31,8 +31,8 @@ from campaign.simulator import (
     faults_from_args,
 )
 from tests.fixtures_sim import MakeSimulator, ManualClock
-from tests.test_simulator import (
-    ROOT,
+from tests.helpers import REPO_ROOT
+from tests.simulator_api import (
     SERVICE,
     Answer,
     application_status,
@@ -45,12 +45,6 @@ from tests.test_simulator import (
 )
 
 CONCRETE_SHAPES = [shape for shape in MALFORMED_SHAPES if shape != "mixed"]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers={"Accept": "application/json"}) as session:
-        yield session
 
 
 def references(sim: Simulator, since: int = 0) -> list[str]:
@@ -414,7 +408,7 @@ async def test_simulator_command_goes_down_on_the_admin_outage_and_comes_back_on
         "simulator",
         "--port",
         "0",
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,
     )
     try:

@@ -6,7 +6,6 @@ them, which the last test proves by dispatching against the simulator.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,9 @@ from campaign.cli import load_suppressions, normalise_number
 from campaign.db.admin import Pool
 from campaign.destinations import Rejected, parse_destination
 from campaign.simulator import Simulator
-from tests.helpers import Cli, logging_restored, one_line
+from tests.helpers import Cli, one_line
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    with logging_restored():
-        yield
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def entries(cli: Cli) -> list[tuple[str, str | None, str | None]]:

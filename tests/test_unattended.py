@@ -40,8 +40,7 @@ from tests.engine import (
     states,
     uk_numbers,
 )
-from tests.helpers import events, logging_restored, max_overlap, point_at, wait_until
-from tests.parked_batches import Cli
+from tests.helpers import Cli, events, logging_restored, max_overlap, point_at, wait_until
 
 MakeSimulator = Callable[..., Awaitable[Simulator]]
 
@@ -589,7 +588,7 @@ async def test_a_parked_batch_resent_by_the_operator_gets_its_original_reference
     batch_id = await db_pool.fetchval("SELECT id FROM batches WHERE state = 'parked'")
     point_at(monkeypatch, db_dsn)
     with logging_restored():
-        status, out, _ = await Cli(capsys)("resolve", str(batch_id), "--resend")
+        status, out, _ = await Cli(db_dsn, capsys).run("resolve", str(batch_id), "--resend")
     assert status == 0, out
 
     await run_until_idle(db_pool, settings, timeout=20)

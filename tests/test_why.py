@@ -13,7 +13,6 @@ import asyncio
 import io
 import json
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -35,7 +34,6 @@ from campaign.why import (
 from tests.engine import engine_settings, run_until_idle, states
 from tests.helpers import (
     Cli,
-    logging_restored,
     one_line,
     run_campaign,
     wait_until,
@@ -48,10 +46,7 @@ NEW_YORK_OPENING = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    with logging_restored():
-        yield
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 async def new_campaign(pool: Pool, name: str = "spring", **columns: Any) -> int:

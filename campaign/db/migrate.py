@@ -17,7 +17,8 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
 
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-"""The repository's top-level `migrations/` directory, the default source."""
+MIGRATIONS_DIR: Traversable = files("campaign") / "migrations"
+"""The package's `migrations`, the default source: in a checkout (an editable install) a
+symlink to the top-level `migrations/` directory, in an installed wheel its copy."""
 
 LOCK_KEY = 0x63616D706169676E
 """Advisory lock key for migration runs: the bytes of "campaign" as a big-endian bigint.
@@ -91,7 +93,7 @@ def _checksum(sql: str) -> str:
     return hashlib.sha256(sql.replace("\r\n", "\n").encode("utf-8")).hexdigest()
 
 
-def load_migrations(directory: Path | None = None) -> list[Migration]:
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
     """The migration files of `directory` (default MIGRATIONS_DIR) in version order.
 
     Files not ending in `.sql` (a README, `.gitkeep`) and hidden files are ignored; a
@@ -101,7 +103,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     if not source.is_dir():
         raise MigrationError(f"migrations directory not found: {source}")
     by_version: dict[int, Migration] = {}
-    for path in sorted(source.iterdir()):
+    for path in sorted(source.iterdir(), key=lambda p: p.name):
         if path.name.startswith(".") or not path.name.lower().endswith(".sql"):
             continue
         if not path.is_file():
@@ -181,7 +183,7 @@ def _failure(migration: Migration, exc: asyncpg.PostgresError) -> MigrationError
     )
 
 
-async def migrate(conn: Conn, directory: Path | None = None) -> list[str]:
+async def migrate(conn: Conn, directory: Traversable | None = None) -> list[str]:
     """Apply the pending migrations of `directory` (default MIGRATIONS_DIR); their names.
 
     An empty list means the database was up to date. Safe to run from several processes
@@ -237,7 +239,7 @@ async def migrate(conn: Conn, directory: Path | None = None) -> list[str]:
     return applied_now
 
 
-async def status(conn: Conn, directory: Path | None = None) -> MigrationStatus:
+async def status(conn: Conn, directory: Traversable | None = None) -> MigrationStatus:
     """Applied and pending migrations; creates nothing (works before the first migrate).
 
     Raises MigrationError on the same inconsistencies as `migrate`.
@@ -255,7 +257,7 @@ async def status(conn: Conn, directory: Path | None = None) -> MigrationStatus:
     )
 
 
-async def pending(conn: Conn, directory: Path | None = None) -> list[str]:
+async def pending(conn: Conn, directory: Traversable | None = None) -> list[str]:
     """Names of the migrations not yet applied; creates nothing.
 
     Raises MigrationError on the same inconsistencies as `migrate`.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import warnings
 from collections.abc import AsyncIterator
@@ -224,8 +225,33 @@ def _pgdata(db: DatabaseSettings) -> Path:
     return (db.data_dir.expanduser().resolve()) / EMBEDDED_SUBDIR
 
 
+class _ServerChatter(logging.Filter):
+    """pgserver's info lines (initdb and pg_ctl runs and their output, about fourteen lines
+    per command) are detail of our own start-up: they count as debug, shown only at
+    `logging.level = "debug"`. Its warnings and errors (a server that failed to start,
+    with its log) pass as they are.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        # Judged at emit time against the configured level, so that a command that
+        # configures logging after importing this module is still obeyed.
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+_PGSERVER_LOGGER = logging.getLogger("pgserver")
+
+
+def _quiet_pgserver() -> None:
+    if not any(isinstance(f, _ServerChatter) for f in _PGSERVER_LOGGER.filters):
+        _PGSERVER_LOGGER.addFilter(_ServerChatter())
+
+
 def _start_embedded(pgdata: Path) -> Any:
     """Start (or attach to) the cluster in `pgdata`; blocking, run it in a thread."""
+    _quiet_pgserver()
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
