@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaign.cli import load_suppressions, normalise_number
 from campaign.db.admin import Pool
 from campaign.destinations import Rejected, parse_destination
 from campaign.simulator import Simulator
+from campaign.suppressions import load_suppressions, normalise_number
 from tests.helpers import Cli, logging_restored, one_line
 
 
