@@ -10,7 +10,9 @@ days is "any time" (`Window.always_open`); then no time zone is consulted at all
 Time zones. `contact_zones` picks them (`contacts.timezone`, else every zone
 phonenumbers gives for the number, else `campaigns.default_timezone`) or returns a
 reason; a name that is not a tzdata zone is never guessed at (fail closed). A contact
-with several zones is callable only while the window is open in all of them.
+with several zones is callable only while the window is open in all of them. Which names
+are zones is decided by `usable_zone`, the one rule that `campaign create`, `campaign
+load` and the claim all apply.
 
 DST, decided once here. "Open" is a property of the local *wall clock*: `at` is converted
 to each zone's wall time with zoneinfo and compared with the window's times. Offsets are
