@@ -46,7 +46,7 @@ BATCH_STATES: Final[tuple[BatchState, ...]] = get_args(BatchState)
 
 # --- call causes --------------------------------------------------------------------------
 
-# The call_cause values Aculab reports (aculab-api.md §5).
+# The call_cause values Aculab reports on the final page (see docs/aculab.md).
 CallCause = Literal[
     "completed", "hung_up", "no_answer", "busy", "unobtainable", "dropped", "failed"
 ]
