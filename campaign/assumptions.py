@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
+from campaign import vocabulary
+from campaign.vocabulary import CallCause
+
 # §2: the strings service_start returns are the application_instance_ids that
 # application_status accepts and that the final page reports.
 REFERENCES_ARE_INSTANCE_IDS = True
@@ -166,8 +169,9 @@ FINAL_PAGE_CONTENT_TYPE = "application/json"
 # is "idle" whatever the cause.
 FINAL_PAGE_CALL_STATE = "idle"
 
-# §5: causes meaning the far end answered (the others never connected).
-ANSWERED_CAUSES = frozenset({"completed", "hung_up"})
+# §5: causes meaning the far end answered (the others never connected). The
+# causes themselves are defined in campaign/vocabulary.py (AnsweredCause).
+ANSWERED_CAUSES: frozenset[CallCause] = frozenset(vocabulary.ANSWERED_CAUSES)
 
 # §5: the call_raw_cause the simulator reports for each call_cause. Only "486"
 # (busy) and "-1" are documented; the rest are plausible SIP codes. The engine

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 from campaign.db.batches import BatchList, BatchListRow, Listing, Resolution
 from campaign.status import format_age
@@ -111,27 +111,31 @@ def resolution_line(r: Resolution) -> str:
     """The one line `campaign resolve` prints: what happened, and what happens next."""
     head = f"batch {r.batch_id} of campaign {r.campaign!r} (unique_id {r.unique_id})"
     inactive = r.campaign_state != "active"
-    if r.action == "resend":
-        line = (
-            f"{head} goes back to the daemons to be re-sent with the same bytes and id; "
-            f"{_contacts(r.contacts)} stay dispatching"
-        )
-        if r.forced:
-            line += f" (forced: created {format_age(r.age_seconds)} ago)"
-        if inactive:
-            line += (
-                f"; campaign {r.campaign!r} is {r.campaign_state}: it is sent after "
-                f"`campaign resume {r.campaign}`"
+    match r.action:
+        case "resend":
+            line = (
+                f"{head} goes back to the daemons to be re-sent with the same bytes and id; "
+                f"{_contacts(r.contacts)} stay dispatching"
             )
-        return line
-    if r.action == "not_started":
-        line = f"{head} released: {_contacts(r.contacts)} {r.contacts_state}, no attempt used"
-        if r.contacts_state == "pending" and inactive:
-            line += (
-                f"; campaign {r.campaign!r} is {r.campaign_state}: they are dialed after "
-                f"`campaign resume {r.campaign}`"
-            )
-        elif r.contacts_state == "cancelled":
-            line += f" (campaign {r.campaign!r} is cancelled)"
-        return line
-    return f"{head} failed: {_contacts(r.contacts)} failed ({one_line(r.reason or '')})"
+            if r.forced:
+                line += f" (forced: created {format_age(r.age_seconds)} ago)"
+            if inactive:
+                line += (
+                    f"; campaign {r.campaign!r} is {r.campaign_state}: it is sent after "
+                    f"`campaign resume {r.campaign}`"
+                )
+            return line
+        case "not_started":
+            line = f"{head} released: {_contacts(r.contacts)} {r.contacts_state}, no attempt used"
+            if r.contacts_state == "pending" and inactive:
+                line += (
+                    f"; campaign {r.campaign!r} is {r.campaign_state}: they are dialed after "
+                    f"`campaign resume {r.campaign}`"
+                )
+            elif r.contacts_state == "cancelled":
+                line += f" (campaign {r.campaign!r} is cancelled)"
+            return line
+        case "failed":
+            return f"{head} failed: {_contacts(r.contacts)} failed ({one_line(r.reason or '')})"
+        case _:
+            assert_never(r.action)

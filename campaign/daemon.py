@@ -26,7 +26,6 @@ from campaign import why
 from campaign.aculab import AculabClient
 from campaign.db import admin
 from campaign.db import queries as q
-from campaign.db.admin import CONTACT_STATES
 from campaign.db.migrate import MigrationError, migrate, pending
 from campaign.db.pool import DatabaseUnavailable, connect, database_dsn, open_pool
 from campaign.dispatch import Dispatcher
@@ -44,6 +43,7 @@ from campaign.runtime import (
 )
 from campaign.server import build_app, serve
 from campaign.settings import ListenerSettings, Settings
+from campaign.vocabulary import CONTACT_STATES
 
 log = structlog.get_logger("campaign.daemon")
 

@@ -50,6 +50,7 @@ from campaign.destinations import mask_in_text
 from campaign.server import DB_ERRORS, Server
 from campaign.settings import Settings
 from campaign.status import format_age
+from campaign.vocabulary import CampaignState
 
 log = structlog.get_logger("campaign.dashboard")
 
@@ -60,7 +61,7 @@ COST_FACTOR: Final = 10.0
 EXAMINE: Final = 1_000
 """Contacts per campaign judged by the claim's rules for the reasons (why.EXAMINE_LIMIT
 is for one look by an operator; the dashboard looks every few seconds)."""
-REASONS_FROM: Final = frozenset({"active", "paused"})
+REASONS_FROM: Final[frozenset[CampaignState]] = frozenset({"active", "paused"})
 """Campaigns whose reasons (`campaign why`) are read: the others dial nothing again."""
 FORECAST_MIN_SECONDS: Final = 15.0
 """An ETA's forecast is made again after at least this long (see Forecasts)."""

@@ -42,19 +42,20 @@ import json
 import multiprocessing
 import os
 import signal
-import zoneinfo
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, assert_never
 
+from campaign import windows
 from campaign.db import admin
 from campaign.db import queries as q
-from campaign.db.admin import CampaignState, CommandError
+from campaign.db.admin import CommandError
 from campaign.dispatch import Rules, Skipped, contact_verdict
+from campaign.vocabulary import NEVER_STATES, CampaignState, NeverState
 
 COLUMNS: Final = (
     "destination",
@@ -119,16 +120,12 @@ class NeverDialed:
 
     line: int
     """The line the record starts on."""
-    state: str
-    """invalid, suppressed or duplicate: the state the claim will give the contact."""
+    state: NeverState
+    """The state the claim will give the contact."""
     reason: str
 
     def __str__(self) -> str:
         return f"line {self.line}: will be {self.state}: {self.reason}"
-
-
-NEVER_STATES: Final = ("invalid", "suppressed", "duplicate")
-"""What the claim marks a contact it will never dial, in the order a summary counts them."""
 
 
 @dataclass(frozen=True)
@@ -259,11 +256,12 @@ def _timezone(raw: str) -> str:
     if not name:
         return _COPY_NULL
     try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        # ValueError: not a relative path ("../x", "/etc/..."); OSError: a directory
-        # such as "America".
-        raise _RowError(f"timezone: unknown IANA zone {_shown(name)}") from None
+        # The dispatcher's own rule, so that a zone it would mark `invalid` never loads.
+        windows.usable_zone(name)
+    except windows.UnusableZone as exc:
+        if exc.reason == windows.NOT_IANA:
+            raise _RowError(f"timezone: unknown IANA zone {_shown(name)}") from None
+        raise _RowError(f"timezone: {exc}") from None
     return _copy_escape(name)
 
 
@@ -958,11 +956,15 @@ async def _never_dialed(
 
 
 def _fate_reason(fate: admin.LoadFate) -> str:
-    if fate.state == "suppressed":
-        return "on the do-not-call list"
-    if fate.first_line is not None:
-        return f"same destination as line {fate.first_line}"
-    return f"same destination as contact {fate.first_contact}, already in the campaign"
+    match fate.state:
+        case "suppressed":
+            return "on the do-not-call list"
+        case "duplicate":
+            if fate.first_line is not None:
+                return f"same destination as line {fate.first_line}"
+            return f"same destination as contact {fate.first_contact}, already in the campaign"
+        case _:
+            assert_never(fate.state)
 
 
 def _refuse_cancelled(campaign: admin.CampaignRef, *, during: bool = False) -> None:

@@ -12,28 +12,26 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import asyncpg
 import structlog
 
-from campaign import assumptions
+from campaign import assumptions, vocabulary
 from campaign.db import outcomes as oq
+from campaign.vocabulary import OutcomeSource, is_answered, is_call_cause
 
 if TYPE_CHECKING:
     from campaign.metrics import Metrics
 
 log = structlog.get_logger("campaign.outcomes")
 
-CALL_CAUSES = frozenset(
-    {"completed", "hung_up", "no_answer", "busy", "unobtainable", "dropped", "failed"}
-)
-# Our own cause for a call whose outcome never arrived (given up) or could not
-# be read: it has its own retry delay ("unknown") in campaigns.retry_delays.
-UNKNOWN = "unknown"
 MAX_RETRY_DELAY_SECONDS = 365 * 86400.0
 
-Source = Literal["push", "poll", "give_up"]
+# Kept under their old names for the callers that read them from here.
+UNKNOWN: Final = vocabulary.UNKNOWN
+Source: TypeAlias = OutcomeSource
+
 Recorded = Literal["recorded", "duplicate", "unknown_reference"]
 
 
@@ -61,7 +59,7 @@ def decide(
 ) -> Decision:
     """The retry policy: answered → completed; else retry after the cause's delay
     while the attempt budget lasts; a cause without a delay is not retried."""
-    if cause in assumptions.ANSWERED_CAUSES:
+    if is_answered(cause):
         return Decision("completed", None, f"answered ({cause})")
     delay = retry_delays.get(cause)
     if not isinstance(delay, int | float) or isinstance(delay, bool) or not math.isfinite(delay):
@@ -106,7 +104,7 @@ def from_instance_info(body: Any) -> Outcome:
     if not isinstance(call, dict):
         raise BadOutcome("instance_info.this_call is missing")
     cause = call.get("call_cause")
-    if not isinstance(cause, str) or cause not in CALL_CAUSES:
+    if not is_call_cause(cause):
         raise BadOutcome(f"this_call.call_cause {str(cause)[:40]!r} is not a known cause")
     return Outcome(
         reference=reference,
@@ -125,7 +123,7 @@ def from_status(reference: str, body: dict[str, Any]) -> Outcome | None:
     if cdrs:
         cdr = cdrs[0]
         cause = cdr.get("call_cause")
-        if cause in CALL_CAUSES:
+        if is_call_cause(cause):
             return Outcome(
                 reference,
                 cause,
@@ -139,7 +137,7 @@ def from_status(reference: str, body: dict[str, Any]) -> Outcome | None:
 
 
 async def record(
-    pool: asyncpg.Pool, outcome: Outcome, source: Source, metrics: Metrics | None = None
+    pool: asyncpg.Pool, outcome: Outcome, source: OutcomeSource, metrics: Metrics | None = None
 ) -> Recorded:
     """Store the outcome once and move the contact on; callers shield it from cancellation."""
     async with pool.acquire() as conn, conn.transaction():

@@ -21,7 +21,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, assert_never
 
 from campaign import windows
 from campaign.db import plan as db
@@ -507,12 +507,19 @@ Outlook = Literal["finishes", "never", "paused", "cancelled", "completed"]
 def outlook(f: Forecast) -> tuple[Outlook, str | None]:
     """Whether the campaign finishes, in one word, and why not when it does not."""
     c, p = f.campaign, f.projection
-    if c.state == "completed":
-        return "completed", None
-    if c.state == "cancelled" or p is None:
+    match c.state:
+        case "completed":
+            return "completed", None
+        case "cancelled":
+            return "cancelled", "nothing more will be dialed"
+        case "paused" if p is not None:
+            return "paused", "no finish time while paused (see if_resumed)"
+        case "active" | "paused":
+            pass
+        case _:
+            assert_never(c.state)
+    if p is None:  # only cancelled and completed campaigns have none
         return "cancelled", "nothing more will be dialed"
-    if c.state == "paused":
-        return "paused", "no finish time while paused (see if_resumed)"
     if p.finish_at is None:
         return "never", never_reason(f)
     if f.workload.parked:

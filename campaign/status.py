@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from campaign.db import admin
-from campaign.db.admin import CONTACT_STATES, CallingWindow, CampaignState, ContactState
+from campaign.db.admin import CallingWindow
+from campaign.vocabulary import CONTACT_STATES, CampaignState, ContactState
 
 MAX_PARKED_SHOWN = 20
 """Parked batches listed per campaign in the table (JSON lists them all)."""

@@ -30,6 +30,7 @@ from campaign.db import admin
 from campaign.db.admin import ParkedSummary, PendingGroup, WhyCampaign
 from campaign.dispatch import DUPLICATE_REASON, Deferred, Ready, Rules, Skipped, contact_verdict
 from campaign.status import format_age, format_window, window_json
+from campaign.vocabulary import ACCOUNT_BUDGET, campaign_budget
 
 PACING_WINDOW_SECONDS: Final = 10.0
 """Pacing is measured over the grants of this many seconds."""
@@ -397,10 +398,10 @@ async def read_why_report(
         due_not_examined=regrouped.due_not_examined,
         examined=Examined(len(snap.examined), sum(g.examinable for g in snap.pending), examine),
         campaign_pacing=Budget(
-            c.calls_per_second, snap.granted[admin.campaign_budget(c.id)], snap.window_seconds
+            c.calls_per_second, snap.granted[campaign_budget(c.id)], snap.window_seconds
         ),
         account_pacing=Budget(
-            account_calls_per_second, snap.granted[admin.ACCOUNT_BUDGET], snap.window_seconds
+            account_calls_per_second, snap.granted[ACCOUNT_BUDGET], snap.window_seconds
         ),
         concurrency=Concurrency(
             snap.open_calls, snap.contact_states.get("dispatching", 0), c.max_concurrent_calls

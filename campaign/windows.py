@@ -10,7 +10,9 @@ days is "any time" (`Window.always_open`); then no time zone is consulted at all
 Time zones. `contact_zones` picks them (`contacts.timezone`, else every zone
 phonenumbers gives for the number, else `campaigns.default_timezone`) or returns a
 reason; a name that is not a tzdata zone is never guessed at (fail closed). A contact
-with several zones is callable only while the window is open in all of them.
+with several zones is callable only while the window is open in all of them. Which names
+are zones is decided by `usable_zone`, the one rule that `campaign create`, `campaign
+load` and the claim all apply.
 
 DST, decided once here. "Open" is a property of the local *wall clock*: `at` is converted
 to each zone's wall time with zoneinfo and compared with the window's times. Offsets are
@@ -133,6 +135,52 @@ class Window:
             opens = dt.timedelta(0)
             weekdays = frozenset(day % 7 + 1 for day in weekdays)
         return cls(_clock_time(opens), _clock_time(closes % _DAY), weekdays)
+
+
+class UnusableZone(ValueError):
+    """A time zone name the engine will not dial by; str() says why in one line."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{_shown(name)} {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def usable_zone(name: str) -> zoneinfo.ZoneInfo:
+    """The zone `name` stands for, if the dispatcher would dial by it; else UnusableZone.
+
+    The one rule for every time zone the engine is given (`campaign create
+    --default-timezone`, the `timezone` column of `campaign load`, and each contact's
+    zones when the dispatcher claims it): a tzdata key that names a place. Refused too:
+    names ZoneInfo loads that name no place (`localtime`, `Factory`, `posixrules`) and
+    the `posix/` and `right/` copies of the tree (right/ clocks count leap seconds).
+    """
+    if name not in _known_keys():
+        raise UnusableZone(name, _why_unusable(name))
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # The file vanished or is damaged since the list was read: unknown, not a crash.
+        raise UnusableZone(name, NOT_IANA) from None
+
+
+NOT_IANA: Final = "is not an IANA time zone (e.g. Europe/London)"
+
+
+def _why_unusable(name: str) -> str:
+    if name == "localtime":
+        return "is the server's own zone, not a place: name one (e.g. Europe/London)"
+    if name in ("Factory", "posixrules"):
+        return "is a tzdata placeholder, not a place: name one (e.g. Europe/London)"
+    tree, slash, rest = name.partition("/")
+    if slash and tree in ("posix", "right") and rest in _known_keys():
+        return f"is a copy from tzdata's {tree}/ tree: use {rest!r}"
+    return NOT_IANA
+
+
+def _shown(name: str) -> str:
+    # Long or hostile values are shortened; repr() escapes control characters.
+    return repr(name[:_SHOWN_CHARACTERS]) + ("..." if len(name) > _SHOWN_CHARACTERS else "")
 
 
 def contact_zones(
@@ -294,12 +342,9 @@ def _known_keys() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1024)
 def _zone(name: str) -> zoneinfo.ZoneInfo | None:
-    if name not in _known_keys():
-        return None
     try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        # The file vanished or is damaged since the list was read: unknown, not a crash.
+        return usable_zone(name)
+    except UnusableZone:
         return None
 
 
@@ -329,8 +374,7 @@ def _given(value: str | None) -> str | None:
 
 
 def _unknown(name: str, source: str) -> str:
-    shown = repr(name[:_SHOWN_CHARACTERS]) + ("..." if len(name) > _SHOWN_CHARACTERS else "")
-    return f"unknown time zone {shown} ({source})"
+    return f"unknown time zone {_shown(name)} ({source})"
 
 
 def _since_midnight(value: dt.time) -> dt.timedelta:

@@ -37,8 +37,8 @@ from tests.engine import (
 from tests.fixtures_sim import MakeSimulator
 from tests.helpers import REPO_ROOT, Cli, campaign_env, one_line
 
-# The view's shape, as documented in docs/tables.md ("`contact_results`: the results view"). Columns are
-# only ever added at the end.
+# The view's shape, as documented in docs/tables.md ("`contact_results`: the results
+# view"). Columns are only ever added at the end.
 COLUMNS = [
     ("campaign", "text"),
     ("campaign_id", "bigint"),

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from campaign import assumptions, outcomes
+from campaign import assumptions, outcomes, vocabulary
 from campaign.aculab import AculabClient
 from campaign.db import outcomes as oq
 from campaign.metrics import new_metrics
@@ -75,7 +75,7 @@ def test_a_cause_absent_from_retry_delays_is_never_retried() -> None:
 
 
 # Every cause a call can end with: the only keys retry_delays can usefully hold.
-CAUSES = sorted([*outcomes.CALL_CAUSES, outcomes.UNKNOWN])
+CAUSES = sorted([*vocabulary.CALL_CAUSES, vocabulary.UNKNOWN])
 
 # What a retry_delays value may hold in a row the database let through, or in an
 # older row: numbers of every kind (the usable ones most often), and junk.
@@ -200,7 +200,7 @@ def expected_duration(value: Any) -> float | None:
 def final_pages(draw: st.DrawFn) -> tuple[dict[str, Any], Outcome]:
     """A final-page body the engine must read, and the outcome it must read from it."""
     reference = draw(references)
-    cause = draw(st.sampled_from(sorted(outcomes.CALL_CAUSES)))
+    cause = draw(st.sampled_from(sorted(vocabulary.CALL_CAUSES)))
     this_call: dict[str, Any] = {**draw(call_extras), "call_cause": cause}
     raw: Any = None
     if draw(st.booleans()):
@@ -257,7 +257,7 @@ def broken_final_pages(draw: st.DrawFn) -> Any:
     else:
         this_call["call_cause"] = draw(
             st.one_of(
-                st.text(max_size=12).filter(lambda t: t not in outcomes.CALL_CAUSES),
+                st.text(max_size=12).filter(lambda t: t not in vocabulary.CALL_CAUSES),
                 st.sampled_from(["unknown", "Completed", " busy", None, 486]),
             )
         )
@@ -303,7 +303,7 @@ def test_hostile_instance_info_is_refused_with_bad_outcome_or_parsed(body: Any) 
     except outcomes.BadOutcome:
         return
     assert o.reference == body["application_instance_id"]
-    assert o.cause == body["this_call"]["call_cause"] in outcomes.CALL_CAUSES
+    assert o.cause == body["this_call"]["call_cause"] in vocabulary.CALL_CAUSES
     assert o.duration is None or (math.isfinite(o.duration) and o.duration >= 0)
     assert o.raw_cause is None or len(o.raw_cause) <= 64
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from campaign import assumptions, outcomes
+from campaign import assumptions, outcomes, vocabulary
 from campaign.db.pool import open_pool
 from campaign.metrics import Metrics, new_metrics
 from campaign.server import Server, build_app, serve
@@ -721,7 +721,7 @@ _near_misses = st.fixed_dictionaries(
             st.fixed_dictionaries(
                 {
                     "call_cause": st.one_of(
-                        st.sampled_from(sorted(outcomes.CALL_CAUSES)), _json_values
+                        st.sampled_from(sorted(vocabulary.CALL_CAUSES)), _json_values
                     ),
                     "call_raw_cause": _json_values,
                     "seconds_call_duration": _json_values,

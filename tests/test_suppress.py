@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaign.cli import load_suppressions, normalise_number
 from campaign.db.admin import Pool
 from campaign.destinations import Rejected, parse_destination
 from campaign.simulator import Simulator
+from campaign.suppressions import load_suppressions, normalise_number
 from tests.helpers import Cli, one_line
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
