@@ -12,17 +12,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 import asyncpg
 
 from campaign.db import queries as q
 from campaign.db.migrate import pending
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+from campaign.db.queries import Conn as Conn  # re-exported: callers outside db/ name admin.Conn
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
@@ -437,7 +433,7 @@ UPDATE campaigns SET state = $2, state_reason = $3, updated_at = now() WHERE id 
 # dispatcher and the tracker, which finish them with their real outcome.
 CANCEL_PENDING_CONTACTS = """
 UPDATE contacts
-SET state = 'cancelled', last_error = $2, updated_at = now()
+SET state = 'cancelled', last_error = $2, waiting_for_window = false, updated_at = now()
 WHERE campaign_id = $1 AND state = 'pending'
 """
 
@@ -971,8 +967,8 @@ FROM campaigns WHERE name = $1
 WHY_CONTACT_STATES = q.STATE_COUNTS
 
 # Each pending contact held by what holds it longest: due now, a not_before later than
-# its next attempt, the calling window (the dispatcher deferred it with last_result
-# 'outside_window'), or a retry delay (per last_result). Shared by the counts and by
+# its next attempt, the calling window (the dispatcher deferred it to its window:
+# waiting_for_window), or a retry delay (per last_result). Shared by the counts and by
 # the contacts `campaign why` examines, so that both put a contact in the same group.
 _HELD = """
 WITH pending AS (
@@ -984,7 +980,7 @@ WITH pending AS (
            CASE
                WHEN due_at <= now() THEN 'due'
                WHEN not_before IS NOT NULL AND not_before >= next_attempt_at THEN 'not_before'
-               WHEN last_result = 'outside_window' THEN 'window'
+               WHEN waiting_for_window THEN 'window'
                ELSE 'retry'
            END AS hold
     FROM pending

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import Final, Literal
 
 import asyncpg
 
@@ -25,11 +25,7 @@ from campaign.db.admin import (
     Pool,
     campaign_by_name,
 )
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+from campaign.db.queries import Conn
 
 BatchState = Literal["pending", "submitted", "split", "rejected", "parked", "released", "failed"]
 Listing = Literal["open", "parked", "all"]
@@ -200,7 +196,7 @@ RESEND_BATCH = """
 WITH b AS (
     UPDATE batches
     SET state = 'pending', owner = NULL, lease_until = NULL, sending = false,
-        next_send_at = now(), window_from = now(), finished_at = NULL,
+        next_send_at = now(), window_from = now(), finished_at = NULL, held_for_window = false,
         last_error = $2 || coalesce('; was parked: ' || last_error, '')
     WHERE id = $1 AND state = 'parked'
     RETURNING id

@@ -151,7 +151,7 @@ WITH open AS (
                WHEN state <> 'pending' THEN state
                WHEN at <= now() THEN 'due'
                WHEN not_before IS NOT NULL AND not_before >= next_attempt_at THEN 'not_before'
-               WHEN last_result = 'outside_window' THEN 'window'
+               WHEN waiting_for_window THEN 'window'
                ELSE 'retry'
            END AS hold,
            abs(extract(epoch FROM at - now())) AS distance
