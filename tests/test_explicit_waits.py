@@ -24,6 +24,12 @@ from tests.fixtures_db import create_database, drop_database
 OLD_HOLD = "re-send held outside the calling window: opens at 09:00 Europe/London"
 
 
+async def _window_campaign(pool: asyncpg.Pool, contacts: int) -> tuple[int, list[int]]:
+    """A campaign with a 09:00-17:00 window, and its contacts."""
+    cid = await create_campaign(pool, window_start=time(9), window_end=time(17))
+    return cid, await add_contacts(pool, cid, [f"sip:c{i}@example.com" for i in range(contacts)])
+
+
 async def _batch(pool: asyncpg.Pool, campaign_id: int, contact_ids: list[int], n: int) -> int:
     """A pending batch, unowned, due in an hour."""
     batch_id: int = await pool.fetchval(
@@ -53,8 +59,7 @@ async def _due_now(pool: asyncpg.Pool, table: str, column: str, ids: list[int]) 
 async def test_a_window_change_wakes_the_deferred_contacts_and_only_them(
     db_pool: asyncpg.Pool,
 ) -> None:
-    cid = await create_campaign(db_pool, window_start=time(9), window_end=time(17))
-    deferred, retrying = await add_contacts(db_pool, cid, ["sip:a@example.com", "sip:b@x.com"])
+    cid, (deferred, retrying) = await _window_campaign(db_pool, 2)
     async with db_pool.acquire() as conn:
         await q.defer(conn, [deferred], [3600.0], ["opens at 09:00 UTC"])
     # A retry an hour away whose last_result happens to read like a deferral: it waits
@@ -75,8 +80,7 @@ async def test_a_window_change_wakes_the_deferred_contacts_and_only_them(
 async def test_a_claimed_or_skipped_contact_no_longer_waits_for_its_window(
     db_pool: asyncpg.Pool,
 ) -> None:
-    cid = await create_campaign(db_pool, window_start=time(9), window_end=time(17))
-    skipped, claimed = await add_contacts(db_pool, cid, ["sip:a@example.com", "sip:b@x.com"])
+    cid, (skipped, claimed) = await _window_campaign(db_pool, 2)
     async with db_pool.acquire() as conn:
         await q.defer(conn, [skipped, claimed], [3600.0, 3600.0], ["closed", "closed"])
         await q.set_states(conn, [skipped], ["invalid"], ["no usable time zone"])
@@ -94,8 +98,7 @@ async def test_a_claimed_or_skipped_contact_no_longer_waits_for_its_window(
 async def test_a_window_change_wakes_a_batch_held_for_its_window_whatever_its_message(
     db_pool: asyncpg.Pool,
 ) -> None:
-    cid = await create_campaign(db_pool, window_start=time(9), window_end=time(17))
-    [contact] = await add_contacts(db_pool, cid, ["sip:a@example.com"])
+    cid, [contact] = await _window_campaign(db_pool, 1)
     for_window = await _batch(db_pool, cid, [contact], 1)
     for_campaign = await _batch(db_pool, cid, [contact], 2)
     backing_off = await _batch(db_pool, cid, [contact], 3)
@@ -113,8 +116,7 @@ async def test_a_window_change_wakes_a_batch_held_for_its_window_whatever_its_me
 
 
 async def test_a_rescheduled_batch_no_longer_waits_for_its_window(db_pool: asyncpg.Pool) -> None:
-    cid = await create_campaign(db_pool, window_start=time(9), window_end=time(17))
-    [contact] = await add_contacts(db_pool, cid, ["sip:a@example.com"])
+    cid, [contact] = await _window_campaign(db_pool, 1)
     batch = await _batch(db_pool, cid, [contact], 1)
     await db_pool.execute("UPDATE batches SET owner = 'd'")
     async with db_pool.acquire() as conn:
