@@ -81,14 +81,15 @@ async def add_contacts(
     not_before_in: str | None = None,
     last_result: str | None = None,
     last_error: str | None = None,
+    waiting_for_window: bool = False,
 ) -> list[int]:
     # Numbered on from the contacts already there: every contact has a number of its own
     # (the same number twice would make one of them a duplicate).
     rows = await pool.fetch(
         "INSERT INTO contacts (campaign_id, destination, state, next_attempt_at, not_before, "
-        "                      last_result, last_error) "
+        "                      last_result, last_error, waiting_for_window) "
         "SELECT $1, '+4419082' || lpad((g + (SELECT count(*) FROM contacts))::text, 5, '0'), "
-        "       $2, now() + $3::text::interval, now() + $4::text::interval, $5, $6 "
+        "       $2, now() + $3::text::interval, now() + $4::text::interval, $5, $6, $8 "
         "FROM generate_series(1, $7) g RETURNING id",
         campaign_id,
         state,
@@ -97,6 +98,7 @@ async def add_contacts(
         last_result,
         last_error,
         count,
+        waiting_for_window,
     )
     return [r["id"] for r in rows]
 
@@ -149,10 +151,22 @@ async def busy_campaign(pool: Pool) -> int:
     # Pending: 3 due, 4 + 2 waiting for their window, 1 + 2 for a retry, 1 for not_before.
     await add_contacts(pool, cid, 3)
     await add_contacts(
-        pool, cid, 4, due_in="3 hours", last_result="outside_window", last_error=LONDON_OPENING
+        pool,
+        cid,
+        4,
+        due_in="3 hours",
+        last_result="outside_window",
+        last_error=LONDON_OPENING,
+        waiting_for_window=True,
     )
     await add_contacts(
-        pool, cid, 2, due_in="8 hours", last_result="outside_window", last_error=NEW_YORK_OPENING
+        pool,
+        cid,
+        2,
+        due_in="8 hours",
+        last_result="outside_window",
+        last_error=NEW_YORK_OPENING,
+        waiting_for_window=True,
     )
     await add_contacts(pool, cid, 1, due_in="10 minutes", last_result="busy")
     await add_contacts(pool, cid, 2, due_in="30 minutes", last_result="no_answer")

@@ -7,22 +7,19 @@ CLI prints the message as one line and exits 2) and let database failures throug
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 import asyncpg
 
 from campaign.db import queries as q
 from campaign.db.migrate import pending
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+from campaign.db.queries import Conn as Conn  # re-exported: callers outside db/ name admin.Conn
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
@@ -437,7 +434,7 @@ UPDATE campaigns SET state = $2, state_reason = $3, updated_at = now() WHERE id 
 # dispatcher and the tracker, which finish them with their real outcome.
 CANCEL_PENDING_CONTACTS = """
 UPDATE contacts
-SET state = 'cancelled', last_error = $2, updated_at = now()
+SET state = 'cancelled', last_error = $2, waiting_for_window = false, updated_at = now()
 WHERE campaign_id = $1 AND state = 'pending'
 """
 
@@ -506,22 +503,72 @@ window_days, default_timezone
 """
 
 
-def _window(row: asyncpg.Record) -> CallingWindow:
-    return CallingWindow(
-        start=row["window_start"],
-        end=row["window_end"],
-        days=tuple(sorted(row["window_days"])),
-        default_timezone=row["default_timezone"],
-    )
-
-
 @dataclass(frozen=True)
-class CampaignRow:
+class CampaignView:
+    """A campaign as the operator's commands show it (`status`, `why`, `plan`): its state
+    and what it was set to. The engine judges contacts by queries.CampaignRow instead,
+    which `why` and `plan` read beside this one as their `rules`."""
+
     id: int
     name: str
     state: CampaignState
     state_reason: str | None
     window: CallingWindow
+    service_name: str
+    calls_per_second: float
+    max_concurrent_calls: int
+    batch_size: int
+    max_attempts: int
+    retry_delays: dict[str, Any]
+    updated_at: datetime
+
+
+# The old names of CampaignView, for the modules that still import them.
+WhyCampaign: TypeAlias = CampaignView
+
+# `$1` NULL: every campaign, by id.
+CAMPAIGN_VIEWS = f"""
+SELECT id, name, state, state_reason, {WINDOW_COLUMNS}, service_name, calls_per_second,
+       max_concurrent_calls, batch_size, max_attempts, retry_delays::text AS retry_delays,
+       updated_at
+FROM campaigns
+WHERE $1::text IS NULL OR name = $1
+ORDER BY id
+"""
+
+
+async def campaign_views(conn: Conn, name: str | None = None) -> list[CampaignView]:
+    """Every campaign, or the one named (none if there is none)."""
+    return [
+        CampaignView(
+            id=r["id"],
+            name=r["name"],
+            state=r["state"],
+            state_reason=r["state_reason"],
+            window=CallingWindow(
+                start=r["window_start"],
+                end=r["window_end"],
+                days=tuple(sorted(r["window_days"])),
+                default_timezone=r["default_timezone"],
+            ),
+            service_name=r["service_name"],
+            calls_per_second=r["calls_per_second"],
+            max_concurrent_calls=r["max_concurrent_calls"],
+            batch_size=r["batch_size"],
+            max_attempts=r["max_attempts"],
+            retry_delays=json.loads(r["retry_delays"]),
+            updated_at=r["updated_at"],
+        )
+        for r in await conn.fetch(CAMPAIGN_VIEWS, name)
+    ]
+
+
+async def campaign_view(conn: Conn, name: str) -> CampaignView:
+    """The campaign named; raises CampaignNotFound."""
+    found = await campaign_views(conn, name)
+    if not found:
+        raise CampaignNotFound(name)
+    return found[0]
 
 
 @dataclass(frozen=True)
@@ -536,17 +583,35 @@ class ParkedBatchRow:
     """A send of it may have started calls at Aculab."""
 
 
-def parked_batch_row(r: asyncpg.Record) -> ParkedBatchRow:
-    """A row of STATUS_PARKED_BATCHES or WHY_FIRST_PARKED (the same columns)."""
-    return ParkedBatchRow(
-        id=r["id"],
-        campaign_id=r["campaign_id"],
-        created_at=r["created_at"],
-        age_seconds=r["age_seconds"],
-        last_error=r["last_error"],
-        contacts=r["contacts"],
-        in_doubt=r["in_doubt"],
-    )
+# Ages come from the database clock, so a skewed operator laptop shows true ages.
+# `$2` NULL: all of them (LIMIT NULL is no limit).
+PARKED_BATCHES = """
+SELECT id, campaign_id, created_at,
+       extract(epoch FROM now() - created_at)::float8 AS age_seconds,
+       last_error, cardinality(contact_ids) AS contacts, in_doubt
+FROM batches
+WHERE campaign_id = ANY($1::bigint[]) AND state = 'parked'
+ORDER BY campaign_id, id
+LIMIT $2
+"""
+
+
+async def parked_batches(
+    conn: Conn, campaign_ids: Sequence[int], limit: int | None = None
+) -> list[ParkedBatchRow]:
+    """The parked batches of these campaigns, by campaign then id (the first `limit`)."""
+    return [
+        ParkedBatchRow(
+            id=r["id"],
+            campaign_id=r["campaign_id"],
+            created_at=r["created_at"],
+            age_seconds=r["age_seconds"],
+            last_error=r["last_error"],
+            contacts=r["contacts"],
+            in_doubt=r["in_doubt"],
+        )
+        for r in await conn.fetch(PARKED_BATCHES, list(campaign_ids), limit)
+    ]
 
 
 @dataclass(frozen=True)
@@ -567,7 +632,7 @@ class StatusSnapshot:
     """Everything `campaign status` shows, read in one consistent snapshot."""
 
     taken_at: datetime
-    campaigns: list[CampaignRow]
+    campaigns: list[CampaignView]
     contact_counts: dict[int, dict[str, int]]
     calls_started: dict[int, int]
     batches_in_flight: dict[int, int]
@@ -581,16 +646,6 @@ class StatusSnapshot:
     resolutions: list[ResolutionRow]
     """The latest resolutions per campaign, newest first."""
 
-
-STATUS_CAMPAIGNS = f"""
-SELECT id, name, state, state_reason, {WINDOW_COLUMNS}
-FROM campaigns
-WHERE $1::text IS NULL OR name = $1
-ORDER BY id
-"""
-
-# The counts kept by migration 0009 (exact in any snapshot): no scan of the contacts.
-STATUS_CONTACT_COUNTS = q.STATE_COUNTS
 
 STATUS_OUTCOMES = """
 SELECT campaign_id, coalesce(call_cause, 'awaiting') AS cause, count(*) AS n
@@ -611,16 +666,6 @@ SELECT campaign_id, count(*) AS n
 FROM batches
 WHERE campaign_id = ANY($1::bigint[]) AND state = 'pending'
 GROUP BY campaign_id
-"""
-
-# Ages come from the database clock, so a skewed operator laptop shows true ages.
-STATUS_PARKED_BATCHES = """
-SELECT id, campaign_id, created_at,
-       extract(epoch FROM now() - created_at)::float8 AS age_seconds,
-       last_error, cardinality(contact_ids) AS contacts, in_doubt
-FROM batches
-WHERE campaign_id = ANY($1::bigint[]) AND state = 'parked'
-ORDER BY campaign_id, id
 """
 
 STATUS_RELEASED_BATCHES = """
@@ -667,16 +712,12 @@ async def read_status(
     on a connection inside `read_snapshot`: one snapshot for every count, so that the
     numbers add up with each other."""
     taken_at: datetime = await conn.fetchval(STATUS_NOW)
-    campaigns = [
-        CampaignRow(r["id"], r["name"], r["state"], r["state_reason"], _window(r))
-        for r in await conn.fetch(STATUS_CAMPAIGNS, name)
-    ]
+    campaigns = await campaign_views(conn, name)
     if name is not None and not campaigns:
         raise CampaignNotFound(name)
     ids = [c.id for c in campaigns]
-    counts: dict[int, dict[str, int]] = {}
-    for r in await conn.fetch(STATUS_CONTACT_COUNTS, ids):
-        counts.setdefault(r["campaign_id"], {})[r["state"]] = r["n"]
+    # The counts kept by migration 0009 (exact in any snapshot): no scan of the contacts.
+    counts = await q.state_counts(conn, ids)
     outcomes: dict[int, dict[str, int]] = {}
     for r in await conn.fetch(STATUS_OUTCOMES, ids):
         outcomes.setdefault(r["campaign_id"], {})[r["cause"]] = r["n"]
@@ -685,7 +726,7 @@ async def read_status(
     for r in await conn.fetch(STATUS_ATTEMPTS, ids):
         attempts.setdefault(r["campaign_id"], {})[r["attempts"]] = r["n"]
     in_flight = {r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_BATCHES_IN_FLIGHT, ids)}
-    parked = [parked_batch_row(r) for r in await conn.fetch(STATUS_PARKED_BATCHES, ids)]
+    parked = await parked_batches(conn, ids)
     released = {r["campaign_id"]: r["n"] for r in await conn.fetch(STATUS_RELEASED_BATCHES, ids)}
     resolutions = [
         ResolutionRow(
@@ -879,18 +920,6 @@ async def list_suppressions(
 # --- why --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WhyCampaign:
-    id: int
-    name: str
-    state: CampaignState
-    state_reason: str | None
-    service_name: str
-    calls_per_second: float
-    max_concurrent_calls: int
-    window: CallingWindow
-
-
 Hold = Literal["due", "not_before", "window", "retry"]
 
 
@@ -928,7 +957,7 @@ class WhySnapshot:
     """Everything `campaign why` looks at, read in one consistent snapshot."""
 
     taken_at: datetime
-    campaign: WhyCampaign
+    campaign: CampaignView
     contact_states: dict[str, int]
     pending: list[PendingGroup]
     open_calls: int
@@ -962,17 +991,9 @@ WHERE seen_at > now() - make_interval(secs => $1)
 ORDER BY owner
 """
 
-WHY_CAMPAIGN = f"""
-SELECT id, name, state, state_reason, service_name, calls_per_second, max_concurrent_calls,
-       {WINDOW_COLUMNS}
-FROM campaigns WHERE name = $1
-"""
-
-WHY_CONTACT_STATES = q.STATE_COUNTS
-
 # Each pending contact held by what holds it longest: due now, a not_before later than
-# its next attempt, the calling window (the dispatcher deferred it with last_result
-# 'outside_window'), or a retry delay (per last_result). Shared by the counts and by
+# its next attempt, the calling window (the dispatcher deferred it to its window:
+# waiting_for_window), or a retry delay (per last_result). Shared by the counts and by
 # the contacts `campaign why` examines, so that both put a contact in the same group.
 _HELD = """
 WITH pending AS (
@@ -984,7 +1005,7 @@ WITH pending AS (
            CASE
                WHEN due_at <= now() THEN 'due'
                WHEN not_before IS NOT NULL AND not_before >= next_attempt_at THEN 'not_before'
-               WHEN last_result = 'outside_window' THEN 'window'
+               WHEN waiting_for_window THEN 'window'
                ELSE 'retry'
            END AS hold
     FROM pending
@@ -1039,22 +1060,30 @@ WHERE key = ANY($1::text[]) AND granted_at > now() - make_interval(secs => $2)
 GROUP BY key
 """
 
-WHY_BATCHES = """
+OPEN_BATCHES = """
 SELECT state, count(*) AS n, coalesce(sum(cardinality(contact_ids)), 0)::bigint AS contacts
 FROM batches
 WHERE campaign_id = $1 AND state IN ('pending', 'parked')
 GROUP BY state
 """
 
-WHY_FIRST_PARKED = """
-SELECT id, campaign_id, created_at,
-       extract(epoch FROM now() - created_at)::float8 AS age_seconds,
-       last_error, cardinality(contact_ids) AS contacts, in_doubt
-FROM batches
-WHERE campaign_id = $1 AND state = 'parked'
-ORDER BY id
-LIMIT $2
-"""
+
+@dataclass(frozen=True)
+class OpenBatches:
+    """A campaign's batches still open: pending (in flight) and parked, and their contacts."""
+
+    pending: int = 0
+    pending_contacts: int = 0
+    parked: int = 0
+    parked_contacts: int = 0
+
+
+async def open_batches(conn: Conn, campaign_id: int) -> OpenBatches:
+    got = {r["state"]: (r["n"], r["contacts"]) for r in await conn.fetch(OPEN_BATCHES, campaign_id)}
+    pending = got.get("pending", (0, 0))
+    parked = got.get("parked", (0, 0))
+    return OpenBatches(pending[0], pending[1], parked[0], parked[1])
+
 
 ACCOUNT_BUDGET: Final = "account"
 
@@ -1080,20 +1109,8 @@ async def read_why(
     At most `examine` contacts are read for the claim's rules to be applied to.
     """
     taken_at: datetime = await conn.fetchval(STATUS_NOW)
-    row = await conn.fetchrow(WHY_CAMPAIGN, name)
-    if row is None:
-        raise CampaignNotFound(name)
-    campaign = WhyCampaign(
-        id=row["id"],
-        name=row["name"],
-        state=row["state"],
-        state_reason=row["state_reason"],
-        service_name=row["service_name"],
-        calls_per_second=row["calls_per_second"],
-        max_concurrent_calls=row["max_concurrent_calls"],
-        window=_window(row),
-    )
-    states = {r["state"]: r["n"] for r in await conn.fetch(WHY_CONTACT_STATES, [campaign.id])}
+    campaign = await campaign_view(conn, name)
+    states = (await q.state_counts(conn, [campaign.id]))[campaign.id]
     pending = [
         PendingGroup(r["hold"], r["detail"], r["n"], r["earliest"], r["examinable"])
         for r in await conn.fetch(WHY_PENDING, campaign.id)
@@ -1109,15 +1126,9 @@ async def read_why(
     granted = await granted_calls(
         conn, [campaign_budget(campaign.id), ACCOUNT_BUDGET], window_seconds
     )
-    batches = {
-        r["state"]: (r["n"], r["contacts"]) for r in await conn.fetch(WHY_BATCHES, campaign.id)
-    }
-    first_parked = [
-        parked_batch_row(r) for r in await conn.fetch(WHY_FIRST_PARKED, campaign.id, parked_shown)
-    ]
+    batches = await open_batches(conn, campaign.id)
+    first_parked = await parked_batches(conn, [campaign.id], parked_shown)
     daemons = await alive_daemons(conn, alive_within)
-    in_flight = batches.get("pending", (0, 0))
-    parked = batches.get("parked", (0, 0))
     return WhySnapshot(
         taken_at=taken_at,
         campaign=campaign,
@@ -1126,9 +1137,9 @@ async def read_why(
         open_calls=open_calls,
         granted=granted,
         window_seconds=window_seconds,
-        in_flight_batches=in_flight[0],
-        in_flight_contacts=in_flight[1],
-        parked=ParkedSummary(parked[0], parked[1], first_parked),
+        in_flight_batches=batches.pending,
+        in_flight_contacts=batches.pending_contacts,
+        parked=ParkedSummary(batches.parked, batches.parked_contacts, first_parked),
         daemons=daemons,
         rules=rules,
         examined=examined,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import Final, Literal
 
 import asyncpg
 
@@ -25,11 +25,7 @@ from campaign.db.admin import (
     Pool,
     campaign_by_name,
 )
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+from campaign.db.queries import Conn
 
 BatchState = Literal["pending", "submitted", "split", "rejected", "parked", "released", "failed"]
 Listing = Literal["open", "parked", "all"]
@@ -200,7 +196,7 @@ RESEND_BATCH = """
 WITH b AS (
     UPDATE batches
     SET state = 'pending', owner = NULL, lease_until = NULL, sending = false,
-        next_send_at = now(), window_from = now(), finished_at = NULL,
+        next_send_at = now(), window_from = now(), finished_at = NULL, held_for_window = false,
         last_error = $2 || coalesce('; was parked: ' || last_error, '')
     WHERE id = $1 AND state = 'parked'
     RETURNING id
@@ -212,16 +208,20 @@ WITH b AS (
 SELECT count(*) FROM marked
 """
 
-# Nothing started, so no attempt was used: attempts stay as they are, and the next
-# batch gets a new unique_id because dispatch_count was raised when this one was made.
-RELEASE_BATCH = """
-WITH b AS (
+# A parked batch closed by an operator (released or failed), `$2` their reason: the
+# batch's own last_error is kept after it.
+_CLOSE_PARKED = """
     UPDATE batches
-    SET state = 'released', finished_at = now(), owner = NULL, lease_until = NULL,
+    SET state = '{state}', finished_at = now(), owner = NULL, lease_until = NULL,
         sending = false, last_error = $2 || coalesce('; was parked: ' || last_error, '')
     WHERE id = $1 AND state = 'parked'
     RETURNING id
-), back AS (
+"""
+
+# Nothing started, so no attempt was used: attempts stay as they are, and the next
+# batch gets a new unique_id because dispatch_count was raised when this one was made.
+RELEASE_BATCH = f"""
+WITH b AS ({_CLOSE_PARKED.format(state="released")}), back AS (
     UPDATE contacts c
     SET state = CASE WHEN $3 THEN 'cancelled' ELSE 'pending' END, batch_id = NULL,
         next_attempt_at = now(), last_error = $4, updated_at = now()
@@ -231,14 +231,8 @@ WITH b AS (
 SELECT count(*) FROM back
 """
 
-FAIL_BATCH = """
-WITH b AS (
-    UPDATE batches
-    SET state = 'failed', finished_at = now(), owner = NULL, lease_until = NULL,
-        sending = false, last_error = $2 || coalesce('; was parked: ' || last_error, '')
-    WHERE id = $1 AND state = 'parked'
-    RETURNING id
-), failed AS (
+FAIL_BATCH = f"""
+WITH b AS ({_CLOSE_PARKED.format(state="failed")}), failed AS (
     UPDATE contacts c
     SET state = 'failed', last_result = 'failed', last_error = $3, updated_at = now()
     FROM b WHERE c.batch_id = b.id AND c.state = 'dispatching'

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 from campaign.db import admin
 
 if TYPE_CHECKING:
-    from campaign.db.admin import Conn
+    from campaign.db.queries import Conn
 
 SERIES_MINUTES: Final = 60
 """The chart's span: calls started per minute over the last hour."""

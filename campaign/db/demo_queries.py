@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from campaign.db import queries as q
 from campaign.db.queries import Conn
 
 
@@ -46,13 +47,9 @@ async def suppress(conn: Conn, number: str, reason: str) -> None:
     await conn.execute(SUPPRESS, number, reason)
 
 
-STATE_COUNTS = """
-SELECT state, count(*)::bigint AS n FROM contacts WHERE campaign_id = $1 GROUP BY state
-"""
-
-
 async def state_counts(conn: Conn, campaign_id: int) -> dict[str, int]:
-    return {r["state"]: r["n"] for r in await conn.fetch(STATE_COUNTS, campaign_id)}
+    """One campaign's contacts per state (queries.state_counts)."""
+    return (await q.state_counts(conn, [campaign_id]))[campaign_id]
 
 
 REASONS = """

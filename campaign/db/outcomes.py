@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from campaign.db.queries import Conn
+from campaign.db.queries import Conn, state_counts
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from campaign.outcomes import Outcome
 
 
@@ -196,11 +198,7 @@ RETURNING c.id, c.reference, c.campaign_id, c.polls,
 async def take_due_calls(
     conn: Conn, limit: int, interval: float, max_interval: float
 ) -> list[DueCall]:
-    rows = await conn.fetch(TAKE_DUE_CALLS, limit, interval, max_interval)
-    return [
-        DueCall(r["id"], r["reference"], r["campaign_id"], r["polls"], r["age_seconds"])
-        for r in rows
-    ]
+    return _due_calls(await conn.fetch(TAKE_DUE_CALLS, limit, interval, max_interval))
 
 
 # For a daemon that does not poll: calls past the give-up age whose poll schedule
@@ -222,32 +220,15 @@ LIMIT $1
 async def abandoned_calls(
     conn: Conn, limit: int, give_up_after: float, first_poll_delay: float
 ) -> list[DueCall]:
-    rows = await conn.fetch(ABANDONED_CALLS, limit, give_up_after, first_poll_delay)
+    return _due_calls(await conn.fetch(ABANDONED_CALLS, limit, give_up_after, first_poll_delay))
+
+
+def _due_calls(rows: list[asyncpg.Record]) -> list[DueCall]:
+    """Rows of TAKE_DUE_CALLS or ABANDONED_CALLS (the same columns)."""
     return [
         DueCall(r["id"], r["reference"], r["campaign_id"], r["polls"], r["age_seconds"])
         for r in rows
     ]
-
-
-POSTPONE_POLLS = """
-UPDATE calls SET next_poll_at = greatest(next_poll_at, now() + make_interval(secs => $2))
-WHERE id = ANY($1::bigint[]) AND finished_at IS NULL
-"""
-
-
-async def postpone_polls(conn: Conn, call_ids: list[int], seconds: float) -> None:
-    await conn.execute(POSTPONE_POLLS, call_ids, seconds)
-
-
-NEXT_POLL_IN = """
-SELECT extract(epoch FROM min(next_poll_at) - now())::float8
-FROM calls WHERE finished_at IS NULL
-"""
-
-
-async def next_poll_in(conn: Conn) -> float | None:
-    value: float | None = await conn.fetchval(NEXT_POLL_IN)
-    return value
 
 
 # --- campaign completion -------------------------------------------------------------
@@ -283,19 +264,15 @@ WHERE k.id = ANY($1::bigint[])
 RETURNING k.id, k.name
 """
 
-CAMPAIGN_TOTALS = """
-SELECT state, count(*)::bigint AS n FROM contacts WHERE campaign_id = $1 GROUP BY state
-"""
-
 
 async def complete_campaigns(conn: Conn) -> list[tuple[int, str, dict[str, int]]]:
     """Mark finished campaigns completed; returns (id, name, totals) for each, once."""
-    done = []
     async with conn.transaction():
         candidates = [r["id"] for r in await conn.fetch(FINISHED_CAMPAIGNS)]
         if not candidates:
             return []
-        for row in await conn.fetch(COMPLETE_CAMPAIGNS, candidates):
-            totals = {r["state"]: r["n"] for r in await conn.fetch(CAMPAIGN_TOTALS, row["id"])}
-            done.append((row["id"], row["name"], totals))
-    return done
+        completed = await conn.fetch(COMPLETE_CAMPAIGNS, candidates)
+        if not completed:
+            return []
+        totals = await state_counts(conn, [row["id"] for row in completed])
+        return [(row["id"], row["name"], totals[row["id"]]) for row in completed]

@@ -11,19 +11,18 @@ spread evenly over the campaign, for the claim's rules to find each one's time z
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 
 from campaign.db import queries as q
 from campaign.db.admin import (
-    WHY_DAEMONS,
-    WINDOW_COLUMNS,
-    CallingWindow,
     CampaignNotFound,
-    CampaignState,
+    CampaignView,
     Pool,
+    alive_daemons,
+    campaign_view,
+    open_batches,
 )
 
 OpenState = Literal["pending", "dispatching", "dialing"]
@@ -42,19 +41,8 @@ COMPLETE_CALLS_ENOUGH: Final = 20
 drawn from every finished call of the campaign instead (short ones over-counted)."""
 
 
-@dataclass(frozen=True)
-class PlanCampaign:
-    id: int
-    name: str
-    state: CampaignState
-    state_reason: str | None
-    updated_at: datetime
-    calls_per_second: float
-    max_concurrent_calls: int
-    max_attempts: int
-    retry_delays: dict[str, Any]
-    batch_size: int
-    window: CallingWindow
+# The old name of CampaignView, for the modules that still import it.
+PlanCampaign: TypeAlias = CampaignView
 
 
 @dataclass(frozen=True)
@@ -97,7 +85,7 @@ class CauseStats:
 @dataclass(frozen=True)
 class PlanSnapshot:
     taken_at: datetime
-    campaign: PlanCampaign
+    campaign: CampaignView
     rules: q.CampaignRow
     """The campaign as the claim reads it (dispatch.contact_verdict)."""
     contact_states: dict[str, int]
@@ -113,17 +101,6 @@ class PlanSnapshot:
     other_active_campaigns: int
     """Active campaigns sharing the account's calls per second with this one."""
 
-
-PLAN_CAMPAIGN = f"""
-SELECT id, name, state, state_reason, updated_at, calls_per_second, max_concurrent_calls,
-       max_attempts, retry_delays::text AS retry_delays, batch_size,
-       {WINDOW_COLUMNS}
-FROM campaigns WHERE name = $1
-"""
-
-PLAN_CONTACT_STATES = """
-SELECT state, count(*) AS n FROM contacts WHERE campaign_id = $1 GROUP BY state
-"""
 
 # The open contacts with what a forecast needs of each. A pending contact is held as
 # `campaign why` holds it (admin._HELD); a dispatching one in a parked batch is left
@@ -151,7 +128,7 @@ WITH open AS (
                WHEN state <> 'pending' THEN state
                WHEN at <= now() THEN 'due'
                WHEN not_before IS NOT NULL AND not_before >= next_attempt_at THEN 'not_before'
-               WHEN last_result = 'outside_window' THEN 'window'
+               WHEN waiting_for_window THEN 'window'
                ELSE 'retry'
            END AS hold,
            abs(extract(epoch FROM at - now())) AS distance
@@ -186,11 +163,6 @@ SELECT {q.CONTACT_COLUMNS}, state, attempts, hold, detail, bucket
 FROM keyed
 ORDER BY hashint8(id), id
 LIMIT $2
-"""
-
-PLAN_PARKED_CONTACTS = """
-SELECT coalesce(sum(cardinality(contact_ids)), 0)::bigint
-FROM batches WHERE campaign_id = $1 AND state = 'parked'
 """
 
 # The campaign's latest calls by start, at most $3 of them. While calls are in
@@ -269,31 +241,11 @@ async def read_plan(
     """`plan_snapshot` on a connection the caller holds, inside its own read-only,
     repeatable-read transaction (so that the figures add up). Raises CampaignNotFound."""
     taken_at: datetime = await conn.fetchval("SELECT now()")
-    row = await conn.fetchrow(PLAN_CAMPAIGN, name)
-    if row is None:
-        raise CampaignNotFound(name)
-    campaign = PlanCampaign(
-        id=row["id"],
-        name=row["name"],
-        state=row["state"],
-        state_reason=row["state_reason"],
-        updated_at=row["updated_at"],
-        calls_per_second=row["calls_per_second"],
-        max_concurrent_calls=row["max_concurrent_calls"],
-        max_attempts=row["max_attempts"],
-        retry_delays=json.loads(row["retry_delays"]),
-        batch_size=row["batch_size"],
-        window=CallingWindow(
-            start=row["window_start"],
-            end=row["window_end"],
-            days=tuple(sorted(row["window_days"])),
-            default_timezone=row["default_timezone"],
-        ),
-    )
+    campaign = await campaign_view(conn, name)
     rules = await q.campaign_row(conn, campaign.id)
     if rules is None:  # cannot happen inside this snapshot; keeps the types honest
         raise CampaignNotFound(name)
-    states = {r["state"]: r["n"] for r in await conn.fetch(PLAN_CONTACT_STATES, campaign.id)}
+    states = (await q.state_counts(conn, [campaign.id]))[campaign.id]
     groups = [
         OpenGroup(r["state"], r["attempts"], r["hold"], r["detail"], r["bucket"], r["n"], r["at"])
         for r in await conn.fetch(PLAN_OPEN_GROUPS, campaign.id)
@@ -304,14 +256,14 @@ async def read_plan(
         )
         for r in await conn.fetch(PLAN_SAMPLE, campaign.id, sample)
     ]
-    parked: int = await conn.fetchval(PLAN_PARKED_CONTACTS, campaign.id)
+    parked = (await open_batches(conn, campaign.id)).parked_contacts
     own = _causes(await conn.fetch(PLAN_CAMPAIGN_CAUSES, campaign.id, True, CAMPAIGN_HISTORY_CALLS))
     if sum(c.calls for c in own) < COMPLETE_CALLS_ENOUGH:
         own = _causes(
             await conn.fetch(PLAN_CAMPAIGN_CAUSES, campaign.id, False, CAMPAIGN_HISTORY_CALLS)
         )
     account = [] if own else _causes(await conn.fetch(PLAN_ACCOUNT_CAUSES, ACCOUNT_HISTORY_CALLS))
-    daemons = len(await conn.fetch(WHY_DAEMONS, alive_within))
+    daemons = len(await alive_daemons(conn, alive_within))
     others: int = await conn.fetchval(PLAN_OTHER_ACTIVE, campaign.id)
     return PlanSnapshot(
         taken_at=taken_at,
