@@ -11,7 +11,6 @@ import base64
 import json
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self
 from urllib.parse import quote
@@ -118,29 +117,6 @@ class UnusableAnswer(AculabError):
     def __init__(self, message: str, *, raw: str) -> None:
         super().__init__(message, status=200, text=message)
         self.raw = raw
-
-
-@dataclass(frozen=True)
-class CallRequest:
-    """One call object of `rest_calls`."""
-
-    to: str
-    from_: str | None = None
-    token: str | None = None
-    outbound_parameters: str | None = None
-    extra_sip_headers: tuple[tuple[str, str], ...] | None = field(default=None)
-
-    def as_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"to": self.to}
-        if self.from_ is not None:
-            obj["from"] = self.from_
-        if self.token is not None:
-            obj["token"] = self.token
-        if self.outbound_parameters is not None:
-            obj["outbound_parameters"] = self.outbound_parameters
-        if self.extra_sip_headers is not None:
-            obj["extra_sip_headers"] = [{"name": n, "value": v} for n, v in self.extra_sip_headers]
-        return obj
 
 
 def sip_headers_problem(value: Any) -> str | None:

@@ -46,6 +46,7 @@ from aiohttp import web
 from campaign import plan, status, why
 from campaign.db import admin
 from campaign.db import dashboard as dashboard_db
+from campaign.db import queries as q
 from campaign.destinations import mask_in_text
 from campaign.server import DB_ERRORS, Server
 from campaign.settings import Settings
@@ -199,7 +200,7 @@ class Forecasts:
         self._kept: dict[int, tuple[plan.Forecast, float]] = {}
 
     async def get(
-        self, conn: admin.Conn, s: status.CampaignStatus, settings: Settings
+        self, conn: q.Conn, s: status.CampaignStatus, settings: Settings
     ) -> plan.Forecast:
         kept = self._kept.get(s.id)
         if kept is not None and self.clock() < kept[1] and kept[0].campaign.state == s.state:
@@ -293,7 +294,7 @@ def _campaign_extras(
 
 
 async def read_document(
-    conn: admin.Conn, settings: Settings, forecasts: Forecasts | None = None
+    conn: q.Conn, settings: Settings, forecasts: Forecasts | None = None
 ) -> dict[str, Any]:
     """The dashboard's document, read on a connection inside `admin.read_snapshot`;
     the ETAs' forecasts are reused from `forecasts` while they are fresh."""

@@ -535,7 +535,7 @@ class _Judging:
         self.invalid: list[NeverDialed] = []
         self.invalid_count = 0
 
-    async def submit(self, conn: admin.Conn, rows: list[list[str]], lines: list[int]) -> None:
+    async def submit(self, conn: q.Conn, rows: list[list[str]], lines: list[int]) -> None:
         loop = asyncio.get_running_loop()
         self._pending.append(loop.run_in_executor(self._executor, self._call, rows, lines))
         while len(self._pending) > self._waiting_at_most or self._pending[0].done():
@@ -543,7 +543,7 @@ class _Judging:
             if not self._pending:
                 break
 
-    async def finish(self, conn: admin.Conn) -> None:
+    async def finish(self, conn: q.Conn) -> None:
         while self._pending:
             await self._collect(conn)
 
@@ -552,7 +552,7 @@ class _Judging:
             future.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def _collect(self, conn: admin.Conn) -> None:
+    async def _collect(self, conn: q.Conn) -> None:
         judged = await self._pending.popleft()
         self.invalid_count += judged.invalid_count
         if len(self.invalid) < self._max_reported:
@@ -921,7 +921,7 @@ def _workers_for(path: Path) -> int:
 
 
 async def _never_dialed(
-    conn: admin.Conn,
+    conn: q.Conn,
     campaign_id: int,
     rules: Rules,
     judging: _Judging,
@@ -980,7 +980,7 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def _copy_chunks(
-    conn: admin.Conn,
+    conn: q.Conn,
     src: _CsvSource,
     campaign_id: int,
     chunk_rows: int,

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal, assert_never
 
 from campaign import windows
 from campaign.db import plan as db
-from campaign.db.admin import Pool
+from campaign.db.admin import CampaignView, Pool
 from campaign.db.queries import Conn
 from campaign.dispatch import Rules, Skipped, contact_verdict
 from campaign.forecast import (
@@ -91,7 +91,7 @@ class Workload:
 
 @dataclass(frozen=True)
 class Forecast:
-    campaign: db.PlanCampaign
+    campaign: CampaignView
     as_of: datetime
     inputs: PlanInputs
     projection: Projection | None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from campaign.db import admin
+from campaign.db import queries as q
 from campaign.db.admin import CallingWindow
 from campaign.vocabulary import CONTACT_STATES, CampaignState, ContactState
 
@@ -78,7 +79,7 @@ async def gather_status(pool: admin.Pool, name: str | None = None) -> list[Campa
         return await read_status(conn, name)
 
 
-async def read_status(conn: admin.Conn, name: str | None = None) -> list[CampaignStatus]:
+async def read_status(conn: q.Conn, name: str | None = None) -> list[CampaignStatus]:
     """`gather_status` on a connection inside `admin.read_snapshot`."""
     snap = await admin.read_status(conn, name, resolutions_shown=RESOLUTIONS_SHOWN)
     parked: dict[int, list[ParkedBatch]] = {}

@@ -27,7 +27,8 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, assert_never
 
 from campaign.db import admin
-from campaign.db.admin import ParkedSummary, PendingGroup, WhyCampaign
+from campaign.db import queries as q
+from campaign.db.admin import CampaignView, ParkedSummary, PendingGroup
 from campaign.dispatch import DUPLICATE_REASON, Deferred, Ready, Rules, Skipped, contact_verdict
 from campaign.status import format_age, format_window, window_json
 from campaign.vocabulary import ACCOUNT_BUDGET, campaign_budget
@@ -133,7 +134,7 @@ class Concurrency:
 
 @dataclass(frozen=True)
 class WhyReport:
-    campaign: WhyCampaign
+    campaign: CampaignView
     as_of: datetime
     contact_states: dict[str, int]
     calling_window: Waiting | None
@@ -264,7 +265,7 @@ def _reason_kind(reason: str) -> str:
     return _QUOTED_NUMBER.sub("", _one_line(reason))
 
 
-async def _judge(conn: admin.Conn, snap: admin.WhySnapshot) -> list[_Fate]:
+async def _judge(conn: q.Conn, snap: admin.WhySnapshot) -> list[_Fate]:
     """The claim's verdict on each examined contact (see the module docstring)."""
     rules = Rules.of(snap.rules, snap.taken_at)
     judged = [(item, contact_verdict(item.contact, rules)) for item in snap.examined]
@@ -367,7 +368,7 @@ async def gather_why(
 
 
 async def read_why_report(
-    conn: admin.Conn,
+    conn: q.Conn,
     name: str,
     account_calls_per_second: float,
     *,
@@ -674,8 +675,8 @@ def render_text(r: WhyReport) -> str:
     if r.parked.count:
         lines.append(
             f"  parked batches: {r.parked.count:,} holding {_plural(r.parked.contacts, 'contact')}"
-            " - an operator must decide: `campaign resolve BATCH_ID` (README: Resolving a "
-            "parked batch)"
+            " - an operator must decide: `campaign resolve BATCH_ID` (docs/operations.md: "
+            "Resolving a parked batch)"
         )
         for b in r.parked.first:
             reason = _one_line(b.last_error) if b.last_error else "no reason recorded"

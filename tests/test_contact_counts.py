@@ -17,11 +17,11 @@ from structlog.testing import capture_logs
 
 from campaign.daemon import Progress
 from campaign.db import queries as q
-from campaign.db.admin import CONTACT_STATES
 from campaign.db.migrate import MIGRATIONS_DIR, migrate
 from campaign.db.pool import connect
 from campaign.metrics import new_metrics
 from campaign.simulator import Simulator
+from campaign.vocabulary import CONTACT_STATES
 from tests.engine import create_campaign, dispatcher, engine_settings, uk_numbers
 
 HYPOTHESIS = settings(

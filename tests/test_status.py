@@ -8,8 +8,8 @@ import re
 import pytest
 
 from campaign.db import admin
-from campaign.db.admin import CONTACT_STATES
 from campaign.status import format_age, gather_status, render_json, render_table
+from campaign.vocabulary import CONTACT_STATES
 
 Pool = admin.Pool
 

@@ -635,7 +635,7 @@ async def test_the_text_has_one_readable_section_per_reason(db_pool: Pool) -> No
         "- at the cap",
         "  suppressed (do-not-call list): 2 contacts, not dialed",
         "  parked batches: 2 holding 5 contacts - an operator must decide: "
-        "`campaign resolve BATCH_ID` (README: Resolving a parked batch)",
+        "`campaign resolve BATCH_ID` (docs/operations.md: Resolving a parked batch)",
         lines[13],
         lines[14],
         "  batches in flight: 1 (3 contacts) awaiting Aculab's answer",

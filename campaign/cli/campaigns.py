@@ -63,7 +63,7 @@ def add_create_parser(commands: Any) -> None:
         help="create a campaign; prints its id",
         description=(
             "Create a campaign and print its id. Options left out keep the schema's "
-            "defaults (see README)."
+            "defaults (see docs/settings.md)."
         ),
     )
     create.add_argument("name", metavar="NAME")
@@ -341,7 +341,7 @@ def add_export_parser(commands: Any) -> None:
         help="write a campaign's results (the contact_results view) as CSV or JSON lines",
         description=(
             "Write one row per contact of campaign NAME from the contact_results view "
-            "(see README: Taking results out): CSV with a header row of the view's column "
+            "(see docs/tables.md: contact_results): CSV with a header row of the view's column "
             "names, or JSON lines (one object per line). The destination is written as "
             "loaded, unmasked: the export is your own data for your own CRM. Rows come "
             "oldest change first (updated_at, then contact_id), read by a cursor in "

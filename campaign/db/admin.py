@@ -13,30 +13,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeAlias, get_args
+from typing import Any, Final, Literal, TypeAlias
 
 import asyncpg
 
 from campaign.db import queries as q
 from campaign.db.migrate import pending
-from campaign.db.queries import Conn as Conn  # re-exported: callers outside db/ name admin.Conn
+from campaign.db.queries import Conn
+from campaign.vocabulary import ACCOUNT_BUDGET, CampaignState, campaign_budget
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
-CampaignState = Literal["active", "paused", "cancelled", "completed"]
-ContactState = Literal[
-    "pending",
-    "dispatching",
-    "dialing",
-    "completed",
-    "failed",
-    "invalid",
-    "suppressed",
-    "duplicate",
-    "cancelled",
-]
-CONTACT_STATES: Final[tuple[ContactState, ...]] = get_args(ContactState)
-"""In the order a contact moves through them (the README's order)."""
 
 Action = Literal["pause", "resume", "cancel"]
 
@@ -524,7 +511,6 @@ class CampaignView:
 
 
 # The old names of CampaignView, for the modules that still import them.
-WhyCampaign: TypeAlias = CampaignView
 
 # `$1` NULL: every campaign, by id.
 CAMPAIGN_VIEWS = f"""
@@ -1083,14 +1069,6 @@ async def open_batches(conn: Conn, campaign_id: int) -> OpenBatches:
     pending = got.get("pending", (0, 0))
     parked = got.get("parked", (0, 0))
     return OpenBatches(pending[0], pending[1], parked[0], parked[1])
-
-
-ACCOUNT_BUDGET: Final = "account"
-
-
-def campaign_budget(campaign_id: int) -> str:
-    """The pacing budget key of one campaign (rate_grants.key)."""
-    return f"campaign:{campaign_id}"
 
 
 async def read_why(

@@ -20,18 +20,16 @@ import asyncpg
 from campaign.assumptions import UNIQUE_ID_RETENTION_SECONDS
 from campaign.db.admin import (
     CANCELLED_CONTACT_ERROR,
-    CampaignState,
     CommandError,
     Pool,
     campaign_by_name,
 )
 from campaign.db.queries import Conn
+from campaign.vocabulary import BatchState, CampaignState, ResolveAction
 
-BatchState = Literal["pending", "submitted", "split", "rejected", "parked", "released", "failed"]
 Listing = Literal["open", "parked", "all"]
-ResolveAction = Literal["resend", "not_started", "failed"]
 
-OPEN_STATES: Final[tuple[BatchState, ...]] = ("pending", "parked")
+OPEN_BATCH_STATES: Final[tuple[BatchState, ...]] = ("pending", "parked")
 """Batches that still hold contacts in `dispatching`: being sent, or waiting for a person."""
 
 
@@ -138,7 +136,7 @@ async def list_batches(
         if listing == "all":
             rows = await conn.fetch(LIST_ALL_BATCHES, campaign_id, limit + 1)
         else:
-            states = list(OPEN_STATES) if listing == "open" else ["parked"]
+            states = list(OPEN_BATCH_STATES) if listing == "open" else ["parked"]
             rows = await conn.fetch(LIST_BATCHES_IN_STATES, states, campaign_id, limit + 1)
     return BatchList([_list_row(r) for r in rows[:limit]], more=len(rows) > limit)
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
 from campaign.db import admin
+from campaign.vocabulary import ACCOUNT_BUDGET
 
 if TYPE_CHECKING:
     from campaign.db.queries import Conn
@@ -69,10 +70,10 @@ class Account:
 
 async def account(conn: Conn, *, window_seconds: float, alive_within: float) -> Account:
     taken_at: datetime = await conn.fetchval(admin.STATUS_NOW)
-    granted = await admin.granted_calls(conn, [admin.ACCOUNT_BUDGET], window_seconds)
+    granted = await admin.granted_calls(conn, [ACCOUNT_BUDGET], window_seconds)
     return Account(
         taken_at=taken_at,
-        granted=granted[admin.ACCOUNT_BUDGET],
+        granted=granted[ACCOUNT_BUDGET],
         window_seconds=window_seconds,
         daemons=await admin.alive_daemons(conn, alive_within),
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal
 
 from campaign.db import queries as q
 from campaign.db.admin import (
@@ -24,8 +24,8 @@ from campaign.db.admin import (
     campaign_view,
     open_batches,
 )
+from campaign.vocabulary import OpenState
 
-OpenState = Literal["pending", "dispatching", "dialing"]
 Hold = Literal["due", "not_before", "window", "retry", "dispatching", "dialing"]
 
 FINE_BUCKET_SECONDS: Final = 600
@@ -42,7 +42,6 @@ drawn from every finished call of the campaign instead (short ones over-counted)
 
 
 # The old name of CampaignView, for the modules that still import it.
-PlanCampaign: TypeAlias = CampaignView
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple, TypeAlias
 
 import asyncpg
 
+from campaign.vocabulary import CampaignState
+
 # The one connection type of campaign/db: a connection of its own or one from the pool.
 # A string, so that asyncpg's generic classes are not subscripted at run time.
 Conn: TypeAlias = (
@@ -686,7 +688,7 @@ SELECT destination, timezone FROM contacts WHERE id = ANY($1::bigint[])
 @dataclass(frozen=True)
 class BatchPlaces:
     campaign: CampaignRow
-    campaign_state: str
+    campaign_state: CampaignState
     places: list[tuple[str, str | None]]
     """Each contact's (destination, timezone)."""
 
