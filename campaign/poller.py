@@ -30,6 +30,8 @@ from campaign.db import outcomes as oq
 from campaign.runtime import (
     DB_ERRORS,
     Episode,
+    RequestTimer,
+    Shielded,
     after_database_error,
     database_episode,
     db_error_kind,
@@ -78,7 +80,9 @@ class Poller:
         # completion, and when (monotonic clock).
         self._ended_at_check = 0
         self._checked_at = -math.inf
-        self._critical: set[asyncio.Task[outcomes.Recorded]] = set()
+        # Outcome writes: a stop must not cut one's transaction in half.
+        self._critical = Shielded()
+        self._timer = RequestTimer(metrics, "application_status")
         self._db_trouble = database_episode(log, "poller")
         self._bug = Episode(log, "poller_failed", "poller_recovered")
         # Rounds in which not one poll got an answer: one line when they start, one
@@ -117,8 +121,7 @@ class Poller:
             if busy and not self._failed_rounds:
                 continue
             await sleep_until_woken(stop, self._wake, self._pause(round_seconds))
-        if self._critical:
-            await asyncio.wait(list(self._critical), timeout=5)
+        await self._critical.wait(5)
 
     def _pause(self, round_seconds: float) -> float:
         if self._failed_rounds:
@@ -186,12 +189,12 @@ class Poller:
         late = call.age_seconds >= self.settings.poller.give_up_after
         async with self._slots:
             self.stats.polls += 1
-            began = time.monotonic()
+            began = self._timer.start()
             try:
                 body = await self.client.application_status(call.reference)
-                self._observe(began, "ok")
+                self._timer.observe(began, "ok")
             except NotFoundError:
-                self._observe(began, "permanent")
+                self._timer.observe(began, "permanent")
                 if late:
                     await self._give_up(call, "Aculab does not know the instance")
                     return True
@@ -199,11 +202,11 @@ class Poller:
                 log.warning("poll_unknown_instance", reference=call.reference, polls=call.polls)
                 return True
             except AuthenticationError as exc:
-                self._observe(began, "permanent")
+                self._timer.observe(began, "permanent")
                 self._refused = exc.reason
                 return False
             except TransientError as exc:
-                self._observe(began, "transient")
+                self._timer.observe(began, "transient")
                 self.stats.failures += 1
                 log.debug("poll_failed", reference=call.reference, error=exc.reason)
                 return False
@@ -216,19 +219,8 @@ class Poller:
             await self._give_up(call, f"Aculab still shows it {phase}", retryable=False)
         return True
 
-    def _observe(self, began: float, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.request_seconds.labels(
-                endpoint="application_status", result=result
-            ).observe(time.monotonic() - began)
-
     async def _record(self, outcome: outcomes.Outcome, source: outcomes.Source) -> None:
-        # Shielded: a stop must not cut an outcome's transaction in half; the task is
-        # kept so that shutdown waits for it and its failure is seen.
-        task = asyncio.create_task(outcomes.record(self.pool, outcome, source, self.metrics))
-        self._critical.add(task)
-        task.add_done_callback(self._critical.discard)
-        result = await asyncio.shield(task)
+        result = await self._critical.run(outcomes.record(self.pool, outcome, source, self.metrics))
         if result == "recorded":
             self.stats.recorded += 1
 

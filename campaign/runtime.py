@@ -11,6 +11,9 @@
   (after a failover they may point at a server that is now read-only).
 - `sleep_until_woken`: the one way a loop waits: a notification, the stop
   request or the timeout, whichever comes first.
+- `Shielded`: writes that must complete even when the daemon is being stopped
+  (an outcome, an acknowledgement), kept so that a stop waits for them.
+- `RequestTimer`: how long each request to Aculab took, by endpoint and result.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from campaign.metrics import Metrics
+
+T = TypeVar("T")
 
 DB_ERRORS: tuple[type[BaseException], ...] = (
     # The connection or the server went away (08xxx, and asyncpg's own view of it).
@@ -158,3 +166,56 @@ async def sleep_until_woken(stop: asyncio.Event, wake: asyncio.Event, seconds: f
         for w in waiters:
             w.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
+
+
+class Shielded:
+    """Writes that must complete even if whoever awaits them is cancelled.
+
+    A stop (or an HTTP client hanging up) must not cut a transaction that records
+    what Aculab did in half. Each write runs as its own task, kept here until it
+    ends, so that shutdown can wait for it and its failure is not lost.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._tasks)
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Begin the write without waiting for it."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """The write's result; a cancellation of the caller leaves the write running."""
+        return await asyncio.shield(self.start(coro))
+
+    async def wait(self, seconds: float) -> None:
+        """Let the writes under way finish, for at most `seconds`."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=seconds)
+
+
+RequestResult = Literal["ok", "transient", "permanent", "unusable"]
+
+
+@dataclass(frozen=True)
+class RequestTimer:
+    """campaign_aculab_request_seconds for one endpoint: `began = timer.start()`
+    before the request, `timer.observe(began, result)` once it is answered."""
+
+    metrics: Metrics | None
+    endpoint: str
+    clock: Callable[[], float] = time.monotonic
+
+    def start(self) -> float:
+        return self.clock()
+
+    def observe(self, began: float, result: RequestResult) -> None:
+        if self.metrics is not None:
+            self.metrics.request_seconds.labels(endpoint=self.endpoint, result=result).observe(
+                self.clock() - began
+            )

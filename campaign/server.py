@@ -29,6 +29,7 @@ from campaign import assumptions, outcomes
 from campaign.db import queries as q
 from campaign.db.outcomes import stash_unmatched
 from campaign.metrics import Metrics
+from campaign.runtime import Shielded
 from campaign.settings import ListenerSettings
 
 log = structlog.get_logger("campaign.server")
@@ -156,6 +157,8 @@ class _Handlers:
         self.aculab = aculab
         self.max_body_bytes = listener.max_body_bytes
         self.secret = listener.webhook_secret.get_secret_value().encode("utf-8")
+        # Outcome writes under way: the app's clean-up waits for them.
+        self.writes = Shielded()
 
     # ---------------------------------------------------------------- final page
 
@@ -185,7 +188,7 @@ class _Handlers:
         try:
             # Aculab requests a final page once: a client that hangs up, or a
             # shutdown, must not cancel (and so roll back) the write.
-            result = await asyncio.shield(self._store(outcome))
+            result = await self.writes.run(self._store(outcome))
         except DB_ERRORS as exc:
             log.error(
                 "webhook_database_error",
@@ -289,7 +292,17 @@ def build_app(
     app.router.add_get("/final/{secret}", handlers.final_page, allow_head=False)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics_page)
+    app.on_cleanup.append(_finish_writes(handlers.writes))
     return app
+
+
+def _finish_writes(writes: Shielded) -> Callable[[web.Application], Awaitable[None]]:
+    """At shutdown, let outcome writes whose request was cut short finish first."""
+
+    async def finish(app: web.Application) -> None:
+        await writes.wait(SHUTDOWN_TIMEOUT)
+
+    return finish
 
 
 class Address(Protocol):
