@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 import structlog
@@ -29,8 +29,6 @@ log = structlog.get_logger("campaign.outcomes")
 MAX_RETRY_DELAY_SECONDS = 365 * 86400.0
 
 # Kept under their old names for the callers that read them from here.
-UNKNOWN: Final = vocabulary.UNKNOWN
-Source: TypeAlias = OutcomeSource
 
 Recorded = Literal["recorded", "duplicate", "unknown_reference"]
 
@@ -133,7 +131,7 @@ def from_status(reference: str, body: dict[str, Any]) -> Outcome | None:
     if errs:
         text = "; ".join(f"{e.get('code')}: {e.get('text')}" for e in errs)[:300]
         return Outcome(reference, "failed", None, None, f"the instance could not run: {text}")
-    return Outcome(reference, UNKNOWN, None, None, "finished without a call record")
+    return Outcome(reference, vocabulary.UNKNOWN, None, None, "finished without a call record")
 
 
 async def record(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import structlog
 
-from campaign import assumptions, outcomes
+from campaign import assumptions, outcomes, vocabulary
 from campaign.aculab import AculabClient, AuthenticationError, NotFoundError, TransientError
 from campaign.db import outcomes as oq
 from campaign.runtime import (
@@ -177,7 +177,7 @@ class Poller:
         because = f" ({why})" if why else ""
         outcome = outcomes.Outcome(
             call.reference,
-            outcomes.UNKNOWN,
+            vocabulary.UNKNOWN,
             reason=f"no outcome {call.age_seconds:.0f}s after the start{because}; gave up",
             retryable=retryable,
         )
@@ -219,7 +219,7 @@ class Poller:
             await self._give_up(call, f"Aculab still shows it {phase}", retryable=False)
         return True
 
-    async def _record(self, outcome: outcomes.Outcome, source: outcomes.Source) -> None:
+    async def _record(self, outcome: outcomes.Outcome, source: vocabulary.OutcomeSource) -> None:
         result = await self._critical.run(outcomes.record(self.pool, outcome, source, self.metrics))
         if result == "recorded":
             self.stats.recorded += 1

@@ -723,17 +723,10 @@ FROM b WHERE c.batch_id = b.id AND c.state = 'dispatching'
 """
 
 
-# TRANSITIONAL: how the dispatcher's window holds start their reason today
-# (dispatch.HELD_FOR_WINDOW). Until it calls hold_for_window, `hold` recognises them
-# by it; once it does, this prefix and its test in `hold` go.
-_WINDOW_HOLD_PREFIX = "re-send held outside the calling window:"
-
-
 async def hold(conn: Conn, batch_id: int, owner: str, seconds: float, reason: str) -> None:
     """Hand a batch back unsent, to be taken again in `seconds` (0: as soon as its
-    campaign is active again)."""
-    for_window = reason.startswith(_WINDOW_HOLD_PREFIX)
-    await conn.execute(HOLD_BATCH, batch_id, owner, seconds, reason, for_window)
+    campaign is active again); not a hold for the calling window (hold_for_window)."""
+    await conn.execute(HOLD_BATCH, batch_id, owner, seconds, reason, False)
 
 
 async def hold_for_window(

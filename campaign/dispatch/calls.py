@@ -22,6 +22,7 @@ from campaign import windows
 from campaign.aculab import call_problem
 from campaign.db import queries as q
 from campaign.destinations import Destination, Rejected, parse_destination
+from campaign.vocabulary import ContactState
 
 DUPLICATE_REASON = "same destination as another contact of this campaign"
 
@@ -72,7 +73,7 @@ def normalise_caller_id(raw: str | None) -> str | None:
 @dataclass(frozen=True)
 class Skipped:
     contact_id: int
-    state: str
+    state: ContactState
     reason: str
 
 

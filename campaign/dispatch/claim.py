@@ -42,8 +42,9 @@ from campaign.dispatch.calls import (
     prepare,
     unique_id_for,
 )
-from campaign.dispatch.pacing import Budget, CapAsk, OpenCalls, budget_key, pacing_room
+from campaign.dispatch.pacing import Budget, CapAsk, OpenCalls, pacing_room
 from campaign.settings import Settings
+from campaign.vocabulary import ACCOUNT_BUDGET, campaign_budget
 
 log = structlog.get_logger("campaign.dispatch")
 
@@ -79,7 +80,7 @@ class _Part:
 
     @property
     def key(self) -> str:
-        return budget_key(self.campaign.id)
+        return campaign_budget(self.campaign.id)
 
 
 Claimed = tuple[list[q.BatchRow], bool]
@@ -147,7 +148,7 @@ class Claimer:
             if parts:
                 grants = await q.recent_grants(
                     conn,
-                    ["account", *(p.key for p in parts)],
+                    [ACCOUNT_BUDGET, *(p.key for p in parts)],
                     max(p.grants_window for p in parts),
                 )
                 parts = await self._paced(conn, parts, account, grants)
@@ -160,7 +161,7 @@ class Claimer:
                 for p in parts:
                     results[p.campaign.id] = ([], True)
                 await self._drop_do_not_call(conn, parts)
-                self._grant_account(parts, account, grants["account"])
+                self._grant_account(parts, account, grants[ACCOUNT_BUDGET])
                 await self._drop_duplicates(conn, parts)
                 await self._record_verdicts(conn, parts, now)
                 claimed = await self._persist(conn, [p for p in parts if p.ready])
@@ -186,7 +187,7 @@ class Claimer:
         trial = self.settings.aculab.account_type == "trial"
         ids = [w.campaign.id for w in wanted]
         locked = await q.lock_campaigns_and_budgets(
-            conn, ids, ["account", *(budget_key(i) for i in sorted(ids))]
+            conn, ids, [ACCOUNT_BUDGET, *(campaign_budget(i) for i in sorted(ids))]
         )
         parts: list[_Part] = []
         for w in wanted:
@@ -233,7 +234,7 @@ class Claimer:
         open_calls = await self._open_calls.count(conn, asks, grants)
         paced = []
         for p in parts:
-            budgets = {"account": account, p.key: p.budget}
+            budgets = {ACCOUNT_BUDGET: account, p.key: p.budget}
             # Counted under the account budget's lock, which every claim of every
             # daemon holds until it commits: two claims cannot both use the same room.
             room = p.campaign.max_concurrent_calls - open_calls[p.campaign.id]
@@ -330,7 +331,9 @@ class Claimer:
             if p.ready:
                 # What the campaigns before this one in the group took is the
                 # account's as much as what earlier claims took.
-                available, wait = pacing_room({"account": granted}, {"account": account}, p.need)
+                available, wait = pacing_room(
+                    {ACCOUNT_BUDGET: granted}, {ACCOUNT_BUDGET: account}, p.need
+                )
                 if available < p.need:
                     self._note_pacing(wait)
                     p.ready = []
@@ -415,7 +418,7 @@ class Claimer:
             )
             for p, group in made
         ]
-        grants = {"account": sum(len(p.ready) for p in parts)}
+        grants = {ACCOUNT_BUDGET: sum(len(p.ready) for p in parts)}
         grants.update((p.key, len(p.ready)) for p in parts)
         ids = (
             await q.insert_dispatching_batches(

@@ -74,11 +74,6 @@ def pacing_room(
     return max(0, available), max(0.005, wait)
 
 
-def budget_key(campaign_id: int) -> str:
-    """The name of a campaign's own budget (beside "account") in budget_grants."""
-    return f"campaign:{campaign_id}"
-
-
 @dataclass(frozen=True)
 class CapAsk:
     """One campaign's question to `OpenCalls`: may it add up to `calls` calls?"""

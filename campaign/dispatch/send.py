@@ -69,8 +69,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("campaign.dispatch")
 
-# How a held re-send's last_error starts; migration 0004's window trigger finds
-# held batches by it, so the two must stay the same.
+# How a held re-send's last_error starts, for people; since migration 0011 held
+# batches are found by batches.held_for_window.
 HELD_FOR_WINDOW = "re-send held outside the calling window:"
 # Statuses that mean "this request, as built, is unacceptable": a list is split
 # to find the bad call objects. Other 4xx point at configuration, not contacts.
@@ -397,7 +397,7 @@ class Sender:
             )
             return True
         async with self.pool.acquire() as conn:
-            await q.hold(
+            await q.hold_for_window(
                 conn,
                 batch.id,
                 self.owner,
