@@ -442,7 +442,9 @@ async def main() -> None:
                 pg = await pgbench_ceiling(dsn, cid, args.pgbench_seconds, args.pgbench_rows, meter)
             finally:
                 await drop_scratch(admin_dsn, name)
-        sim_r = await simulator_ceiling(base_url, args.sim_seconds, args.sim_concurrency, meter)
+            # Inside the block: the meter reads the postmaster, which leaving the block
+            # stops when this process started the embedded server.
+            sim_r = await simulator_ceiling(base_url, args.sim_seconds, args.sim_concurrency, meter)
     finally:
         await stop(sim)
     print(
